@@ -1,0 +1,1 @@
+"""equirelax: train neural networks between strict equivariance and none."""

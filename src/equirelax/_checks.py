@@ -1,0 +1,71 @@
+"""Input checks shared by the whole package.
+
+Every check raises an exception that names the argument, the expected value and the received
+value, so that a user sees at once which input is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_tensor(name: str, value: object) -> Tensor:
+    """Raise ``TypeError`` unless ``value`` is a tensor."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, received {type(value).__name__}")
+    return value
+
+
+def check_finite(name: str, value: Tensor) -> Tensor:
+    """Raise ``ValueError`` if ``value`` holds NaN or infinite entries."""
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise ValueError(
+            f"{name}: expected finite values, received {bad} non-finite entries "
+            f"(NaN or inf) in a tensor of shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def check_ndim(name: str, value: Tensor, ndim: int | Sequence[int]) -> Tensor:
+    """Raise ``ValueError`` unless ``value.ndim`` is one of ``ndim``."""
+    allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if value.ndim not in allowed:
+        wanted = " or ".join(str(n) for n in allowed)
+        raise ValueError(
+            f"{name}: expected a tensor with {wanted} dimensions, "
+            f"received shape {tuple(value.shape)} ({value.ndim} dimensions)"
+        )
+    return value
+
+
+def check_dim(name: str, value: Tensor, dim: int, size: int) -> Tensor:
+    """Raise ``ValueError`` unless ``value.shape[dim] == size``."""
+    if value.ndim == 0 or value.shape[dim] != size:
+        raise ValueError(
+            f"{name}: expected size {size} along dimension {dim}, "
+            f"received shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Raise unless ``value`` is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected a positive int, received {value!r}")
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive int, received {value}")
+    return value
+
+
+def check_batch(name: str, value: Tensor, batch: int) -> Tensor:
+    """Raise ``ValueError`` unless the leading dimension of ``value`` is ``batch`` (or 1)."""
+    if value.ndim == 0 or value.shape[0] not in (1, batch):
+        raise ValueError(
+            f"{name}: expected a leading batch dimension of {batch} (or 1 to use one element "
+            f"for the whole batch), received shape {tuple(value.shape)}"
+        )
+    return value

@@ -1,0 +1,338 @@
+"""Actions: how a batch of group elements acts on a batch of tensors.
+
+An :class:`Action` is called as ``action(g, x)``: ``g`` holds ``B`` elements (or one element for
+the whole batch) and ``x`` has leading batch dimension ``B``; sample ``i`` is moved by ``g[i]``.
+Every action is a homomorphism, ``action(a, action(b, x)) == action(a b, x)``.
+
+=============================  ================================================================
+action                         acts on
+=============================  ================================================================
+``TrivialAction(G)``           anything, by the identity (invariant features, charges)
+``RepresentationAction(rho)``  features ``(B, ..., d)`` by ``x -> rho(g) x`` on one axis
+``VectorAction(G)``            vectors ``(B, ..., d)`` by the standard representation
+``PointAction(G)``             points ``(B, ..., d)`` by ``R x + t`` (``t = 0`` unless Euclidean)
+``ImageAction(G)``             images ``(B, C, H, W)`` (or ``(B, C, |G|, H, W)`` regular fibres)
+``PermutationAction(S_n)``     sets ``(B, n, ...)`` and graphs ``(B, n, n, ...)`` by reindexing
+``DirectSumAction(a, b, ...)`` tuples ``(x_a, x_b, ...)``, each part by its own action
+=============================  ================================================================
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from equirelax._checks import check_tensor
+from equirelax.groups import (
+    CyclicGroup,
+    DihedralGroup,
+    Euclidean,
+    FiniteGroup,
+    Group,
+    SymmetricGroup,
+)
+from equirelax.representations import Representation
+
+__all__ = [
+    "Action",
+    "DirectSumAction",
+    "ImageAction",
+    "PermutationAction",
+    "PointAction",
+    "RepresentationAction",
+    "TrivialAction",
+    "VectorAction",
+]
+
+
+class Action(ABC):
+    """A group action ``(g, x) -> g . x`` on batched tensors (see the module docstring)."""
+
+    def __init__(self, group: Group) -> None:
+        if not isinstance(group, Group):
+            raise TypeError(f"group: expected an equirelax Group, received {group!r}")
+        self.group = group
+
+    def __call__(self, g: Tensor, x: Any) -> Any:
+        g = self.group.check(g, "g")
+        self.check_input(x, "x")
+        batch = _batch_size(x)
+        if g.shape[0] not in (1, batch):
+            raise ValueError(
+                f"g: expected {batch} group elements (one per sample of x) or 1, "
+                f"received {g.shape[0]}"
+            )
+        if g.shape[0] != batch:
+            g = g.expand(batch, *g.shape[1:])
+        return self.act(g, x)
+
+    @abstractmethod
+    def act(self, g: Tensor, x: Any) -> Any:
+        """Apply ``g[i]`` to sample ``x[i]``; ``g`` and ``x`` are already checked."""
+
+    def check_input(self, x: Any, name: str = "x") -> None:
+        """Raise if ``x`` is not something this action can act on."""
+        check_tensor(name, x)
+        if x.ndim == 0:
+            raise ValueError(f"{name}: expected a batched tensor, received a scalar")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.group})"
+
+
+class TrivialAction(Action):
+    """The trivial action ``g . x = x`` (invariant inputs or outputs)."""
+
+    def act(self, g: Tensor, x: Tensor) -> Tensor:
+        return x
+
+
+class RepresentationAction(Action):
+    """``x -> rho(g) x`` along axis ``dim`` of ``x`` (the last axis by default).
+
+    A direct-sum representation is applied block by block, so the full ``(d, d)`` matrix is
+    never formed for large multiplicities.
+    """
+
+    def __init__(self, representation: Representation, dim: int = -1) -> None:
+        if not isinstance(representation, Representation):
+            raise TypeError(
+                f"representation: expected a Representation, received {representation!r}"
+            )
+        super().__init__(representation.group)
+        self.representation = representation
+        self.dim = dim
+
+    def check_input(self, x: Any, name: str = "x") -> None:
+        super().check_input(x, name)
+        if x.ndim < 2 or x.shape[self.dim] != self.representation.dim:
+            raise ValueError(
+                f"{name}: expected size {self.representation.dim} along dimension {self.dim} "
+                f"for {self.representation}, received shape {tuple(x.shape)}"
+            )
+
+    def act(self, g: Tensor, x: Tensor) -> Tensor:
+        moved = x.movedim(self.dim, -1)
+        lead = moved.shape[:-1]
+        flat = moved.reshape(lead[0], -1, moved.shape[-1])  # (B, M, d)
+        parts = []
+        offset = 0
+        for mult, rep in self.representation.blocks:
+            size = mult * rep.dim
+            block = flat[..., offset : offset + size].reshape(*flat.shape[:2], mult, rep.dim)
+            matrices = rep(g, x.dtype).to(x.device)
+            parts.append(torch.einsum("bij,bmkj->bmki", matrices, block).flatten(2))
+            offset += size
+        return torch.cat(parts, dim=-1).reshape(moved.shape).movedim(-1, self.dim)
+
+    def __repr__(self) -> str:
+        return f"RepresentationAction({self.representation.key})"
+
+
+class VectorAction(RepresentationAction):
+    """Vectors ``(B, ..., d)`` transformed by the group's standard representation."""
+
+    def __init__(self, group: Group, dim: int = -1) -> None:
+        super().__init__(group.standard_representation(), dim)
+
+
+class PointAction(VectorAction):
+    """Points ``(B, ..., d)`` transformed by ``x -> R x + t``; ``t`` is nonzero only for
+    :class:`~equirelax.groups.Euclidean` groups (positions of a point cloud)."""
+
+    def act(self, g: Tensor, x: Tensor) -> Tensor:
+        out = super().act(g, x)
+        if isinstance(self.group, Euclidean):
+            shift = self.group.translation(g).to(x.dtype)
+            out = out + shift.reshape(shift.shape[0], *([1] * (x.ndim - 2)), shift.shape[1])
+        return out
+
+
+class ImageAction(Action):
+    """Rotations and reflections of square images about their centre.
+
+    ``x`` is ``(B, C, H, W)`` (``fibre="trivial"``) or ``(B, C, |G|, H, W)`` feature maps of a
+    group convolution (``fibre="regular"``: the group axis is also permuted,
+    ``(g . f)(h) = f(g^-1 h)``). Rotations by multiples of 90 degrees and the mirrors of D_4 are
+    exact pixel permutations; other angles are bilinear interpolation (``grid_sample``), which is
+    only approximately a homomorphism. The first image axis points down, the second right; a
+    rotation by ``theta`` turns the image counter-clockwise as displayed.
+    """
+
+    def __init__(self, group: Group, fibre: str = "trivial") -> None:
+        super().__init__(group)
+        if fibre not in ("trivial", "regular"):
+            raise ValueError(f"fibre: expected 'trivial' or 'regular', received {fibre!r}")
+        if fibre == "regular" and not isinstance(group, FiniteGroup):
+            raise ValueError(f"fibre: 'regular' needs a finite group, received {group}")
+        if group.standard_representation().dim != 2:
+            raise ValueError(f"group: expected a group acting on the plane, received {group}")
+        self.fibre = fibre
+
+    @property
+    def exact(self) -> bool:
+        """Whether every element maps the pixel grid onto itself (C_1, C_2, C_4, D_1, D_2, D_4)."""
+        return isinstance(self.group, (CyclicGroup, DihedralGroup)) and self.group.n in (1, 2, 4)
+
+    def check_input(self, x: Any, name: str = "x") -> None:
+        super().check_input(x, name)
+        ndim = 4 if self.fibre == "trivial" else 5
+        layout = (
+            "(B, C, H, W)" if ndim == 4 else f"(B, C, {getattr(self.group, 'order', '|G|')}, H, W)"
+        )
+        if x.ndim != ndim or x.shape[-1] != x.shape[-2]:
+            raise ValueError(
+                f"{name}: expected square images {layout}, received shape {tuple(x.shape)}"
+            )
+        if self.fibre == "regular" and x.shape[2] != self.group.order:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"{name}: expected {self.group.order} group channels at dimension 2 for "  # type: ignore[attr-defined]
+                f"{self.group}, received shape {tuple(x.shape)}"
+            )
+
+    def act(self, g: Tensor, x: Tensor) -> Tensor:
+        matrices = self.group.standard_representation()(g)
+        if self.exact:
+            size = x.shape[-1]
+            perm = _pixel_permutation(matrices.round().to(torch.long), size).to(x.device)
+            flat = x.flatten(-2)
+            idx = perm.reshape(perm.shape[0], *([1] * (flat.ndim - 2)), -1).expand_as(flat)
+            out = torch.gather(flat, -1, idx).reshape(x.shape)
+        else:
+            out = _rotate_bilinear(x, matrices.to(x.dtype))
+        if self.fibre == "regular":
+            group: FiniteGroup = self.group  # type: ignore[assignment]
+            table = group.multiplication_table.to(x.device)
+            source = table[group.index(group.inverse(g))]  # (B, |G|): index of g^-1 h
+            idx = source.reshape(*source.shape[:1], 1, -1, 1, 1).expand_as(out)
+            out = torch.gather(out, 2, idx)
+        return out
+
+
+class PermutationAction(Action):
+    """Permutations of the axes ``dims`` of ``x`` (nodes of a set or graph).
+
+    ``g . x`` moves the entry at position ``i`` to position ``g[i]``: ``(g . x)[g[i]] = x[i]``.
+    ``dims=(1,)`` acts on a set ``(B, n, ...)``; ``dims=(1, 2)`` on an adjacency or edge
+    tensor ``(B, n, n, ...)``.
+    """
+
+    def __init__(self, group: SymmetricGroup, dims: Sequence[int] = (1,)) -> None:
+        if not isinstance(group, SymmetricGroup):
+            raise TypeError(f"group: expected a SymmetricGroup, received {group!r}")
+        super().__init__(group)
+        if not dims or any(d < 1 for d in dims):
+            raise ValueError(f"dims: expected positive axes after the batch axis, received {dims}")
+        self.dims = tuple(dims)
+
+    def check_input(self, x: Any, name: str = "x") -> None:
+        super().check_input(x, name)
+        n = self.group.n  # type: ignore[attr-defined]
+        if x.ndim <= max(self.dims) or any(x.shape[d] != n for d in self.dims):
+            raise ValueError(
+                f"{name}: expected size {n} along dimensions {self.dims}, "
+                f"received shape {tuple(x.shape)}"
+            )
+
+    def act(self, g: Tensor, x: Tensor) -> Tensor:
+        source = torch.argsort(g, dim=1).to(x.device)  # (g . x)[j] = x[g^-1[j]]
+        for dim in self.dims:
+            shape = [1] * x.ndim
+            shape[0], shape[dim] = source.shape[0], source.shape[1]
+            x = torch.gather(x, dim, source.reshape(shape).expand_as(x))
+        return x
+
+
+class DirectSumAction(Action):
+    """Acts on a tuple ``(x_1, ..., x_k)`` by ``(a_1(g, x_1), ..., a_k(g, x_k))``.
+
+    All parts share one group and one batch of elements, e.g. positions, velocities and
+    charges of a particle system under E(3).
+    """
+
+    def __init__(self, *actions: Action) -> None:
+        if not actions:
+            raise ValueError("actions: expected at least one action")
+        for i, action in enumerate(actions):
+            if not isinstance(action, Action):
+                raise TypeError(f"actions[{i}]: expected an Action, received {action!r}")
+            if action.group != actions[0].group:
+                raise ValueError(
+                    f"actions[{i}]: expected an action of {actions[0].group} like actions[0], "
+                    f"received one of {action.group}"
+                )
+        super().__init__(actions[0].group)
+        self.actions = tuple(actions)
+
+    def check_input(self, x: Any, name: str = "x") -> None:
+        if not isinstance(x, (tuple, list)) or len(x) != len(self.actions):
+            raise ValueError(
+                f"{name}: expected a tuple of {len(self.actions)} tensors, received {_describe(x)}"
+            )
+        for i, (action, part) in enumerate(zip(self.actions, x, strict=True)):
+            action.check_input(part, f"{name}[{i}]")
+        sizes = {part.shape[0] for part in x}
+        if len(sizes) != 1:
+            raise ValueError(
+                f"{name}: expected one batch size for every part, received {sorted(sizes)}"
+            )
+
+    def act(self, g: Tensor, x: Any) -> tuple[Tensor, ...]:
+        return tuple(a.act(g, part) for a, part in zip(self.actions, x, strict=True))
+
+    def __repr__(self) -> str:
+        return f"DirectSumAction({', '.join(repr(a) for a in self.actions)})"
+
+
+def _batch_size(x: Any) -> int:
+    if isinstance(x, (tuple, list)):
+        return int(x[0].shape[0])
+    return int(x.shape[0])
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, Tensor):
+        return f"a tensor of shape {tuple(x.shape)}"
+    if isinstance(x, (tuple, list)):
+        return f"a {type(x).__name__} of {len(x)} items"
+    return type(x).__name__
+
+
+@functools.lru_cache(maxsize=64)
+def _pixel_grid(size: int) -> Tensor:
+    """Pixel-centre coordinates ``(size * size, 2)`` as ``(x right, y up)``, centred on 0."""
+    centre = (size - 1) / 2
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    xy = torch.stack([cols - centre, centre - rows], dim=-1).reshape(-1, 2)
+    return (2 * xy).round().to(torch.long)  # doubled so half-integer centres stay integers
+
+
+def _pixel_permutation(matrices: Tensor, size: int) -> Tensor:
+    """For integer matrices ``M`` (B, 2, 2): output pixel ``p`` reads input pixel ``M^-1 p``."""
+    grid = _pixel_grid(size)  # (P, 2) doubled coordinates
+    inverse = matrices.transpose(-1, -2)  # orthogonal integer matrices
+    source = torch.einsum("bij,pj->bpi", inverse, grid)  # (B, P, 2)
+    centre2 = size - 1
+    cols = (source[..., 0] + centre2) // 2
+    rows = (centre2 - source[..., 1]) // 2
+    return rows * size + cols
+
+
+def _rotate_bilinear(x: Tensor, matrices: Tensor) -> Tensor:
+    """Output pixel ``p`` samples the input at ``M^-1 p`` by bilinear interpolation."""
+    batch = x.shape[0]
+    flip_y = torch.tensor([1.0, -1.0], dtype=x.dtype, device=x.device)
+    inverse = matrices.transpose(-1, -2).to(x.device)
+    # affine_grid uses (x right, y down) coordinates: conjugate by diag(1, -1).
+    theta = inverse * flip_y.reshape(1, 2, 1) * flip_y.reshape(1, 1, 2)
+    theta = torch.cat([theta, torch.zeros(batch, 2, 1, dtype=x.dtype, device=x.device)], dim=2)
+    images = x if x.ndim == 4 else x.flatten(1, 2)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.reshape(x.shape)

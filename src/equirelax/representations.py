@@ -1,0 +1,203 @@
+"""Linear representations rho: G -> GL(d) of the groups in :mod:`equirelax.groups`.
+
+A :class:`Representation` maps a batch of group elements to a batch of ``(d, d)`` matrices and
+knows the two facts that linear-algebraic constraints need: the images of the group's discrete
+generators and the images ``d rho(A_k)`` of its Lie-algebra basis. Representations combine by
+direct sum (``a + b``), multiplicity (``3 * a``), tensor product (``a.tensor(b)``) and dual
+(``a.dual()``); a direct sum keeps its blocks so that equivariant maps between large
+representations are built block by block (as in e3nn's ``Linear`` and EMLP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from equirelax._checks import check_positive_int
+
+if TYPE_CHECKING:
+    from equirelax.groups import Group
+
+MatrixFunction = Callable[[Tensor], Tensor]
+
+
+class Representation:
+    """A linear representation ``rho`` of ``group`` on ``R^dim``.
+
+    Parameters
+    ----------
+    group:
+        The group represented.
+    dim:
+        Dimension ``d`` of the representation space.
+    matrices:
+        Function mapping a batch of ``B`` group elements to a float64 tensor ``(B, d, d)``.
+    lie_algebra:
+        Function returning ``d rho(A_k)`` for the group's Lie-algebra basis, shape ``(k, d, d)``
+        in float64 (``k = 0`` for finite groups). Defaults to ``(0, d, d)``.
+    key:
+        A string that identifies the representation; equal keys must mean equal
+        representations (used to cache equivariant bases).
+
+    Examples
+    --------
+    >>> from equirelax.groups import SO3
+    >>> rep = SO3().irreps("2x0e + 1x1o")
+    >>> rep.dim
+    5
+    """
+
+    def __init__(
+        self,
+        group: Group,
+        dim: int,
+        matrices: MatrixFunction,
+        *,
+        lie_algebra: Callable[[], Tensor] | None = None,
+        key: str,
+    ) -> None:
+        self.group = group
+        self.dim = check_positive_int("dim", dim)
+        self._matrices = matrices
+        self._lie_algebra = lie_algebra
+        self.key = key
+
+    @property
+    def blocks(self) -> tuple[tuple[int, Representation], ...]:
+        """The direct-sum decomposition ``((multiplicity, representation), ...)``."""
+        return ((1, self),)
+
+    def __call__(self, g: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """Return the matrices ``rho(g)`` with shape ``(B, d, d)``."""
+        g = self.group.check(g, "g")
+        out = self._matrices(g)
+        return out if dtype is None else out.to(dtype)
+
+    def discrete_generators(self) -> Tensor:
+        """``rho(h)`` for each discrete generator ``h`` of the group, float64, ``(k, d, d)``."""
+        gens = self.group.discrete_generators()
+        if gens.shape[0] == 0:
+            return torch.zeros(0, self.dim, self.dim, dtype=torch.float64)
+        return self(gens, torch.float64)
+
+    def lie_algebra(self) -> Tensor:
+        """``d rho(A_k)`` for the group's Lie-algebra basis ``A_k``, float64, ``(k, d, d)``."""
+        if self._lie_algebra is None:
+            return torch.zeros(0, self.dim, self.dim, dtype=torch.float64)
+        return self._lie_algebra()
+
+    def __add__(self, other: Representation) -> Representation:
+        return DirectSum([*self.blocks, *other.blocks])
+
+    def __rmul__(self, multiplicity: int) -> Representation:
+        check_positive_int("multiplicity", multiplicity)
+        return DirectSum([(m * multiplicity, r) for m, r in self.blocks])
+
+    def tensor(self, other: Representation) -> Representation:
+        """Tensor product ``rho (x) sigma``: ``(rho (x) sigma)(g) = kron(rho(g), sigma(g))``."""
+        _check_same_group(self, other)
+        d = self.dim * other.dim
+
+        def matrices(g: Tensor) -> Tensor:
+            a, b = self(g), other(g)
+            return torch.einsum("bij,bkl->bikjl", a, b).reshape(-1, d, d)
+
+        def lie() -> Tensor:
+            a, b = self.lie_algebra(), other.lie_algebra()
+            eye_a = torch.eye(self.dim, dtype=torch.float64)
+            eye_b = torch.eye(other.dim, dtype=torch.float64)
+            return torch.einsum("kij,lm->kiljm", a, eye_b).reshape(-1, d, d) + torch.einsum(
+                "ij,klm->kiljm", eye_a, b
+            ).reshape(-1, d, d)
+
+        return Representation(
+            self.group, d, matrices, lie_algebra=lie, key=f"({self.key})x({other.key})"
+        )
+
+    def dual(self) -> Representation:
+        """Dual representation ``rho*(g) = rho(g^-1)^T``, with ``d rho*(A) = -d rho(A)^T``."""
+
+        def matrices(g: Tensor) -> Tensor:
+            return self(self.group.inverse(g)).transpose(-1, -2)
+
+        def lie() -> Tensor:
+            return -self.lie_algebra().transpose(-1, -2)
+
+        return Representation(self.group, self.dim, matrices, lie_algebra=lie, key=f"({self.key})*")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Representation) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"Representation({self.key}, dim={self.dim})"
+
+
+class DirectSum(Representation):
+    """Direct sum ``m_1 rho_1 + m_2 rho_2 + ...``; block ``i`` occupies ``m_i * dim(rho_i)`` rows.
+
+    Within a block of multiplicity ``m`` the coordinates are ordered copy by copy:
+    ``(copy_1[0..d), copy_2[0..d), ...)``, as in e3nn's ``Irreps``.
+    """
+
+    def __init__(self, blocks: list[tuple[int, Representation]]) -> None:
+        if not blocks:
+            raise ValueError("blocks: expected at least one (multiplicity, representation) pair")
+        group = blocks[0][1].group
+        merged: list[tuple[int, Representation]] = []
+        for mult, rep in blocks:
+            if rep.group != group:
+                raise ValueError(
+                    f"blocks: expected representations of one group {group}, received {rep.group}"
+                )
+            if merged and merged[-1][1] == rep:
+                merged[-1] = (merged[-1][0] + mult, rep)
+            else:
+                merged.append((mult, rep))
+        self._blocks = tuple(merged)
+        key = " + ".join(f"{m}x[{r.key}]" for m, r in merged)
+        super().__init__(group, sum(m * r.dim for m, r in merged), self._block_matrices, key=key)
+        self._lie_algebra = self._block_lie
+
+    @property
+    def blocks(self) -> tuple[tuple[int, Representation], ...]:
+        return self._blocks
+
+    def _block_matrices(self, g: Tensor) -> Tensor:
+        return block_diagonal([(m, r(g)) for m, r in self._blocks])
+
+    def _block_lie(self) -> Tensor:
+        algebras = [(m, r.lie_algebra()) for m, r in self._blocks]
+        if algebras[0][1].shape[0] == 0:
+            return torch.zeros(0, self.dim, self.dim, dtype=torch.float64)
+        return block_diagonal(algebras)
+
+
+def block_diagonal(blocks: list[tuple[int, Tensor]]) -> Tensor:
+    """Batched block-diagonal matrix of ``multiplicity`` copies of each ``(B, d, d)`` block."""
+    batch = blocks[0][1].shape[0]
+    dim = sum(m * mats.shape[-1] for m, mats in blocks)
+    ref = blocks[0][1]
+    out = torch.zeros(batch, dim, dim, dtype=ref.dtype, device=ref.device)
+    offset = 0
+    for mult, mats in blocks:
+        d = mats.shape[-1]
+        eye = torch.eye(mult, dtype=mats.dtype, device=mats.device)
+        size = mult * d
+        out[:, offset : offset + size, offset : offset + size] = torch.einsum(
+            "ij,bkl->bikjl", eye, mats
+        ).reshape(batch, size, size)
+        offset += size
+    return out
+
+
+def _check_same_group(a: Representation, b: Representation) -> None:
+    if a.group != b.group:
+        raise ValueError(
+            f"other: expected a representation of {a.group}, received one of {b.group}"
+        )
