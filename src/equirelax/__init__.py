@@ -1,1 +1,37 @@
-"""equirelax: train neural networks between strict equivariance and none."""
+"""equirelax: train neural networks between strict equivariance and none.
+
+The public surface: groups and actions (:mod:`equirelax.groups`, :mod:`equirelax.actions`,
+:mod:`equirelax.representations`), the relaxed layer (:class:`Relaxed`, :func:`relax`,
+:func:`relaxed_layers`), projection (:func:`project`), measurements (:mod:`equirelax.metrics`,
+:func:`assert_equivariant`) and equivariant building blocks (:mod:`equirelax.nn`).
+"""
+
+from equirelax import actions, free_branches, groups, metrics, nn, representations
+from equirelax.metrics import assert_equivariant, equivariance_error, invariance_error
+from equirelax.projection import project
+from equirelax.free_branches import DenseFreeBranch
+from equirelax.relaxed import (
+    Relaxed,
+    register_free_branch,
+    relax,
+    relaxed_layers,
+)
+
+__all__ = [
+    "DenseFreeBranch",
+    "Relaxed",
+    "actions",
+    "assert_equivariant",
+    "equivariance_error",
+    "free_branches",
+    "groups",
+    "invariance_error",
+    "metrics",
+    "nn",
+    "project",
+    "register_free_branch",
+    "relax",
+    "relaxed_layers",
+    "representations",
+]
+__version__ = "0.1.0"

@@ -97,6 +97,10 @@ class Group(ABC):
     def standard_representation(self) -> Representation:
         """The defining representation (rotation matrices, permutation matrices, ...)."""
 
+    def trivial_representation(self) -> Representation:
+        """The one-dimensional trivial representation ``rho(g) = 1``."""
+        return _trivial(self)
+
     def discrete_generators(self) -> Tensor:
         """Elements that, with the identity component, generate the group (may be empty)."""
         return self.identity(0)
@@ -178,11 +182,6 @@ class FiniteGroup(Group):
             return out
 
         return Representation(self, n, matrices, key=f"{self.key}.regular")
-
-    def trivial_representation(self) -> Representation:
-        """The one-dimensional trivial representation."""
-        return _trivial(self)
-
 
 class CyclicGroup(FiniteGroup):
     """The cyclic group ``C_n`` of planar rotations by multiples of ``2 pi / n``."""
@@ -521,7 +520,7 @@ class SO2(_OrthogonalGroup):
         """The real irreducible representation of frequency ``k``: rotation by ``k theta``
         (the trivial representation for ``k = 0``)."""
         if frequency == 0:
-            return _trivial(self)
+            return self.trivial_representation()
 
         def matrices(g: Tensor) -> Tensor:
             theta = torch.atan2(g[:, 1, 0], g[:, 0, 0]).to(torch.float64)

@@ -1,0 +1,130 @@
+"""Unconstrained free branches ``f_free`` for relaxed layers, one per kind of feature.
+
+Each branch has the same input and output structure as the equivariant layer it relaxes and
+no symmetry constraint: a dense map on flattened features (vectors, irreps), a plain
+convolution on grids (group-convolution feature maps), a per-node MLP that sees raw coordinates
+(EGNN), a dense map on the flattened channel-by-3 features of vector neurons.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from equirelax._checks import check_positive_int
+
+__all__ = ["ConvFreeBranch", "DenseFreeBranch", "EGNNFreeBranch", "VectorNeuronFreeBranch"]
+
+
+class DenseFreeBranch(nn.Module):
+    """A dense map on the last ``len(in_shape)`` axes: ``(..., *in_shape) -> (..., *out_shape)``.
+
+    The leading axes (batch, nodes, points) are shared, so the branch sees each sample's
+    flattened features and nothing else.
+    """
+
+    def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], bias: bool = True):
+        super().__init__()
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.linear = nn.Linear(math.prod(self.in_shape), math.prod(self.out_shape), bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = len(self.in_shape)
+        if tuple(x.shape[x.ndim - k :]) != self.in_shape:
+            raise ValueError(
+                f"x: expected trailing shape {self.in_shape}, received {tuple(x.shape)}"
+            )
+        return self.linear(x.flatten(x.ndim - k)).unflatten(-1, self.out_shape)
+
+
+class ConvFreeBranch(nn.Module):
+    """A plain ``Conv2d`` on images or group feature maps.
+
+    Input ``(B, C_in, H, W)`` or ``(B, C_in, G_in, H, W)`` (group axis flattened into the
+    channels); output ``(B, C_out, G_out, H', W')``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        in_fibre: int,
+        out_channels: int,
+        out_fibre: int,
+        kernel_size: int,
+        padding: int,
+    ) -> None:
+        super().__init__()
+        self.in_fibre = check_positive_int("in_fibre", in_fibre)
+        self.out_shape = (check_positive_int("out_channels", out_channels), out_fibre)
+        self.conv = nn.Conv2d(
+            in_channels * in_fibre, out_channels * out_fibre, kernel_size, padding=padding
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        images = x.flatten(1, 2) if x.ndim == 5 else x
+        out = self.conv(images)
+        return out.unflatten(1, self.out_shape)
+
+
+class EGNNFreeBranch(nn.Module):
+    """Unconstrained per-node update for an EGNN layer: ``[h_i, x_i, (v_i)] -> (dh_i, dx_i)``.
+
+    It sees raw coordinates (so it breaks E(n) symmetry) but no neighbours; padded nodes
+    (``mask`` false) get zero updates. Called with the layer's arguments.
+    """
+
+    def __init__(
+        self,
+        node_features: int,
+        out_features: int,
+        hidden_features: int,
+        spatial_dim: int = 3,
+        velocity: bool = False,
+    ) -> None:
+        super().__init__()
+        self.spatial_dim = check_positive_int("spatial_dim", spatial_dim)
+        self.out_features = out_features
+        width = node_features + spatial_dim * (2 if velocity else 1)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden_features),
+            nn.SiLU(),
+            nn.Linear(hidden_features, out_features + spatial_dim),
+        )
+
+    def forward(
+        self,
+        h: Tensor,
+        x: Tensor,
+        v: Tensor | None = None,
+        *,
+        edge_attr: Tensor | None = None,
+        mask: Tensor | None = None,
+        adjacency: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        if x.shape[-1] != self.spatial_dim:
+            raise ValueError(
+                f"x: expected {self.spatial_dim} coordinates per node for the free branch, "
+                f"received shape {tuple(x.shape)}"
+            )
+        parts = [h, x] if v is None else [h, x, v]
+        out = self.mlp(torch.cat(parts, dim=-1))
+        if mask is not None:
+            out = out * mask.unsqueeze(-1).to(out.dtype)
+        return out[..., : self.out_features], out[..., self.out_features :]
+
+
+class VectorNeuronFreeBranch(nn.Module):
+    """A dense map on the flattened ``(C, 3)`` features of each point of a vector-neuron
+    tensor ``(B, C, 3, ...)``."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.linear = nn.Linear(3 * in_channels, 3 * out_channels)
+
+    def forward(self, v: Tensor) -> Tensor:
+        points = v.flatten(1, 2).movedim(1, -1)  # (B, ..., 3 C)
+        out = self.linear(points).movedim(-1, 1)
+        return out.unflatten(1, (self.out_channels, 3))

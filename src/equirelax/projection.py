@@ -1,0 +1,36 @@
+"""Projection: drop every free branch (level := 0) to get an exactly equivariant model."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from equirelax.relaxed import Relaxed
+
+__all__ = ["project"]
+
+
+def project(model: nn.Module) -> nn.Module:
+    """Return a copy of ``model`` with each :class:`~equirelax.Relaxed` layer replaced by its
+    equivariant layer.
+
+    The result holds no free branch, no level and no equirelax relaxation code, so it runs and
+    saves as a plain PyTorch module; it is exactly equivariant when the wrapped layers are. The
+    input model is left unchanged.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, received {type(model).__name__}")
+    if isinstance(model, Relaxed):
+        return project(model.equivariant)
+    projected = copy.deepcopy(model)
+    _strip(projected)
+    return projected
+
+
+def _strip(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        while isinstance(child, Relaxed):
+            child = child.equivariant
+            setattr(module, name, child)
+        _strip(child)

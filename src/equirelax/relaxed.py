@@ -1,0 +1,355 @@
+"""The relaxed layer ``y = f_eq(x) + level * f_free(x)`` and the functions that add it to a model.
+
+``level`` is one scalar per layer (``theta`` in CR, arXiv 2408.13242; ``gamma`` in ACE,
+arXiv 2505.13631). ``level = 0`` gives back the equivariant layer exactly; a strategy moves the
+level during training. :func:`relax` wraps chosen layers of a model, :func:`relaxed_layers` lists
+them, and :func:`equirelax.project` removes them again.
+
+Free branches are built by factories registered per layer type (:func:`register_free_branch`);
+a layer type without a factory gets a dense map on its flattened feature axis, built lazily at
+the first forward call from the input and output shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm
+
+from equirelax.free_branches import (
+    ConvFreeBranch,
+    DenseFreeBranch,
+    EGNNFreeBranch,
+    VectorNeuronFreeBranch,
+)
+
+__all__ = [
+    "Relaxed",
+    "register_free_branch",
+    "relax",
+    "relaxed_layers",
+]
+
+FreeBranchFactory = Callable[[nn.Module], "nn.Module | None"]
+_FACTORIES: dict[type[nn.Module], FreeBranchFactory] = {}
+_INITS = ("default", "zero", "small")
+_NORM_BOUNDS = (None, "spectral", "frobenius")
+
+
+def register_free_branch(layer_type: type[nn.Module], factory: FreeBranchFactory) -> None:
+    """Register ``factory(layer) -> free branch`` for layers of ``layer_type``.
+
+    The factory may return ``None`` to ask for the default dense branch built lazily from
+    shapes. Registered types are also what :func:`relax` selects by default.
+    """
+    if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
+        raise TypeError(f"layer_type: expected an nn.Module subclass, received {layer_type!r}")
+    _FACTORIES[layer_type] = factory
+
+
+def _factory_for(layer: nn.Module) -> FreeBranchFactory | None:
+    for cls in type(layer).__mro__:
+        if cls in _FACTORIES:
+            return _FACTORIES[cls]
+    return None
+
+
+class Relaxed(nn.Module):
+    """``y = equivariant(x) + level * free(x)``: an equivariant layer with a free branch.
+
+    Parameters
+    ----------
+    equivariant:
+        The equivariant layer ``f_eq``. Its ``action_in`` / ``action_out`` attributes, if any,
+        are forwarded so that metrics can check the relaxed layer.
+    free:
+        The unconstrained branch ``f_free`` with the same input and output structure. ``None``:
+        use the factory registered for ``type(equivariant)`` or, failing that, a
+        :class:`DenseFreeBranch` on the last feature axis built at the first forward call.
+    level:
+        Initial value of the relaxation level (a buffer named ``level``; see
+        :meth:`set_level_learnable` to make it a parameter).
+    init:
+        ``"default"`` (PyTorch's init), ``"zero"`` (all free weights 0) or ``"small"``
+        (default init times ``init_scale``).
+    norm_bound:
+        ``None``, ``"spectral"`` (spectral normalisation of each free weight) or
+        ``"frobenius"`` (each free weight rescaled to unit Frobenius norm), so that the level
+        carries the size of the deviation (needed by ACE).
+
+    Examples
+    --------
+    >>> layer = Relaxed(nn.Identity(), nn.Linear(3, 3), level=0.5)
+    >>> layer(torch.zeros(2, 3)).shape
+    torch.Size([2, 3])
+    """
+
+    level: Tensor
+
+    def __init__(
+        self,
+        equivariant: nn.Module,
+        free: nn.Module | None = None,
+        *,
+        level: float = 1.0,
+        init: str = "default",
+        init_scale: float = 1e-3,
+        norm_bound: str | None = None,
+        feature_dims: int = 1,
+    ) -> None:
+        super().__init__()
+        if not isinstance(equivariant, nn.Module):
+            raise TypeError(f"equivariant: expected an nn.Module, received {equivariant!r}")
+        if free is not None and not isinstance(free, nn.Module):
+            raise TypeError(f"free: expected an nn.Module or None, received {free!r}")
+        if init not in _INITS:
+            raise ValueError(f"init: expected one of {_INITS}, received {init!r}")
+        if norm_bound not in _NORM_BOUNDS:
+            raise ValueError(f"norm_bound: expected one of {_NORM_BOUNDS}, received {norm_bound!r}")
+        self.equivariant = equivariant
+        self.init = init
+        self.init_scale = float(init_scale)
+        self.norm_bound = norm_bound
+        self.feature_dims = feature_dims
+        self.register_buffer("level", torch.tensor(float(level)))
+        if free is None:
+            factory = _factory_for(equivariant)
+            free = factory(equivariant) if factory is not None else None
+        self.free: nn.Module | None = None
+        if free is not None:
+            self._install_free(free)
+        for name in ("action_in", "action_out"):
+            if hasattr(equivariant, name):
+                setattr(self, name, getattr(equivariant, name))
+
+    def _install_free(self, free: nn.Module) -> None:
+        _initialise(free, self.init, self.init_scale)
+        _bound_norms(free, self.norm_bound)
+        self.free = free
+
+    def set_level_learnable(self, learnable: bool = True) -> None:
+        """Turn ``level`` into an ``nn.Parameter`` (``learnable=True``) or back into a buffer."""
+        value = self.level.detach().clone()
+        del self.level
+        if learnable:
+            self.level = nn.Parameter(value)  # type: ignore[assignment]
+        else:
+            self.register_buffer("level", value)
+
+    @property
+    def level_is_learnable(self) -> bool:
+        """Whether ``level`` is a parameter (owned by an optimiser) rather than a buffer."""
+        return isinstance(self.level, nn.Parameter)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.equivariant(*args, **kwargs)
+        if self.free is None:
+            self._build_default_free(args, out)
+        assert self.free is not None
+        deviation = self.free(*args, **kwargs)
+        return _combine(out, deviation, self.level)
+
+    def _build_default_free(self, args: tuple[Any, ...], out: Any) -> None:
+        if len(args) != 1 or not isinstance(args[0], Tensor) or not isinstance(out, Tensor):
+            raise TypeError(
+                f"free: {type(self.equivariant).__name__} takes or returns several tensors, so "
+                "no default free branch can be built; pass free= or register a factory with "
+                "equirelax.register_free_branch"
+            )
+        k = self.feature_dims
+        branch = DenseFreeBranch(tuple(args[0].shape[-k:]), tuple(out.shape[-k:]))
+        self._install_free(branch.to(device=out.device, dtype=out.dtype))
+
+    def extra_repr(self) -> str:
+        kind = "learnable" if self.level_is_learnable else "buffer"
+        return f"level={float(self.level):.4g} ({kind}), norm_bound={self.norm_bound}"
+
+
+def _combine(out: Any, deviation: Any, level: Tensor) -> Any:
+    if isinstance(out, Tensor):
+        if not isinstance(deviation, Tensor) or deviation.shape != out.shape:
+            raise ValueError(
+                "free: expected the free branch to return the equivariant layer's output shape "
+                f"{tuple(out.shape)}, received {_shape_of(deviation)}"
+            )
+        return out + level * deviation
+    if isinstance(out, (tuple, list)):
+        if not isinstance(deviation, (tuple, list)) or len(deviation) != len(out):
+            raise ValueError(
+                f"free: expected {len(out)} outputs like the equivariant layer, "
+                f"received {_shape_of(deviation)}"
+            )
+        return type(out)(_combine(o, d, level) for o, d in zip(out, deviation, strict=True))
+    raise TypeError(f"equivariant: expected tensor or tuple outputs, received {type(out).__name__}")
+
+
+def _shape_of(x: Any) -> str:
+    if isinstance(x, Tensor):
+        return f"shape {tuple(x.shape)}"
+    if isinstance(x, (tuple, list)):
+        return f"{len(x)} outputs"
+    return type(x).__name__
+
+
+def _weights(module: nn.Module) -> list[tuple[nn.Module, str]]:
+    """The (module, name) of every weight matrix / kernel of ``module`` (ndim >= 2)."""
+    return [
+        (m, name)
+        for m in module.modules()
+        for name, p in list(m.named_parameters(recurse=False))
+        if p.ndim >= 2
+    ]
+
+
+def _initialise(free: nn.Module, init: str, scale: float) -> None:
+    if init == "default":
+        return
+    with torch.no_grad():
+        for p in free.parameters():
+            p.mul_(0.0 if init == "zero" else scale)
+
+
+class _UnitFrobenius(nn.Module):
+    """Parametrisation ``W -> W / ||W||_F``."""
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight / torch.linalg.vector_norm(weight).clamp_min(1e-12)
+
+
+def _bound_norms(free: nn.Module, norm_bound: str | None) -> None:
+    for module, name in _weights(free):
+        if norm_bound == "spectral":
+            spectral_norm(module, name=name)
+        elif norm_bound == "frobenius":
+            parametrize.register_parametrization(module, name, _UnitFrobenius())
+
+
+Selector = type | tuple[type, ...] | Callable[[str, nn.Module], bool] | None
+
+
+def relax(
+    model: nn.Module,
+    select: Selector = None,
+    *,
+    inplace: bool = False,
+    example_input: Any = None,
+    **options: Any,
+) -> nn.Module:
+    """Wrap the selected layers of ``model`` in :class:`Relaxed` layers.
+
+    Parameters
+    ----------
+    select:
+        A layer type, a tuple of types, or a predicate ``(name, module) -> bool``. ``None``
+        selects every layer whose type has a registered free-branch factory.
+    inplace:
+        Modify ``model`` itself instead of a deep copy.
+    example_input:
+        If given, run one forward pass (``model(*example_input)`` for a tuple) so that lazily
+        built free branches exist before an optimiser is created.
+    options:
+        Keyword arguments for :class:`Relaxed` (``level``, ``init``, ``norm_bound``, ...).
+    """
+    predicate = _selector(select)
+    if not inplace:
+        model = copy.deepcopy(model)
+    if predicate("", model):
+        model = Relaxed(model, **options)
+    else:
+        _relax_children(model, "", predicate, options)
+    if not relaxed_layers(model):
+        raise ValueError(f"select: no layer of the model matched {select!r}")
+    if example_input is not None:
+        with torch.no_grad():
+            model(*example_input) if isinstance(example_input, tuple) else model(example_input)
+    return model
+
+
+def _relax_children(
+    module: nn.Module, prefix: str, predicate: Callable[[str, nn.Module], bool], options: dict
+) -> None:
+    for name, child in module.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, Relaxed):
+            continue
+        if predicate(full, child):
+            setattr(module, name, Relaxed(child, **options))
+        else:
+            _relax_children(child, full, predicate, options)
+
+
+def _selector(select: Selector) -> Callable[[str, nn.Module], bool]:
+    if select is None:
+        return lambda _, m: _factory_for(m) is not None
+    if isinstance(select, type) or (
+        isinstance(select, tuple) and all(isinstance(t, type) for t in select)
+    ):
+        types = select
+        return lambda _, m: isinstance(m, types)
+    if callable(select):
+        return select
+    raise TypeError(
+        f"select: expected a type, a tuple of types or a predicate, received {select!r}"
+    )
+
+
+def relaxed_layers(model: nn.Module) -> dict[str, Relaxed]:
+    """Every :class:`Relaxed` layer of ``model`` by qualified name, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, Relaxed)}
+
+
+def _register_builtin_factories() -> None:
+    from equirelax.nn import (
+        EGNNLayer,
+        EquivariantLinear,
+        GroupConv2d,
+        LiftingConv2d,
+        VNLinear,
+    )
+
+    register_free_branch(
+        EquivariantLinear,
+        lambda layer: DenseFreeBranch((layer.in_features,), (layer.out_features,)),
+    )
+    register_free_branch(
+        LiftingConv2d,
+        lambda layer: ConvFreeBranch(
+            layer.in_channels,
+            1,
+            layer.out_channels,
+            layer.group.order,
+            layer.kernel_size,
+            layer.padding,
+        ),
+    )
+    register_free_branch(
+        GroupConv2d,
+        lambda layer: ConvFreeBranch(
+            layer.in_channels,
+            layer.group.order,
+            layer.out_channels,
+            layer.group.order,
+            layer.kernel_size,
+            layer.padding,
+        ),
+    )
+    register_free_branch(
+        EGNNLayer,
+        lambda layer: EGNNFreeBranch(
+            layer.node_features,
+            layer.out_features,
+            layer.hidden_features,
+            velocity=layer.velocity,
+        ),
+    )
+    register_free_branch(
+        VNLinear, lambda layer: VectorNeuronFreeBranch(layer.in_channels, layer.out_channels)
+    )
+
+
+_register_builtin_factories()
