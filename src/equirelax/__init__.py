@@ -7,9 +7,9 @@ The public surface: groups and actions (:mod:`equirelax.groups`, :mod:`equirelax
 """
 
 from equirelax import actions, free_branches, groups, metrics, nn, representations
+from equirelax.free_branches import DenseFreeBranch
 from equirelax.metrics import assert_equivariant, equivariance_error, invariance_error
 from equirelax.projection import project
-from equirelax.free_branches import DenseFreeBranch
 from equirelax.relaxed import (
     Relaxed,
     register_free_branch,

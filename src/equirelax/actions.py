@@ -149,7 +149,7 @@ class PointAction(VectorAction):
     def act(self, g: Tensor, x: Tensor) -> Tensor:
         out = super().act(g, x)
         if isinstance(self.group, Euclidean):
-            shift = self.group.translation(g).to(x.dtype)
+            shift = self.group.translation(g).to(dtype=x.dtype, device=x.device)
             out = out + shift.reshape(shift.shape[0], *([1] * (x.ndim - 2)), shift.shape[1])
         return out
 
@@ -171,9 +171,11 @@ class ImageAction(Action):
             raise ValueError(f"fibre: expected 'trivial' or 'regular', received {fibre!r}")
         if fibre == "regular" and not isinstance(group, FiniteGroup):
             raise ValueError(f"fibre: 'regular' needs a finite group, received {group}")
-        if group.standard_representation().dim != 2:
+        standard = group.standard_representation()
+        if standard.dim != 2:
             raise ValueError(f"group: expected a group acting on the plane, received {group}")
         self.fibre = fibre
+        self._standard = standard  # built once: act() is called in training loops
 
     @property
     def exact(self) -> bool:
@@ -197,7 +199,7 @@ class ImageAction(Action):
             )
 
     def act(self, g: Tensor, x: Tensor) -> Tensor:
-        matrices = self.group.standard_representation()(g)
+        matrices = self._standard(g)  # on g's device
         if self.exact:
             size = x.shape[-1]
             perm = _pixel_permutation(matrices.round().to(torch.long), size).to(x.device)
@@ -208,8 +210,8 @@ class ImageAction(Action):
             out = _rotate_bilinear(x, matrices.to(x.dtype))
         if self.fibre == "regular":
             group: FiniteGroup = self.group  # type: ignore[assignment]
-            table = group.multiplication_table.to(x.device)
-            source = table[group.index(group.inverse(g))]  # (B, |G|): index of g^-1 h
+            table = group.multiplication_table.to(g.device)
+            source = table[group.index(group.inverse(g))].to(x.device)  # (B, |G|): g^-1 h
             idx = source.reshape(*source.shape[:1], 1, -1, 1, 1).expand_as(out)
             out = torch.gather(out, 2, idx)
         return out
@@ -305,19 +307,26 @@ def _describe(x: Any) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _pixel_grid(size: int) -> Tensor:
-    """Pixel-centre coordinates ``(size * size, 2)`` as ``(x right, y up)``, centred on 0."""
+def _cached_pixel_grid(size: int) -> Tensor:
     centre = (size - 1) / 2
     rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     xy = torch.stack([cols - centre, centre - rows], dim=-1).reshape(-1, 2)
     return (2 * xy).round().to(torch.long)  # doubled so half-integer centres stay integers
 
 
+def _pixel_grid(size: int, device: torch.device | str | None = None) -> Tensor:
+    """Doubled pixel-centre coordinates ``(size * size, 2)`` as ``(x right, y up)``, centred on
+    0, on ``device``; a fresh copy of a cached CPU tensor, so callers may change it."""
+    return _cached_pixel_grid(size).to(device=device, copy=True)
+
+
 def _pixel_permutation(matrices: Tensor, size: int) -> Tensor:
-    """For integer matrices ``M`` (B, 2, 2): output pixel ``p`` reads input pixel ``M^-1 p``."""
-    grid = _pixel_grid(size)  # (P, 2) doubled coordinates
+    """For integer matrices ``M`` (B, 2, 2): output pixel ``p`` reads input pixel ``M^-1 p``
+    (flat indices ``(B, P)`` on the device of ``matrices``)."""
+    grid = _pixel_grid(size, matrices.device)  # (P, 2) doubled coordinates
     inverse = matrices.transpose(-1, -2)  # orthogonal integer matrices
-    source = torch.einsum("bij,pj->bpi", inverse, grid)  # (B, P, 2)
+    # A broadcast product, not einsum: CUDA has no integer matmul.
+    source = (inverse.unsqueeze(1) * grid.reshape(1, -1, 1, 2)).sum(dim=-1)  # (B, P, 2)
     centre2 = size - 1
     cols = (source[..., 0] + centre2) // 2
     rows = (centre2 - source[..., 1]) // 2

@@ -157,9 +157,16 @@ class FiniteGroup(Group):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> Tensor:
-        """``n`` elements drawn uniformly (with replacement)."""
-        idx = torch.randint(self.order, (n,), generator=generator)
-        return self.elements()[idx].to(device)
+        """``n`` elements drawn uniformly (with replacement).
+
+        The indices are drawn on the generator's device (the CPU without one), so that a seed
+        gives the same elements on every ``device``.
+        """
+        idx = torch.randint(
+            self.order, (n,), generator=generator, device=_generator_device(generator)
+        )
+        elements = self.elements(device=device)
+        return elements[idx.to(elements.device)]
 
     @functools.cached_property
     def multiplication_table(self) -> Tensor:
@@ -176,12 +183,13 @@ class FiniteGroup(Group):
         n = self.order
 
         def matrices(g: Tensor) -> Tensor:
-            rows = table[self.index(g)]  # (B, n): row h holds index(g h)
-            out = torch.zeros(g.shape[0], n, n, dtype=torch.float64)
+            rows = table.to(g.device)[self.index(g)]  # (B, n): row h holds index(g h)
+            out = torch.zeros(g.shape[0], n, n, dtype=torch.float64, device=g.device)
             out.scatter_(1, rows.unsqueeze(1), 1.0)
             return out
 
         return Representation(self, n, matrices, key=f"{self.key}.regular")
+
 
 class CyclicGroup(FiniteGroup):
     """The cyclic group ``C_n`` of planar rotations by multiples of ``2 pi / n``."""
@@ -301,7 +309,7 @@ class DihedralGroup(FiniteGroup):
     def standard_representation(self) -> Representation:
         def matrices(g: Tensor) -> Tensor:
             rot = _rotation_2d(g[:, 0].to(torch.float64) * (2 * math.pi / self.n))
-            mirror = torch.ones(g.shape[0], 2, dtype=torch.float64)
+            mirror = torch.ones(g.shape[0], 2, dtype=torch.float64, device=g.device)
             mirror[:, 0] = 1.0 - 2.0 * g[:, 1].to(torch.float64)
             return rot * mirror.unsqueeze(1)  # R(k) @ diag(mirror)
 
@@ -345,7 +353,9 @@ class SymmetricGroup(FiniteGroup):
         dtype: torch.dtype | None = None,
     ) -> Tensor:
         """``n`` uniformly random permutations (argsort of i.i.d. uniforms)."""
-        return torch.argsort(torch.rand(n, self.n, generator=generator), dim=1).to(device)
+        return torch.argsort(
+            torch.rand(n, self.n, generator=generator, device=_generator_device(generator)), dim=1
+        ).to(device)
 
     def elements(self, *, device: torch.device | str | None = None) -> Tensor:
         if self.order > _MAX_ENUMERATED:
@@ -388,7 +398,7 @@ class SymmetricGroup(FiniteGroup):
 
     def standard_representation(self) -> Representation:
         def matrices(g: Tensor) -> Tensor:
-            out = torch.zeros(g.shape[0], self.n, self.n, dtype=torch.float64)
+            out = torch.zeros(g.shape[0], self.n, self.n, dtype=torch.float64, device=g.device)
             return out.scatter_(1, g.unsqueeze(1), 1.0)
 
         return Representation(self, self.n, matrices, key=f"{self.key}.standard")
@@ -436,7 +446,8 @@ class MatrixGroup(FiniteGroup):
 
     def index(self, g: Tensor) -> Tensor:
         g = self.check(g)
-        dist = torch.cdist(g.flatten(1).to(torch.float64), self._elements.flatten(1))
+        elements = self._elements.to(g.device)
+        dist = torch.cdist(g.flatten(1).to(torch.float64), elements.flatten(1))
         best = dist.min(dim=1)
         if bool((best.values > 1e-6).any()):
             raise ValueError("g: received a matrix that is not an element of this group")
@@ -490,8 +501,10 @@ class _OrthogonalGroup(Group):
 
     def _random_reflections(self, n: int, generator: torch.Generator | None) -> Tensor:
         """``n`` matrices ``diag(s, 1, ...)`` with ``s = +-1`` uniformly (O(d) only)."""
-        flip = torch.randint(2, (n,), generator=generator).to(torch.float64)
-        diag = torch.ones(n, self.d, dtype=torch.float64)
+        flip = torch.randint(2, (n,), generator=generator, device=_generator_device(generator)).to(
+            torch.float64
+        )
+        diag = torch.ones(n, self.d, dtype=torch.float64, device=flip.device)
         diag[:, 0] = 1.0 - 2.0 * flip
         return torch.diag_embed(diag)
 
@@ -510,7 +523,9 @@ class SO2(_OrthogonalGroup):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> Tensor:
-        theta = torch.rand(n, generator=generator, dtype=torch.float64) * (2 * math.pi)
+        theta = torch.rand(
+            n, generator=generator, dtype=torch.float64, device=_generator_device(generator)
+        ) * (2 * math.pi)
         return _rotation_2d(theta).to(device=device, dtype=dtype or torch.get_default_dtype())
 
     def lie_algebra(self) -> Tensor:
@@ -578,14 +593,16 @@ class SO3(_OrthogonalGroup):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> Tensor:
-        q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
+        q = torch.randn(
+            n, 4, generator=generator, dtype=torch.float64, device=_generator_device(generator)
+        )
         q = q / q.norm(dim=1, keepdim=True)
         return o3.quaternion_to_matrix(q).to(
             device=device, dtype=dtype or torch.get_default_dtype()
         )
 
     def lie_algebra(self) -> Tensor:
-        return o3.so3_generators(1).to(torch.float64)
+        return _so3_generators(1).clone()
 
     def irreps(self, irreps: str | o3.Irreps) -> Representation:
         """The direct sum of e3nn irreps, e.g. ``"4x0e + 2x1o + 1x2e"`` (parity is ignored
@@ -607,7 +624,9 @@ class O3(SO3):
         dtype: torch.dtype | None = None,
     ) -> Tensor:
         rot = SO3().sample(n, generator, dtype=torch.float64)
-        sign = 1.0 - 2.0 * torch.randint(2, (n, 1, 1), generator=generator).to(torch.float64)
+        sign = 1.0 - 2.0 * torch.randint(
+            2, (n, 1, 1), generator=generator, device=_generator_device(generator)
+        ).to(torch.float64)
         return (rot * sign).to(device=device, dtype=dtype or torch.get_default_dtype())
 
     def discrete_generators(self) -> Tensor:
@@ -656,7 +675,9 @@ class Euclidean(Group):
         dtype: torch.dtype | None = None,
     ) -> Tensor:
         rot = self.base.sample(n, generator, dtype=torch.float64)
-        shift = torch.randn(n, self.d, generator=generator, dtype=torch.float64)
+        shift = torch.randn(
+            n, self.d, generator=generator, dtype=torch.float64, device=_generator_device(generator)
+        )
         return self.from_parts(rot, shift * self.translation_scale).to(
             device=device, dtype=dtype or torch.get_default_dtype()
         )
@@ -711,7 +732,7 @@ class Euclidean(Group):
 
 def _trivial(group: Group) -> Representation:
     def matrices(g: Tensor) -> Tensor:
-        return torch.ones(g.shape[0], 1, 1, dtype=torch.float64)
+        return torch.ones(g.shape[0], 1, 1, dtype=torch.float64, device=g.device)
 
     def lie() -> Tensor:
         return torch.zeros(group.lie_algebra().shape[0], 1, 1, dtype=torch.float64)
@@ -727,13 +748,60 @@ def _irrep(group: SO3, l: int, p: int) -> Representation:  # noqa: E741 (l is th
     irrep = o3.Irrep(l, p if not group.special else 1)
 
     def matrices(g: Tensor) -> Tensor:
-        # e3nn maps an improper g = -R to p^l-style parity factors times D(R).
-        return irrep.D_from_matrix(g.to(torch.float64))
+        # An improper g = -R (O(3)) maps to p * D(R), as e3nn's Irrep.D_from_matrix.
+        g = g.to(torch.float64)
+        sign = torch.linalg.det(g).sign()
+        out = _wigner_d(l, sign[:, None, None] * g)
+        if irrep.p == -1:
+            out = out * sign[:, None, None]
+        return out
 
     def lie() -> Tensor:
-        return o3.so3_generators(l).to(torch.float64)
+        return _so3_generators(l).clone()
 
     return Representation(group, 2 * l + 1, matrices, lie_algebra=lie, key=f"{group.key}.{irrep}")
+
+
+@functools.lru_cache(maxsize=32)
+def _so3_generators(l: int) -> Tensor:  # noqa: E741 (l is the degree)
+    """e3nn's Lie-algebra basis ``(3, 2l+1, 2l+1)`` of the real irrep ``l``, built in float64.
+
+    ``o3.so3_generators`` computes in the default dtype, which leaves errors of about 1e-7 in
+    float32; the cached tensor is shared, so callers must clone it before changing it.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return o3.so3_generators(l).to(torch.float64)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _wigner_d(l: int, rotation: Tensor) -> Tensor:  # noqa: E741 (l is the degree)
+    """e3nn's real Wigner matrix ``D_l(R)`` of proper rotations ``(B, 3, 3)`` in float64, on the
+    device of ``rotation``.
+
+    Same convention as ``o3.Irrep(l, 1).D_from_matrix`` (``R = Y(alpha) X(beta) Y(gamma)``,
+    ``D_l = exp(alpha J_y) exp(beta J_x) exp(gamma J_y)``), but with float64 generators, an
+    ``atan2`` for ``beta`` (accurate near the poles, where ``acos`` is not) and every tensor on
+    the rotation's device (e3nn's ``wigner_D`` builds its generators on the CPU).
+    """
+    rotation = rotation.to(torch.float64)
+    axis = rotation[:, :, 1]  # R e_y = Y(alpha) X(beta) e_y
+    alpha = torch.atan2(axis[:, 0], axis[:, 2])
+    beta = torch.atan2(torch.hypot(axis[:, 0], axis[:, 2]), axis[:, 1])
+    rest = o3.angles_to_matrix(alpha, beta, torch.zeros_like(alpha)).transpose(-1, -2) @ rotation
+    gamma = torch.atan2(rest[:, 0, 2], rest[:, 0, 0])
+    gens = _so3_generators(l).to(rotation.device)
+
+    def exp(angle: Tensor, generator: Tensor) -> Tensor:
+        return torch.linalg.matrix_exp(angle[:, None, None] * generator)
+
+    return exp(alpha, gens[1]) @ exp(beta, gens[0]) @ exp(gamma, gens[1])
+
+
+def _generator_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
 
 
 def _rotation_2d(theta: Tensor) -> Tensor:

@@ -284,9 +284,7 @@ def lie_derivative(
     return torch.stack(out)
 
 
-def weight_distance(
-    weight: Tensor, rep_in: Any, rep_out: Any, relative: bool = False
-) -> Tensor:
+def weight_distance(weight: Tensor, rep_in: Any, rep_out: Any, relative: bool = False) -> Tensor:
     """Frobenius distance of a linear weight ``(d_out, d_in)`` from ``Hom_G(rep_in, rep_out)``
     (via the cached :class:`~equirelax.commutant.EquivariantProjector`)."""
     return EquivariantProjector(rep_in, rep_out).distance(weight, relative=relative)
@@ -358,7 +356,8 @@ def _assert_within_level_bound(
     assert_equivariant(module.equivariant, x, action_in, action_out, atol=atol, **kwargs)
     err = equivariance_error(module, x, action_in, action_out, **kwargs)
     free_gx = invariance_error(module.free, x, action_in, **kwargs)
-    free_norm = _flat(_call(module.free, x)).norm(dim=1).max()
+    with torch.no_grad():
+        free_norm = _flat(_call(module.free, x)).norm(dim=1).max()
     limit = abs(float(module.level)) * (free_gx.max_absolute + 2 * float(free_norm))
     if not err.max_absolute <= limit * (1 + 1e-6) + 1e-12:
         raise AssertionError(f"error exceeds the level bound {limit:.3e}: {err}")

@@ -128,6 +128,16 @@ class Relaxed(nn.Module):
                 setattr(self, name, getattr(equivariant, name))
 
     def _install_free(self, free: nn.Module) -> None:
+        reference = next(
+            (
+                t
+                for t in (*self.equivariant.parameters(), *self.equivariant.buffers())
+                if t.is_floating_point()
+            ),
+            None,
+        )
+        if reference is not None:
+            free = free.to(device=reference.device, dtype=reference.dtype)
         _initialise(free, self.init, self.init_scale)
         _bound_norms(free, self.norm_bound)
         self.free = free

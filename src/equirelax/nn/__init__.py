@@ -3,13 +3,14 @@ vector neurons, EGNN layers and group convolutions. Each exposes ``action_in`` /
 ``action_out`` where its actions are fixed, so :func:`equirelax.assert_equivariant` can
 check it without further arguments."""
 
-from equirelax.nn.egnn import EGNNLayer
+from equirelax.nn.egnn import EGNN, EGNNLayer
 from equirelax.nn.group_conv import GroupConv2d, GroupPool, LiftingConv2d
 from equirelax.nn.linear import EquivariantLinear
 from equirelax.nn.nonlinearities import GatedNonlinearity, NormNonlinearity
 from equirelax.nn.vector_neurons import VNLeakyReLU, VNLinear
 
 __all__ = [
+    "EGNN",
     "EGNNLayer",
     "EquivariantLinear",
     "GatedNonlinearity",

@@ -8,6 +8,8 @@ and edge is handled by one tensor operation: there is no Python loop over them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -366,3 +368,34 @@ class EGNNLayer(nn.Module):
 def _check_dtype(name: str, value: Tensor, h: Tensor) -> None:
     if value.dtype != h.dtype:
         raise ValueError(f"{name}: expected dtype {h.dtype} like h, received dtype {value.dtype}")
+
+
+class EGNN(nn.Module):
+    """A stack of ``num_layers`` :class:`EGNNLayer` on ``(h, x)``, returning ``(h, x)``.
+
+    Every layer keeps the node-feature width ``node_features``; keyword arguments
+    (``edge_attr``, ``mask``, ``adjacency``) and velocities ``v`` are passed to every layer.
+
+    Examples
+    --------
+    >>> model = EGNN(8, 16, num_layers=2)
+    >>> h, x = model(torch.randn(2, 5, 8), torch.randn(2, 5, 3))
+    >>> h.shape, x.shape
+    (torch.Size([2, 5, 8]), torch.Size([2, 5, 3]))
+    """
+
+    def __init__(
+        self, node_features: int, hidden_features: int, num_layers: int = 4, **layer_options: Any
+    ) -> None:
+        super().__init__()
+        check_positive_int("num_layers", num_layers)
+        self.layers = nn.ModuleList(
+            EGNNLayer(node_features, hidden_features, **layer_options) for _ in range(num_layers)
+        )
+
+    def forward(
+        self, h: Tensor, x: Tensor, v: Tensor | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        for layer in self.layers:
+            h, x = layer(h, x, v, **kwargs)
+        return h, x

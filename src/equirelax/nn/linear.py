@@ -88,6 +88,8 @@ class _Expansion(nn.Module):
         self.shape = (projector.rep_out.dim, projector.rep_in.dim)
         self.slices = [(rows, cols) for rows, cols, *_ in projector.pieces]
         self.coefficients = nn.ParameterList()
+        # Follows .to(dtype / device), so an expansion without coefficients still knows both.
+        self.register_buffer("anchor", torch.zeros(0), persistent=False)
         for i, (_, _, m_out, m_in, basis) in enumerate(projector.pieces):
             n, d_out, d_in = basis.shape
             # Scale so that the entries of W have standard deviation init_std.
@@ -96,12 +98,7 @@ class _Expansion(nn.Module):
             self.register_buffer(f"basis{i}", basis.to(torch.get_default_dtype()), persistent=False)
 
     def forward(self) -> Tensor:
-        ref = self.coefficients[0] if len(self.coefficients) else None
-        weight = torch.zeros(
-            self.shape,
-            dtype=ref.dtype if ref is not None else None,
-            device=ref.device if ref is not None else None,
-        )
+        weight = self.anchor.new_zeros(self.shape)
         for i, ((rows, cols), coeff) in enumerate(zip(self.slices, self.coefficients, strict=True)):
             basis = getattr(self, f"basis{i}")
             block = torch.einsum("abn,nde->adbe", coeff, basis)
