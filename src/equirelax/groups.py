@@ -339,7 +339,8 @@ class SymmetricGroup(FiniteGroup):
 
     def compose(self, a: Tensor, b: Tensor) -> Tensor:
         a, b = self.check(a, "a"), self.check(b, "b")
-        return torch.gather(a.expand(b.shape[0], -1), 1, b)
+        batch = max(a.shape[0], b.shape[0])  # a batch of one broadcasts, as for other groups
+        return torch.gather(a.expand(batch, -1), 1, b.expand(batch, -1))
 
     def inverse(self, a: Tensor) -> Tensor:
         return torch.argsort(self.check(a, "a"), dim=1)
