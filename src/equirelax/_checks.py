@@ -7,6 +7,7 @@ value, so that a user sees at once which input is wrong.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -69,3 +70,17 @@ def check_batch(name: str, value: Tensor, batch: int) -> Tensor:
             f"for the whole batch), received shape {tuple(value.shape)}"
         )
     return value
+
+
+def describe(x: Any) -> str:
+    """A short description of a value for error messages (shape of a tensor, tuple length)."""
+    if isinstance(x, Tensor):
+        return f"a tensor of shape {tuple(x.shape)}"
+    if isinstance(x, (tuple, list)):
+        return f"a {type(x).__name__} of {len(x)} items"
+    return type(x).__name__
+
+
+def batch_size(x: Any) -> int:
+    """The leading (batch) size of a tensor or of the first tensor of a tuple."""
+    return int(x[0].shape[0] if isinstance(x, (tuple, list)) else x.shape[0])

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from equirelax._checks import check_tensor
+from equirelax._checks import batch_size, check_tensor, describe
 from equirelax.groups import (
     CyclicGroup,
     DihedralGroup,
@@ -62,7 +62,7 @@ class Action(ABC):
     def __call__(self, g: Tensor, x: Any) -> Any:
         g = self.group.check(g, "g")
         self.check_input(x, "x")
-        batch = _batch_size(x)
+        batch = batch_size(x)
         if g.shape[0] not in (1, batch):
             raise ValueError(
                 f"g: expected {batch} group elements (one per sample of x) or 1, "
@@ -275,7 +275,7 @@ class DirectSumAction(Action):
     def check_input(self, x: Any, name: str = "x") -> None:
         if not isinstance(x, (tuple, list)) or len(x) != len(self.actions):
             raise ValueError(
-                f"{name}: expected a tuple of {len(self.actions)} tensors, received {_describe(x)}"
+                f"{name}: expected a tuple of {len(self.actions)} tensors, received {describe(x)}"
             )
         for i, (action, part) in enumerate(zip(self.actions, x, strict=True)):
             action.check_input(part, f"{name}[{i}]")
@@ -290,20 +290,6 @@ class DirectSumAction(Action):
 
     def __repr__(self) -> str:
         return f"DirectSumAction({', '.join(repr(a) for a in self.actions)})"
-
-
-def _batch_size(x: Any) -> int:
-    if isinstance(x, (tuple, list)):
-        return int(x[0].shape[0])
-    return int(x.shape[0])
-
-
-def _describe(x: Any) -> str:
-    if isinstance(x, Tensor):
-        return f"a tensor of shape {tuple(x.shape)}"
-    if isinstance(x, (tuple, list)):
-        return f"a {type(x).__name__} of {len(x)} items"
-    return type(x).__name__
 
 
 @functools.lru_cache(maxsize=64)

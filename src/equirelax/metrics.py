@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from equirelax._checks import check_finite, check_positive_int
+from equirelax._checks import batch_size, check_finite, check_positive_int
 from equirelax.actions import Action, TrivialAction
 from equirelax.commutant import EquivariantProjector, equivariant_basis
 from equirelax.groups import FiniteGroup
@@ -85,10 +85,6 @@ def _repeat(x: Any, k: int) -> Any:
     if isinstance(x, (tuple, list)):
         return type(x)(_repeat(part, k) for part in x)
     return x.repeat(k, *([1] * (x.ndim - 1)))
-
-
-def _batch_size(x: Any) -> int:
-    return int(x[0].shape[0] if isinstance(x, (tuple, list)) else x.shape[0])
 
 
 def _check_inputs(x: Any) -> None:
@@ -160,7 +156,7 @@ def equivariance_error(
     g = action_in.group.check(g, "elements")
     if g.is_floating_point():
         g = g.to(dtype or _flat_dtype(x))
-    batch, k = _batch_size(x), g.shape[0]
+    batch, k = batch_size(x), g.shape[0]
 
     y = _call(f, x)
     y_flat = _flat(y)
@@ -269,7 +265,7 @@ def lie_derivative(
     _check_inputs(x)
     action_in.check_input(x, "x")
     dtype = _flat_dtype(x)
-    batch = _batch_size(x)
+    batch = batch_size(x)
     out = []
     for a in basis.to(dtype):
 

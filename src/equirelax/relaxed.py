@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
+from equirelax._checks import describe
 from equirelax.free_branches import (
     ConvFreeBranch,
     DenseFreeBranch,
@@ -185,25 +186,17 @@ def _combine(out: Any, deviation: Any, level: Tensor) -> Any:
         if not isinstance(deviation, Tensor) or deviation.shape != out.shape:
             raise ValueError(
                 "free: expected the free branch to return the equivariant layer's output shape "
-                f"{tuple(out.shape)}, received {_shape_of(deviation)}"
+                f"{tuple(out.shape)}, received {describe(deviation)}"
             )
         return out + level * deviation
     if isinstance(out, (tuple, list)):
         if not isinstance(deviation, (tuple, list)) or len(deviation) != len(out):
             raise ValueError(
                 f"free: expected {len(out)} outputs like the equivariant layer, "
-                f"received {_shape_of(deviation)}"
+                f"received {describe(deviation)}"
             )
         return type(out)(_combine(o, d, level) for o, d in zip(out, deviation, strict=True))
     raise TypeError(f"equivariant: expected tensor or tuple outputs, received {type(out).__name__}")
-
-
-def _shape_of(x: Any) -> str:
-    if isinstance(x, Tensor):
-        return f"shape {tuple(x.shape)}"
-    if isinstance(x, (tuple, list)):
-        return f"{len(x)} outputs"
-    return type(x).__name__
 
 
 def _weights(module: nn.Module) -> list[tuple[nn.Module, str]]:

@@ -90,7 +90,66 @@ def _init_parameters(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
             bias.uniform_(-bound, bound)
 
 
-class LiftingConv2d(nn.Module):
+class _GroupConvolution(nn.Module):
+    """Shared code of the lifting and group convolutions: checks, parameters, one conv2d.
+
+    ``regular_input`` says whether the input carries a group axis ``(B, C, |G|, H, W)``;
+    subclasses build the transformed filter bank (:meth:`filter_bank`).
+    """
+
+    regular_input: bool
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        group: FiniteGroup,
+        *,
+        padding: int | None = None,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.group = _check_group(group)
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.out_channels = check_positive_int("out_channels", out_channels)
+        self.kernel_size = _check_kernel_size(kernel_size)
+        self.padding = _check_padding(padding, self.kernel_size)
+        self.action_in = ImageAction(self.group, "regular" if self.regular_input else "trivial")
+        self.action_out = ImageAction(self.group, "regular")
+        fibre = (self.group.order,) if self.regular_input else ()
+        k = self.kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *fibre, k, k))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-draw the weight and bias (uniform, bound ``1 / sqrt(fan_in)``, with
+        ``fan_in = C_in k^2``, times ``|G|`` for a group-axis input)."""
+        fibre = self.group.order if self.regular_input else 1
+        _init_parameters(self.weight, self.bias, self.in_channels * fibre * self.kernel_size**2)
+
+    def filter_bank(self) -> Tensor:
+        """The transformed filters as one conv2d weight."""
+        raise NotImplementedError(f"{type(self).__name__} must build its filter bank")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map ``(B, C_in, [|G|,] H, W)`` to ``(B, C_out, |G|, H', W')``."""
+        n = self.group.order
+        x = _check_images(x, self.in_channels, n if self.regular_input else None)
+        images = x.flatten(1, 2) if self.regular_input else x
+        bias = None if self.bias is None else self.bias.repeat_interleave(n)
+        out = F.conv2d(images, self.filter_bank(), bias, padding=self.padding)
+        return out.reshape(x.shape[0], self.out_channels, n, *out.shape[-2:])
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"group={self.group}, padding={self.padding}, bias={self.bias is not None}"
+        )
+
+
+class LiftingConv2d(_GroupConvolution):
     r"""Lifting convolution from images to feature maps on a finite planar group.
 
     .. math::
@@ -151,32 +210,7 @@ class LiftingConv2d(nn.Module):
     torch.Size([2, 8, 4, 9, 9])
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        group: FiniteGroup,
-        *,
-        padding: int | None = None,
-        bias: bool = True,
-    ) -> None:
-        super().__init__()
-        self.group = _check_group(group)
-        self.in_channels = check_positive_int("in_channels", in_channels)
-        self.out_channels = check_positive_int("out_channels", out_channels)
-        self.kernel_size = _check_kernel_size(kernel_size)
-        self.padding = _check_padding(padding, self.kernel_size)
-        self.action_in = ImageAction(self.group)
-        self.action_out = ImageAction(self.group, "regular")
-        k = self.kernel_size
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, k, k))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Re-draw the weight and bias (uniform, bound ``1 / sqrt(C_in k^2)``)."""
-        _init_parameters(self.weight, self.bias, self.in_channels * self.kernel_size**2)
+    regular_input = False
 
     def filter_bank(self) -> Tensor:
         """The transformed filters ``h . psi`` for all ``h``, as a conv2d weight
@@ -187,22 +221,8 @@ class LiftingConv2d(nn.Module):
         rotated = rotated.reshape(n, self.out_channels, self.in_channels, k, k)
         return rotated.transpose(0, 1).reshape(self.out_channels * n, self.in_channels, k, k)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Map ``(B, C_in, H, W)`` to ``(B, C_out, |G|, H', W')``."""
-        x = _check_images(x, self.in_channels, None)
-        n = self.group.order
-        bias = None if self.bias is None else self.bias.repeat_interleave(n)
-        out = F.conv2d(x, self.filter_bank(), bias, padding=self.padding)
-        return out.reshape(x.shape[0], self.out_channels, n, *out.shape[-2:])
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"group={self.group}, padding={self.padding}, bias={self.bias is not None}"
-        )
-
-
-class GroupConv2d(nn.Module):
+class GroupConv2d(_GroupConvolution):
     r"""Group convolution between feature maps on a finite planar group.
 
     .. math::
@@ -262,33 +282,7 @@ class GroupConv2d(nn.Module):
     torch.Size([2, 6, 8, 9, 9])
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        group: FiniteGroup,
-        *,
-        padding: int | None = None,
-        bias: bool = True,
-    ) -> None:
-        super().__init__()
-        self.group = _check_group(group)
-        self.in_channels = check_positive_int("in_channels", in_channels)
-        self.out_channels = check_positive_int("out_channels", out_channels)
-        self.kernel_size = _check_kernel_size(kernel_size)
-        self.padding = _check_padding(padding, self.kernel_size)
-        self.action_in = ImageAction(self.group, "regular")
-        self.action_out = ImageAction(self.group, "regular")
-        n, k = self.group.order, self.kernel_size
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, n, k, k))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Re-draw the weight and bias (uniform, bound ``1 / sqrt(C_in |G| k^2)``)."""
-        fan_in = self.in_channels * self.group.order * self.kernel_size**2
-        _init_parameters(self.weight, self.bias, fan_in)
+    regular_input = True
 
     def filter_bank(self) -> Tensor:
         """The transformed filters ``h . psi`` for all ``h``, as a conv2d weight
@@ -300,20 +294,6 @@ class GroupConv2d(nn.Module):
         moved = self.action_in(self.group.elements(), psi)  # (|G|, C_out C_in, |G|, k, k)
         moved = moved.reshape(n, c_out, c_in, n, k, k).transpose(0, 1)
         return moved.reshape(c_out * n, c_in * n, k, k)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Map ``(B, C_in, |G|, H, W)`` to ``(B, C_out, |G|, H', W')``."""
-        n = self.group.order
-        x = _check_images(x, self.in_channels, n)
-        bias = None if self.bias is None else self.bias.repeat_interleave(n)
-        out = F.conv2d(x.flatten(1, 2), self.filter_bank(), bias, padding=self.padding)
-        return out.reshape(x.shape[0], self.out_channels, n, *out.shape[-2:])
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"group={self.group}, padding={self.padding}, bias={self.bias is not None}"
-        )
 
 
 class GroupPool(nn.Module):
