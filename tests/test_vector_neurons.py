@@ -150,3 +150,12 @@ def test_constructor_validation() -> None:
         VNLinear(2, 2)(torch.ones(1, 2, 3, dtype=torch.long))
     with pytest.raises(TypeError, match=r"v: expected a torch\.Tensor"):
         VNLinear(2, 2)([[0.0] * 3] * 2)
+
+
+def test_declared_actions_let_assert_equivariant_check_without_arguments():
+    from equirelax import assert_equivariant
+
+    layer = VNLeakyReLU(4).double()
+    x = torch.randn(3, 4, 3, 7, dtype=torch.float64)
+    err = assert_equivariant(layer, x, atol=1e-10)
+    assert err.num_elements == 16

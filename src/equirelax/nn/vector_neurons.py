@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from equirelax._checks import check_positive_int, check_tensor
+from equirelax.actions import VectorAction
+from equirelax.groups import O3
 
 __all__ = ["VNLeakyReLU", "VNLinear"]
 
@@ -61,6 +63,8 @@ class VNLinear(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
+        # Equivariant to every orthogonal map of the 3-vector axis.
+        self.action_in = self.action_out = VectorAction(O3(), dim=2)
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.out_channels = check_positive_int("out_channels", out_channels)
         self.weight = _channel_weight(out_channels, in_channels)
@@ -105,6 +109,8 @@ class VNLeakyReLU(nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
+        # Equivariant to every orthogonal map of the 3-vector axis.
+        self.action_in = self.action_out = VectorAction(O3(), dim=2)
         self.channels = check_positive_int("channels", channels)
         self.in_channels = self.out_channels = self.channels
         self.negative_slope = _check_real("negative_slope", negative_slope)
