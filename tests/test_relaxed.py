@@ -134,7 +134,8 @@ def test_relax_then_project_gives_exact_equivariance(kind, generator):
     projected = project(relaxed)
     assert not equirelax.relaxed_layers(projected)
     assert not any(isinstance(m, Relaxed | DenseFreeBranch) for m in projected.modules())
-    assert_equivariant(projected, x, a_in, a_out, generator=generator, atol=1e-9)
+    # relative: random O(1) weights make some outputs large
+    assert_equivariant(projected, x, a_in, a_out, generator=generator, bound=1e-12)
     # projection is the same function as the relaxed model with every level at 0
     for layer in equirelax.relaxed_layers(relaxed).values():
         layer.level.zero_()

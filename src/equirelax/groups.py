@@ -466,7 +466,36 @@ class MatrixGroup(FiniteGroup):
         )
 
 
-class _OrthogonalGroup(Group):
+class _MatrixLieGroup(Group):
+    """Continuous groups whose elements are matrices: products, ``exp`` and sampling shared.
+
+    Subclasses draw samples in float64 (:meth:`_draw`); :meth:`sample` converts them.
+    """
+
+    @abstractmethod
+    def _draw(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """``n`` samples in float64, on the generator's device."""
+
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """``n`` elements from the Haar measure (for translations: see the class)."""
+        out = self._draw(n, generator)
+        return out.to(device=device, dtype=dtype or torch.get_default_dtype())
+
+    def compose(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.check(a, "a") @ self.check(b, "b")
+
+    def exp(self, algebra: Tensor) -> Tensor:
+        return torch.linalg.matrix_exp(algebra)
+
+
+class _OrthogonalGroup(_MatrixLieGroup):
     """Shared code of SO(d) and O(d), d in {2, 3}: elements are ``(B, d, d)`` matrices."""
 
     d: int
@@ -479,14 +508,8 @@ class _OrthogonalGroup(Group):
     def identity(self, n: int = 1, *, device: torch.device | str | None = None) -> Tensor:
         return torch.eye(self.d, device=device).repeat(n, 1, 1)
 
-    def compose(self, a: Tensor, b: Tensor) -> Tensor:
-        return self.check(a, "a") @ self.check(b, "b")
-
     def inverse(self, a: Tensor) -> Tensor:
         return self.check(a, "a").transpose(-1, -2)
-
-    def exp(self, algebra: Tensor) -> Tensor:
-        return torch.linalg.matrix_exp(algebra)
 
     def check(self, g: object, name: str = "g") -> Tensor:
         return _check_matrices(name, g, self.d, self)
@@ -516,18 +539,11 @@ class SO2(_OrthogonalGroup):
     d = 2
     special = True
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> Tensor:
+    def _draw(self, n: int, generator: torch.Generator | None) -> Tensor:
         theta = torch.rand(
             n, generator=generator, dtype=torch.float64, device=_generator_device(generator)
-        ) * (2 * math.pi)
-        return _rotation_2d(theta).to(device=device, dtype=dtype or torch.get_default_dtype())
+        )
+        return _rotation_2d(theta * (2 * math.pi))
 
     def lie_algebra(self) -> Tensor:
         return torch.tensor([[[0.0, -1.0], [1.0, 0.0]]], dtype=torch.float64)
@@ -557,17 +573,8 @@ class O2(_OrthogonalGroup):
     d = 2
     special = False
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> Tensor:
-        rot = SO2().sample(n, generator, dtype=torch.float64)
-        out = rot @ self._random_reflections(n, generator)
-        return out.to(device=device, dtype=dtype or torch.get_default_dtype())
+    def _draw(self, n: int, generator: torch.Generator | None) -> Tensor:
+        return SO2()._draw(n, generator) @ self._random_reflections(n, generator)
 
     def discrete_generators(self) -> Tensor:
         return torch.tensor([[[-1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
@@ -586,21 +593,11 @@ class SO3(_OrthogonalGroup):
     d = 3
     special = True
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> Tensor:
+    def _draw(self, n: int, generator: torch.Generator | None) -> Tensor:
         q = torch.randn(
             n, 4, generator=generator, dtype=torch.float64, device=_generator_device(generator)
         )
-        q = q / q.norm(dim=1, keepdim=True)
-        return o3.quaternion_to_matrix(q).to(
-            device=device, dtype=dtype or torch.get_default_dtype()
-        )
+        return o3.quaternion_to_matrix(q / q.norm(dim=1, keepdim=True))
 
     def lie_algebra(self) -> Tensor:
         return _so3_generators(1).clone()
@@ -616,25 +613,18 @@ class O3(SO3):
 
     special = False
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> Tensor:
-        rot = SO3().sample(n, generator, dtype=torch.float64)
+    def _draw(self, n: int, generator: torch.Generator | None) -> Tensor:
+        rotation = SO3()._draw(n, generator)
         sign = 1.0 - 2.0 * torch.randint(
             2, (n, 1, 1), generator=generator, device=_generator_device(generator)
         ).to(torch.float64)
-        return (rot * sign).to(device=device, dtype=dtype or torch.get_default_dtype())
+        return rotation * sign
 
     def discrete_generators(self) -> Tensor:
         return -torch.eye(3, dtype=torch.float64).unsqueeze(0)
 
 
-class Euclidean(Group):
+class Euclidean(_MatrixLieGroup):
     """The Euclidean group ``E(d) = R^d x| O(d)`` (or ``SE(d)`` with a special ``base``).
 
     Elements are homogeneous matrices ``[[R, t], [0, 1]]`` acting on points as ``R x + t``.
@@ -655,9 +645,6 @@ class Euclidean(Group):
     def identity(self, n: int = 1, *, device: torch.device | str | None = None) -> Tensor:
         return torch.eye(self.d + 1, device=device).repeat(n, 1, 1)
 
-    def compose(self, a: Tensor, b: Tensor) -> Tensor:
-        return self.check(a, "a") @ self.check(b, "b")
-
     def inverse(self, a: Tensor) -> Tensor:
         a = self.check(a, "a")
         rot_t = a[:, : self.d, : self.d].transpose(-1, -2)
@@ -667,21 +654,12 @@ class Euclidean(Group):
         out[:, self.d, self.d] = 1.0
         return out
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> Tensor:
-        rot = self.base.sample(n, generator, dtype=torch.float64)
+    def _draw(self, n: int, generator: torch.Generator | None) -> Tensor:
+        rot = self.base._draw(n, generator)
         shift = torch.randn(
             n, self.d, generator=generator, dtype=torch.float64, device=_generator_device(generator)
         )
-        return self.from_parts(rot, shift * self.translation_scale).to(
-            device=device, dtype=dtype or torch.get_default_dtype()
-        )
+        return self.from_parts(rot, shift * self.translation_scale)
 
     @staticmethod
     def from_parts(rotation: Tensor, translation: Tensor) -> Tensor:
@@ -713,9 +691,6 @@ class Euclidean(Group):
         for i in range(d):
             out[rot.shape[0] + i, i, d] = 1.0
         return out
-
-    def exp(self, algebra: Tensor) -> Tensor:
-        return torch.linalg.matrix_exp(algebra)
 
     def check(self, g: object, name: str = "g") -> Tensor:
         return _check_matrices(name, g, self.d + 1, self)
