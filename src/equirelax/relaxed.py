@@ -82,6 +82,9 @@ class Relaxed(nn.Module):
         ``None``, ``"spectral"`` (spectral normalisation of each free weight) or
         ``"frobenius"`` (each free weight rescaled to unit Frobenius norm), so that the level
         carries the size of the deviation (needed by ACE).
+    feature_dims:
+        How many trailing axes the default dense free branch flattens (1: the feature axis of
+        ``(..., d)`` inputs; the leading axes such as batch and nodes are shared).
 
     Examples
     --------
