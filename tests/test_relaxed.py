@@ -1,5 +1,7 @@
 """The relaxed layer, relax / relaxed_layers / project on models built from the blocks."""
 
+import io
+
 import pytest
 import torch
 from torch import nn
@@ -156,6 +158,10 @@ def test_projected_model_is_plain_pytorch():
     restored.load_state_dict(projected.state_dict())
     x = torch.randn(3, 8)
     torch.testing.assert_close(restored(x), projected(x))
+    buffer = io.BytesIO()  # and the whole module saves and loads (no closures inside)
+    torch.save(projected, buffer)
+    buffer.seek(0)
+    torch.testing.assert_close(torch.load(buffer, weights_only=False)(x), projected(x))
     assert len(equirelax.relaxed_layers(relaxed)) == 2, "project must not change its input"
 
 

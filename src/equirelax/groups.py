@@ -179,16 +179,13 @@ class FiniteGroup(Group):
 
     def regular_representation(self) -> Representation:
         """The left regular representation: ``rho(g) e_h = e_{g h}`` (``|G|`` dimensions)."""
-        table = self.multiplication_table
+        return Representation(self, self.order, self._regular_matrices, key=f"{self.key}.regular")
+
+    def _regular_matrices(self, g: Tensor) -> Tensor:
         n = self.order
-
-        def matrices(g: Tensor) -> Tensor:
-            rows = table.to(g.device)[self.index(g)]  # (B, n): row h holds index(g h)
-            out = torch.zeros(g.shape[0], n, n, dtype=torch.float64, device=g.device)
-            out.scatter_(1, rows.unsqueeze(1), 1.0)
-            return out
-
-        return Representation(self, n, matrices, key=f"{self.key}.regular")
+        rows = self.multiplication_table.to(g.device)[self.index(g)]  # row h: index(g h)
+        out = torch.zeros(g.shape[0], n, n, dtype=torch.float64, device=g.device)
+        return out.scatter_(1, rows.unsqueeze(1), 1.0)
 
 
 class CyclicGroup(FiniteGroup):
@@ -240,9 +237,10 @@ class CyclicGroup(FiniteGroup):
         return self.check(g).to(torch.float64) * (2 * math.pi / self.n)
 
     def standard_representation(self) -> Representation:
-        return Representation(
-            self, 2, lambda g: _rotation_2d(self.rotation_angle(g)), key=f"{self.key}.standard"
-        )
+        return Representation(self, 2, self._standard_matrices, key=f"{self.key}.standard")
+
+    def _standard_matrices(self, g: Tensor) -> Tensor:
+        return _rotation_2d(self.rotation_angle(g))
 
 
 class DihedralGroup(FiniteGroup):
@@ -307,13 +305,13 @@ class DihedralGroup(FiniteGroup):
         return g
 
     def standard_representation(self) -> Representation:
-        def matrices(g: Tensor) -> Tensor:
-            rot = _rotation_2d(g[:, 0].to(torch.float64) * (2 * math.pi / self.n))
-            mirror = torch.ones(g.shape[0], 2, dtype=torch.float64, device=g.device)
-            mirror[:, 0] = 1.0 - 2.0 * g[:, 1].to(torch.float64)
-            return rot * mirror.unsqueeze(1)  # R(k) @ diag(mirror)
+        return Representation(self, 2, self._standard_matrices, key=f"{self.key}.standard")
 
-        return Representation(self, 2, matrices, key=f"{self.key}.standard")
+    def _standard_matrices(self, g: Tensor) -> Tensor:
+        rot = _rotation_2d(g[:, 0].to(torch.float64) * (2 * math.pi / self.n))
+        mirror = torch.ones(g.shape[0], 2, dtype=torch.float64, device=g.device)
+        mirror[:, 0] = 1.0 - 2.0 * g[:, 1].to(torch.float64)
+        return rot * mirror.unsqueeze(1)  # R(k) @ diag(mirror)
 
 
 class SymmetricGroup(FiniteGroup):
@@ -398,11 +396,11 @@ class SymmetricGroup(FiniteGroup):
         return g
 
     def standard_representation(self) -> Representation:
-        def matrices(g: Tensor) -> Tensor:
-            out = torch.zeros(g.shape[0], self.n, self.n, dtype=torch.float64, device=g.device)
-            return out.scatter_(1, g.unsqueeze(1), 1.0)
+        return Representation(self, self.n, self._standard_matrices, key=f"{self.key}.standard")
 
-        return Representation(self, self.n, matrices, key=f"{self.key}.standard")
+    def _standard_matrices(self, g: Tensor) -> Tensor:
+        out = torch.zeros(g.shape[0], self.n, self.n, dtype=torch.float64, device=g.device)
+        return out.scatter_(1, g.unsqueeze(1), 1.0)
 
 
 class MatrixGroup(FiniteGroup):
@@ -461,9 +459,7 @@ class MatrixGroup(FiniteGroup):
         return _check_matrices(name, g, self.d, self)
 
     def standard_representation(self) -> Representation:
-        return Representation(
-            self, self.d, lambda g: g.to(torch.float64), key=f"{self.key}.standard"
-        )
+        return Representation(self, self.d, _as_float64, key=f"{self.key}.standard")
 
 
 class _MatrixLieGroup(Group):
@@ -518,7 +514,7 @@ class _OrthogonalGroup(_MatrixLieGroup):
         return Representation(
             self,
             self.d,
-            lambda g: g.to(torch.float64),
+            _as_float64,
             lie_algebra=self.lie_algebra,
             key=f"{self.key}.standard",
         )
@@ -554,15 +550,11 @@ class SO2(_OrthogonalGroup):
         if frequency == 0:
             return self.trivial_representation()
 
-        def matrices(g: Tensor) -> Tensor:
-            theta = torch.atan2(g[:, 1, 0], g[:, 0, 0]).to(torch.float64)
-            return _rotation_2d(frequency * theta)
-
         return Representation(
             self,
             2,
-            matrices,
-            lie_algebra=lambda: frequency * self.lie_algebra(),
+            functools.partial(_so2_irrep_matrices, frequency),
+            lie_algebra=functools.partial(_so2_irrep_lie, frequency),
             key=f"{self.key}.irrep({frequency})",
         )
 
@@ -700,20 +692,51 @@ class Euclidean(_MatrixLieGroup):
         return Representation(
             self,
             self.d,
-            lambda g: g[:, : self.d, : self.d].to(torch.float64),
-            lie_algebra=lambda: self.lie_algebra()[:, : self.d, : self.d],
+            self._linear_part,
+            lie_algebra=self._rotation_lie_algebra,
             key=f"{self.key}.standard",
         )
 
+    def _linear_part(self, g: Tensor) -> Tensor:
+        return g[:, : self.d, : self.d].to(torch.float64)
+
+    def _rotation_lie_algebra(self) -> Tensor:
+        return self.lie_algebra()[:, : self.d, : self.d]
+
+
+# Representation matrices are module-level functions (bound with functools.partial), not
+# closures, so that models holding representations can be pickled with torch.save.
+
+
+def _as_float64(g: Tensor) -> Tensor:
+    return g.to(torch.float64)
+
+
+def _so2_irrep_matrices(frequency: int, g: Tensor) -> Tensor:
+    theta = torch.atan2(g[:, 1, 0], g[:, 0, 0]).to(torch.float64)
+    return _rotation_2d(frequency * theta)
+
+
+def _so2_irrep_lie(frequency: int) -> Tensor:
+    return frequency * SO2().lie_algebra()
+
+
+def _trivial_matrices(g: Tensor) -> Tensor:
+    return torch.ones(g.shape[0], 1, 1, dtype=torch.float64, device=g.device)
+
+
+def _trivial_lie(group: Group) -> Tensor:
+    return torch.zeros(group.lie_algebra().shape[0], 1, 1, dtype=torch.float64)
+
 
 def _trivial(group: Group) -> Representation:
-    def matrices(g: Tensor) -> Tensor:
-        return torch.ones(g.shape[0], 1, 1, dtype=torch.float64, device=g.device)
-
-    def lie() -> Tensor:
-        return torch.zeros(group.lie_algebra().shape[0], 1, 1, dtype=torch.float64)
-
-    return Representation(group, 1, matrices, lie_algebra=lie, key=f"{group.key}.trivial")
+    return Representation(
+        group,
+        1,
+        _trivial_matrices,
+        lie_algebra=functools.partial(_trivial_lie, group),
+        key=f"{group.key}.trivial",
+    )
 
 
 def _irreps_representation(group: SO3, irreps: o3.Irreps) -> Representation:
@@ -722,20 +745,25 @@ def _irreps_representation(group: SO3, irreps: o3.Irreps) -> Representation:
 
 def _irrep(group: SO3, l: int, p: int) -> Representation:  # noqa: E741 (l is the degree)
     irrep = o3.Irrep(l, p if not group.special else 1)
+    return Representation(
+        group,
+        2 * l + 1,
+        functools.partial(_irrep_matrices, l, irrep.p),
+        lie_algebra=functools.partial(_irrep_lie, l),
+        key=f"{group.key}.{irrep}",
+    )
 
-    def matrices(g: Tensor) -> Tensor:
-        # An improper g = -R (O(3)) maps to p * D(R), as e3nn's Irrep.D_from_matrix.
-        g = g.to(torch.float64)
-        sign = torch.linalg.det(g).sign()
-        out = _wigner_d(l, sign[:, None, None] * g)
-        if irrep.p == -1:
-            out = out * sign[:, None, None]
-        return out
 
-    def lie() -> Tensor:
-        return _so3_generators(l).clone()
+def _irrep_matrices(l: int, parity: int, g: Tensor) -> Tensor:  # noqa: E741 (the degree)
+    # An improper g = -R (O(3)) maps to p * D(R), as e3nn's Irrep.D_from_matrix.
+    g = g.to(torch.float64)
+    sign = torch.linalg.det(g).sign()
+    out = _wigner_d(l, sign[:, None, None] * g)
+    return out * sign[:, None, None] if parity == -1 else out
 
-    return Representation(group, 2 * l + 1, matrices, lie_algebra=lie, key=f"{group.key}.{irrep}")
+
+def _irrep_lie(l: int) -> Tensor:  # noqa: E741 (the degree)
+    return _so3_generators(l).clone()
 
 
 @functools.lru_cache(maxsize=32)

@@ -10,6 +10,7 @@ representations are built block by block (as in e3nn's ``Linear`` and EMLP).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -97,36 +98,26 @@ class Representation:
         return DirectSum([(m * multiplicity, r) for m, r in self.blocks])
 
     def tensor(self, other: Representation) -> Representation:
-        """Tensor product ``rho (x) sigma``: ``(rho (x) sigma)(g) = kron(rho(g), sigma(g))``."""
+        """Tensor product ``rho (x) sigma``: ``(rho (x) sigma)(g) = kron(rho(g), sigma(g))``,
+        with ``d(rho (x) sigma)(A) = d rho(A) (x) I + I (x) d sigma(A)``."""
         _check_same_group(self, other)
-        d = self.dim * other.dim
-
-        def matrices(g: Tensor) -> Tensor:
-            a, b = self(g), other(g)
-            return torch.einsum("bij,bkl->bikjl", a, b).reshape(-1, d, d)
-
-        def lie() -> Tensor:
-            a, b = self.lie_algebra(), other.lie_algebra()
-            eye_a = torch.eye(self.dim, dtype=torch.float64)
-            eye_b = torch.eye(other.dim, dtype=torch.float64)
-            return torch.einsum("kij,lm->kiljm", a, eye_b).reshape(-1, d, d) + torch.einsum(
-                "ij,klm->kiljm", eye_a, b
-            ).reshape(-1, d, d)
-
         return Representation(
-            self.group, d, matrices, lie_algebra=lie, key=f"({self.key})x({other.key})"
+            self.group,
+            self.dim * other.dim,
+            functools.partial(_tensor_matrices, self, other),
+            lie_algebra=functools.partial(_tensor_lie, self, other),
+            key=f"({self.key})x({other.key})",
         )
 
     def dual(self) -> Representation:
         """Dual representation ``rho*(g) = rho(g^-1)^T``, with ``d rho*(A) = -d rho(A)^T``."""
-
-        def matrices(g: Tensor) -> Tensor:
-            return self(self.group.inverse(g)).transpose(-1, -2)
-
-        def lie() -> Tensor:
-            return -self.lie_algebra().transpose(-1, -2)
-
-        return Representation(self.group, self.dim, matrices, lie_algebra=lie, key=f"({self.key})*")
+        return Representation(
+            self.group,
+            self.dim,
+            functools.partial(_dual_matrices, self),
+            lie_algebra=functools.partial(_dual_lie, self),
+            key=f"({self.key})*",
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Representation) and other.key == self.key
@@ -194,6 +185,31 @@ def block_diagonal(blocks: list[tuple[int, Tensor]]) -> Tensor:
         ).reshape(batch, size, size)
         offset += size
     return out
+
+
+# Matrix functions of derived representations are module-level (bound with
+# functools.partial), not closures, so that models holding them can be pickled.
+
+
+def _tensor_matrices(a: Representation, b: Representation, g: Tensor) -> Tensor:
+    d = a.dim * b.dim
+    return torch.einsum("bij,bkl->bikjl", a(g), b(g)).reshape(-1, d, d)
+
+
+def _tensor_lie(a: Representation, b: Representation) -> Tensor:
+    d = a.dim * b.dim
+    eye_a = torch.eye(a.dim, dtype=torch.float64)
+    eye_b = torch.eye(b.dim, dtype=torch.float64)
+    left = torch.einsum("kij,lm->kiljm", a.lie_algebra(), eye_b).reshape(-1, d, d)
+    return left + torch.einsum("ij,klm->kiljm", eye_a, b.lie_algebra()).reshape(-1, d, d)
+
+
+def _dual_matrices(rep: Representation, g: Tensor) -> Tensor:
+    return rep(rep.group.inverse(g)).transpose(-1, -2)
+
+
+def _dual_lie(rep: Representation) -> Tensor:
+    return -rep.lie_algebra().transpose(-1, -2)
 
 
 def _check_same_group(a: Representation, b: Representation) -> None:
