@@ -30,12 +30,11 @@ from torch import Tensor
 
 from equirelax._checks import batch_size, check_tensor, describe
 from equirelax.groups import (
-    CyclicGroup,
-    DihedralGroup,
     Euclidean,
     FiniteGroup,
     Group,
     SymmetricGroup,
+    _PlanarFiniteGroup,
 )
 from equirelax.representations import Representation
 
@@ -180,7 +179,7 @@ class ImageAction(Action):
     @property
     def exact(self) -> bool:
         """Whether every element maps the pixel grid onto itself (C_1, C_2, C_4, D_1, D_2, D_4)."""
-        return isinstance(self.group, (CyclicGroup, DihedralGroup)) and self.group.n in (1, 2, 4)
+        return isinstance(self.group, _PlanarFiniteGroup) and self.group.n in (1, 2, 4)
 
     def check_input(self, x: Any, name: str = "x") -> None:
         super().check_input(x, name)

@@ -188,11 +188,19 @@ class FiniteGroup(Group):
         return out.scatter_(1, rows.unsqueeze(1), 1.0)
 
 
-class CyclicGroup(FiniteGroup):
-    """The cyclic group ``C_n`` of planar rotations by multiples of ``2 pi / n``."""
+class _PlanarFiniteGroup(FiniteGroup):
+    """Shared code of C_n and D_n: the rotation step ``2 pi / n`` of the plane."""
 
     def __init__(self, n: int) -> None:
         self.n = check_positive_int("n", n)
+
+    def _angle(self, k: Tensor) -> Tensor:
+        """The angle ``2 pi k / n`` of rotation ``r^k`` in float64."""
+        return k.to(torch.float64) * (2 * math.pi / self.n)
+
+
+class CyclicGroup(_PlanarFiniteGroup):
+    """The cyclic group ``C_n`` of planar rotations by multiples of ``2 pi / n``."""
 
     @property
     def key(self) -> str:
@@ -234,7 +242,7 @@ class CyclicGroup(FiniteGroup):
 
     def rotation_angle(self, g: Tensor) -> Tensor:
         """The rotation angle ``2 pi k / n`` in float64."""
-        return self.check(g).to(torch.float64) * (2 * math.pi / self.n)
+        return self._angle(self.check(g))
 
     def standard_representation(self) -> Representation:
         return Representation(self, 2, self._standard_matrices, key=f"{self.key}.standard")
@@ -243,16 +251,13 @@ class CyclicGroup(FiniteGroup):
         return _rotation_2d(self.rotation_angle(g))
 
 
-class DihedralGroup(FiniteGroup):
+class DihedralGroup(_PlanarFiniteGroup):
     """The dihedral group ``D_n`` of ``2n`` elements ``r^k s^f``.
 
     ``r`` rotates by ``2 pi / n``; ``s`` mirrors the first coordinate, ``(x, y) -> (-x, y)``
     (a left-right flip of an image). Products follow ``s r = r^-1 s``:
     ``(k1, f1)(k2, f2) = (k1 + (-1)^f1 k2, f1 + f2)``.
     """
-
-    def __init__(self, n: int) -> None:
-        self.n = check_positive_int("n", n)
 
     @property
     def key(self) -> str:
@@ -308,7 +313,7 @@ class DihedralGroup(FiniteGroup):
         return Representation(self, 2, self._standard_matrices, key=f"{self.key}.standard")
 
     def _standard_matrices(self, g: Tensor) -> Tensor:
-        rot = _rotation_2d(g[:, 0].to(torch.float64) * (2 * math.pi / self.n))
+        rot = _rotation_2d(self._angle(g[:, 0]))
         mirror = torch.ones(g.shape[0], 2, dtype=torch.float64, device=g.device)
         mirror[:, 0] = 1.0 - 2.0 * g[:, 1].to(torch.float64)
         return rot * mirror.unsqueeze(1)  # R(k) @ diag(mirror)
