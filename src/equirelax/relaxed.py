@@ -146,6 +146,39 @@ class Relaxed(nn.Module):
         _bound_norms(free, self.norm_bound)
         self.free = free
 
+    def configure_free(
+        self,
+        *,
+        init: str | None = None,
+        init_scale: float | None = None,
+        norm_bound: str | None = None,
+    ) -> None:
+        """Re-initialise and/or norm-bound the free branch after construction.
+
+        Strategies use this (ACE needs a norm bound, RPP a small initialisation). Applies to
+        an existing free branch at once and to a lazily built one when it is built. A norm
+        bound, once set, cannot be changed.
+        """
+        if init is not None and init not in _INITS:
+            raise ValueError(f"init: expected one of {_INITS}, received {init!r}")
+        if norm_bound is not None and norm_bound not in _NORM_BOUNDS:
+            raise ValueError(f"norm_bound: expected one of {_NORM_BOUNDS}, received {norm_bound!r}")
+        if norm_bound is not None and self.norm_bound not in (None, norm_bound):
+            raise ValueError(
+                f"norm_bound: this layer is already bounded by {self.norm_bound!r}, "
+                f"received {norm_bound!r}"
+            )
+        if init_scale is not None:
+            self.init_scale = float(init_scale)
+        if init is not None:
+            self.init = init
+            if self.free is not None:
+                _initialise(self.free, init, self.init_scale)
+        if norm_bound is not None and self.norm_bound is None:
+            self.norm_bound = norm_bound
+            if self.free is not None:
+                _bound_norms(self.free, norm_bound)
+
     def set_level_learnable(self, learnable: bool = True) -> None:
         """Turn ``level`` into an ``nn.Parameter`` (``learnable=True``) or back into a buffer."""
         value = self.level.detach().clone()

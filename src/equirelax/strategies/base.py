@@ -1,0 +1,153 @@
+"""The strategy interface: how relaxation levels move during training.
+
+A :class:`Strategy` plugs into any training loop through a handful of calls::
+
+    model = strategy.attach(model, action_in=..., action_out=..., epochs=E)
+    optimiser = torch.optim.Adam([*model.parameters(), *strategy.parameters()], lr=1e-3)
+    for epoch in range(E):
+        strategy.on_epoch_start(epoch)
+        for inputs, targets in batches:
+            inputs, targets = strategy.transform_batch(inputs, targets)
+            outputs = model(inputs)
+            objective = strategy.loss(loss_fn(outputs, targets), model, inputs, outputs)
+            optimiser.zero_grad()
+            objective.backward()
+            optimiser.step()
+            strategy.after_step()
+        strategy.on_epoch_end(epoch)
+    final = strategy.evaluation_model(model)
+
+``attach`` must come before the optimiser is built: it may turn levels into parameters
+(ACE) or add parameters of its own (ACE's slacks, returned by :meth:`Strategy.parameters`).
+Every hook has a do-nothing default, so a strategy overrides only what it changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from equirelax.actions import Action
+from equirelax.projection import project
+from equirelax.relaxed import Relaxed, relaxed_layers
+
+__all__ = ["Strategy", "require_relaxed", "set_levels"]
+
+
+class Strategy:
+    """Base class of every relaxation strategy (see the module docstring for the loop).
+
+    Subclasses set :attr:`name` (the name the CLI and :func:`equirelax.strategies.get` use)
+    and :attr:`projects` (whether the model is evaluated after projection, level := 0).
+    """
+
+    name: ClassVar[str] = "strategy"
+    projects: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.model: nn.Module | None = None
+        self.action_in: Action | None = None
+        self.action_out: Action | None = None
+        self.epochs: int | None = None
+        self.generator = torch.Generator()
+
+    def attach(
+        self,
+        model: nn.Module,
+        *,
+        action_in: Action | None = None,
+        action_out: Action | None = None,
+        epochs: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> nn.Module:
+        """Prepare ``model`` for this strategy and return the model to train.
+
+        ``action_in`` / ``action_out`` are the task's actions on model inputs and outputs
+        (needed by strategies that move data: augmentation, the equivariance penalty);
+        ``epochs`` the planned length of training (needed by schedules); ``generator`` the
+        random stream for the strategy's own sampling (seeded by the training engine).
+        """
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, received {type(model).__name__}")
+        for name, action in (("action_in", action_in), ("action_out", action_out)):
+            if action is not None and not isinstance(action, Action):
+                raise TypeError(f"{name}: expected an Action or None, received {action!r}")
+        if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+            raise ValueError(f"epochs: expected a positive integer or None, received {epochs!r}")
+        self.model, self.action_in, self.action_out, self.epochs = (
+            model,
+            action_in,
+            action_out,
+            epochs,
+        )
+        if generator is not None:
+            self.generator = generator
+        return model
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Extra primal parameters the optimiser must own (e.g. ACE's slacks)."""
+        return []
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before the first step of ``epoch`` (0-based)."""
+
+    def transform_batch(self, inputs: Any, targets: Any) -> tuple[Any, Any]:
+        """Return the batch to train on (augmentation moves it; default: unchanged)."""
+        return inputs, targets
+
+    def loss(self, task_loss: Tensor, model: nn.Module, inputs: Any, outputs: Any) -> Tensor:
+        """The objective to minimise: ``task_loss`` plus this strategy's terms."""
+        return task_loss
+
+    def after_step(self) -> None:
+        """Called after the primal optimiser's step (dual ascent, level clamps)."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called after the last step of ``epoch``."""
+
+    def log(self) -> dict[str, Any]:
+        """What to log now: levels, penalties, multipliers (plain floats and lists)."""
+        if self.model is None:
+            return {}
+        return {"levels": levels(self.model)}
+
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        """The model to evaluate: projected (level := 0) if :attr:`projects`, else ``model``."""
+        return project(model) if self.projects else model
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume (tensors, numbers, strings: safe for
+        ``torch.load(weights_only=True)``)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        self.generator.set_state(state["generator"])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def require_relaxed(strategy: str, model: nn.Module) -> dict[str, Relaxed]:
+    """The model's relaxed layers; ``ValueError`` naming the strategy if there are none."""
+    layers = relaxed_layers(model)
+    if not layers:
+        raise ValueError(
+            f"model: {strategy} needs Relaxed layers, received a model with none; "
+            "wrap it first with equirelax.relax(model)"
+        )
+    return layers
+
+
+def levels(model: nn.Module) -> list[float]:
+    """Every relaxed layer's level, in module order."""
+    return [float(layer.level) for layer in relaxed_layers(model).values()]
+
+
+@torch.no_grad()
+def set_levels(model: nn.Module, value: float) -> None:
+    """Set the level of every relaxed layer of ``model`` to ``value``."""
+    for layer in relaxed_layers(model).values():
+        layer.level.fill_(value)
