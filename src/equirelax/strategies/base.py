@@ -143,7 +143,7 @@ def require_relaxed(strategy: str, model: nn.Module) -> dict[str, Relaxed]:
 
 def levels(model: nn.Module) -> list[float]:
     """Every relaxed layer's level, in module order."""
-    return [float(layer.level) for layer in relaxed_layers(model).values()]
+    return [float(layer.level.detach()) for layer in relaxed_layers(model).values()]
 
 
 @torch.no_grad()

@@ -1,16 +1,601 @@
-"""Data cration (placeholder until implemented)."""
+"""CR: scheduled constraint relaxation (Pertigkiozoglou et al., NeurIPS 2024, arXiv 2408.13242).
+
+Every relaxed layer ``y_i = f_eq,i(x) + theta * W_i(x)`` shares one global level ``theta``
+that follows a schedule over the ``T`` planned epochs (``e`` = 0-based epoch index)::
+
+    triangular (default):  theta(e) = 2 e / T       for e <= T / 2,   2 - 2 e / T   after
+    linear:                theta(e) = 1 - e / T
+
+``theta(e)`` is set at the start of epoch ``e`` and ``theta(T) = 0`` at the end of the last
+epoch, so the trained model ends exactly at level 0; it is evaluated projected.
+
+The free branches ``W_i`` are regularised on their *detached* inputs ``x_i`` (recorded by
+forward pre-hooks during the training forward pass)::
+
+    penalty = lambda * (sqrt(R_LD) + sqrt(R_N)),        lambda = 0.01 by default
+    R_N  = sum_i mean_b || W_i(x_ib) ||^2
+    R_LD = sum_i mean_b [ sum_k || L_{A_k} W_i(x_ib) ||^2
+                          + sum_h || W_i(h x_ib) - h W_i(x_ib) ||^2 ]
+
+with ``L_A W(x) = d/dt [A_out(exp(-t A)) W(A_in(exp(t A)) x)]_{t=0}
+= J_W(x) (dA_in x) - dA_out W(x)`` the Lie derivative along each Lie-algebra basis element
+``A_k`` (exact, by one batched Jacobian-vector product), and ``h`` the group's discrete
+generators (all generators of a finite group; e.g. ``-I`` for O(3)). ``b`` runs over the
+batch: both terms are means over samples, so they do not grow with the batch size. Both terms
+vanish exactly when ``W_i`` is equivariant on ``x_i`` (the Lie derivative is taken of the free
+branch alone with the actions on *its* input and output, not of the whole layer), and the
+square roots are made safe at 0 (value and gradient 0 there).
+"""
 
 from __future__ import annotations
 
-from equirelax.strategies.base import Strategy
+import functools
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any, ClassVar
 
-__all__ = ["CR"]
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from equirelax._checks import batch_size
+from equirelax.actions import (
+    Action,
+    DirectSumAction,
+    PointAction,
+    RepresentationAction,
+    TrivialAction,
+)
+from equirelax.groups import Euclidean
+from equirelax.relaxed import Relaxed
+from equirelax.strategies.base import Strategy, require_relaxed, set_levels
+
+__all__ = ["CR", "SCHEDULES"]
+
+Schedule = Callable[[float], float]
+
+
+def _triangular(epoch: int, epochs: int) -> float:
+    return 2 * epoch / epochs if 2 * epoch <= epochs else 2 - 2 * epoch / epochs
+
+
+def _linear(epoch: int, epochs: int) -> float:
+    return 1 - epoch / epochs
+
+
+SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "triangular": _triangular,
+    "linear": _linear,
+}
+"""Named schedules ``(epoch, epochs) -> theta`` (both are 0 at ``epoch = epochs``)."""
 
 
 class CR(Strategy):
-    """Not implemented yet."""
+    """Scheduled constraint relaxation (see the module docstring for the equations).
 
-    name = "cr"
+    Parameters
+    ----------
+    schedule:
+        ``"triangular"`` (default), ``"linear"``, or a callable ``progress -> theta`` with
+        ``progress = e / T`` in ``[0, 1]``; a callable must return exactly 0 at progress 1.
+    weight:
+        ``lambda``, the weight of the regulariser ``sqrt(R_LD) + sqrt(R_N)`` (0 disables it).
+    epochs:
+        ``T``, the number of training epochs, if ``attach`` is not given ``epochs=``.
+
+    Every relaxed layer must expose ``action_in`` / ``action_out`` (forwarded from its
+    equivariant layer). Each call of a relaxed layer under autograd is recorded and contributes
+    to the regulariser of the next :meth:`loss`; the free branch must treat the samples of a
+    batch independently (true of every built-in free branch).
+    """
+
+    name: ClassVar[str] = "cr"
+    projects: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        schedule: str | Schedule = "triangular",
+        *,
+        weight: float = 0.01,
+        epochs: int | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(schedule, str):
+            if schedule not in SCHEDULES:
+                raise ValueError(
+                    f"schedule: expected one of {sorted(SCHEDULES)} or a callable "
+                    f"progress -> theta, received {schedule!r}"
+                )
+        elif callable(schedule):
+            end = float(schedule(1.0))
+            if end != 0.0:
+                raise ValueError(
+                    "schedule: expected a callable with schedule(1.0) == 0 (CR ends at level 0), "
+                    f"received schedule(1.0) = {end!r}"
+                )
+        else:
+            raise TypeError(
+                f"schedule: expected a schedule name or a callable, received {schedule!r}"
+            )
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ValueError(f"weight: expected a non-negative number, received {weight!r}")
+        if epochs is not None and (
+            isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1
+        ):
+            raise ValueError(f"epochs: expected a positive integer or None, received {epochs!r}")
+        self.schedule = schedule
+        self.weight = float(weight)
+        self._epochs_argument = epochs
+        self.epoch: int | None = None  # the last epoch whose level was set
+        self.layers: dict[str, Relaxed] = {}
+        self._handles: list[RemovableHandle] = []
+        self._recorders: dict[str, _InputRecorder] = {}
+        self._restored_epoch: int | None = None
+        self._latest: dict[str, Tensor | float] = {}
+        self._warned = False
+
+    # ------------------------------------------------------------------ schedule
+
+    @property
+    def schedule_name(self) -> str:
+        """The schedule's name (``"callable"`` for a user function)."""
+        return self.schedule if isinstance(self.schedule, str) else "callable"
+
+    def theta(self, epoch: int) -> float:
+        """The level at the start of ``epoch`` (``epoch = T`` gives the final level, 0)."""
+        epochs = self._require_epochs()
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+            raise ValueError(f"epoch: expected an integer in [0, {epochs}], received {epoch!r}")
+        if epoch == epochs:
+            return 0.0
+        if isinstance(self.schedule, str):
+            return SCHEDULES[self.schedule](epoch, epochs)
+        value = float(self.schedule(epoch / epochs))
+        if not math.isfinite(value):
+            raise ValueError(
+                f"schedule: expected finite levels, received {value!r} at epoch {epoch}"
+            )
+        return value
+
+    def _require_epochs(self) -> int:
+        if self.epochs is None:
+            raise ValueError(
+                "epochs: CR needs the number of training epochs for its schedule, received "
+                "None; pass CR(epochs=T) or attach(model, epochs=T)"
+            )
+        return self.epochs
+
+    def _set_level(self, epoch: int) -> None:
+        if self.model is None:
+            raise RuntimeError("cr: call attach(model, epochs=...) before training")
+        set_levels(self.model, self.theta(epoch))
+        self.epoch = epoch
+
+    # ------------------------------------------------------------------ hooks
+
+    def attach(
+        self,
+        model: nn.Module,
+        *,
+        action_in: Action | None = None,
+        action_out: Action | None = None,
+        epochs: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> nn.Module:
+        """Check the relaxed layers, record their inputs by forward pre-hooks and set
+        ``theta(0)``. ``epochs`` (here or in the constructor) is required."""
+        layers = require_relaxed("CR", model)
+        for name, layer in layers.items():
+            missing = [a for a in ("action_in", "action_out") if not hasattr(layer, a)]
+            if missing:
+                raise ValueError(
+                    f"model: CR needs action_in and action_out on every relaxed layer for its "
+                    f"Lie-derivative regulariser; layer {name!r} "
+                    f"({type(layer.equivariant).__name__}) has no {' or '.join(missing)}"
+                )
+        given = self._epochs_argument
+        if epochs is not None and given is not None and epochs != given:
+            raise ValueError(
+                f"epochs: CR was built with epochs={given}, received epochs={epochs} at attach"
+            )
+        model = super().attach(
+            model,
+            action_in=action_in,
+            action_out=action_out,
+            epochs=epochs if epochs is not None else given,
+            generator=generator,
+        )
+        self._require_epochs()
+        self._remove_hooks()
+        self.layers = dict(layers)
+        self._recorders = {name: _InputRecorder() for name in layers}
+        for name, layer in layers.items():
+            if layer.level_is_learnable:
+                layer.set_level_learnable(False)  # the schedule owns the level
+            self._handles.append(
+                layer.register_forward_pre_hook(self._recorders[name], with_kwargs=True)
+            )
+        start, self._restored_epoch = self._restored_epoch or 0, None
+        self._set_level(start)
+        return model
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def detach(self) -> None:
+        """Remove the recording hooks (the model keeps its current levels)."""
+        self._remove_hooks()
+        self._clear()
+
+    def _clear(self) -> None:
+        for recorder in self._recorders.values():
+            recorder.calls.clear()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Set every level to ``theta(epoch)``."""
+        epochs = self._require_epochs()
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < epochs:
+            raise ValueError(
+                f"epoch: expected an integer in [0, {epochs}) (epochs={epochs}), received {epoch!r}"
+            )
+        self._set_level(epoch)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """After the last epoch (``T - 1``) set every level to ``theta(T) = 0``."""
+        if epoch == self._require_epochs() - 1:
+            self._set_level(epoch + 1)
+
+    def after_step(self) -> None:
+        """Drop inputs recorded after the last :meth:`loss` (so memory cannot grow)."""
+        self._clear()
+
+    # ------------------------------------------------------------------ regulariser
+
+    def loss(self, task_loss: Tensor, model: nn.Module, inputs: Any, outputs: Any) -> Tensor:
+        """``task_loss + lambda * (sqrt(R_LD) + sqrt(R_N))`` on the recorded layer inputs."""
+        return task_loss + self.regulariser().to(task_loss)
+
+    def regulariser(self) -> Tensor:
+        """``lambda * (sqrt(R_LD) + sqrt(R_N))`` from the inputs recorded since the last call
+        (which are then cleared); ``R_LD``, ``R_N`` and the penalty are kept for :meth:`log`."""
+        if self.model is None:
+            raise RuntimeError("cr: call attach(model, epochs=...) before loss()")
+        calls = [(n, call) for n, recorder in self._recorders.items() for call in recorder.calls]
+        self._clear()
+        if self.weight == 0.0:
+            self._latest = {"penalty": 0.0}  # nothing computed
+            return torch.zeros(())
+        if not calls:
+            if not self._warned:
+                warnings.warn(
+                    "cr: no relaxed-layer inputs were recorded since the last loss(); run the "
+                    "model's forward pass with autograd enabled before loss()",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self._warned = True
+            self._latest = {"r_ld": 0.0, "r_n": 0.0, "penalty": 0.0}
+            return torch.zeros(())
+        terms = [
+            free_branch_terms(
+                self.layers[name].free,
+                args,
+                kwargs,
+                self.layers[name].action_in,
+                self.layers[name].action_out,
+            )
+            for name, (args, kwargs) in calls
+        ]
+        r_ld = torch.stack([ld for ld, _ in terms]).sum()
+        r_n = torch.stack([norm for _, norm in terms]).sum()
+        penalty = self.weight * (_safe_sqrt(r_ld) + _safe_sqrt(r_n))
+        self._latest = {"r_ld": r_ld.detach(), "r_n": r_n.detach(), "penalty": penalty.detach()}
+        return penalty
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def log(self) -> dict[str, Any]:
+        """Levels, ``theta`` and the latest ``r_ld``, ``r_n`` and ``penalty`` (floats; with
+        ``weight = 0`` nothing is computed and only ``penalty = 0`` is logged)."""
+        if self.model is None:
+            return {}
+        out: dict[str, Any] = {**super().log()}
+        if self.epoch is not None:
+            out["theta"] = self.theta(self.epoch)
+        out.update({key: float(value) for key, value in self._latest.items()})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator, the schedule's name, ``epochs`` and the current epoch."""
+        return {
+            **super().state_dict(),
+            "schedule": self.schedule_name,
+            "epochs": self.epochs,
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output, before or after :meth:`attach`."""
+        if state.get("schedule") != self.schedule_name:
+            raise ValueError(
+                f"state: expected a CR state with schedule {self.schedule_name!r}, received "
+                f"{state.get('schedule')!r}"
+            )
+        epochs, planned = state["epochs"], self.epochs or self._epochs_argument
+        if planned is not None and epochs != planned:
+            raise ValueError(
+                f"state: expected a CR state for epochs={planned}, received epochs={epochs}"
+            )
+        super().load_state_dict(state)
+        self.epochs, self.epoch = epochs, state["epoch"]
+        if self.model is None:  # attach() takes epochs and the start epoch from the state
+            self._epochs_argument = self._epochs_argument or epochs
+            self._restored_epoch = self.epoch
+        elif self.epoch is not None:
+            self._set_level(self.epoch)
+
+    def __repr__(self) -> str:
+        return f"CR(schedule={self.schedule_name!r}, weight={self.weight}, epochs={self.epochs})"
+
+
+# ---------------------------------------------------------------------- the two terms
+
+
+def free_branch_terms(
+    free: nn.Module | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    action_in: Action,
+    action_out: Action,
+) -> tuple[Tensor, Tensor]:
+    """``(R_LD, R_N)`` of one free branch ``W`` called as ``W(*args, **kwargs)``.
+
+    ``R_N = mean_b ||W(x_b)||^2``; ``R_LD = mean_b (sum_k ||L_{A_k} W(x_b)||^2 +
+    sum_h ||W(h x_b) - h W(x_b)||^2)`` over the Lie-algebra basis ``A_k`` and the discrete
+    generators ``h`` of the actions' group. ``x`` is ``args[0]`` or, for several arguments, the
+    tuple acted on by a :class:`~equirelax.actions.DirectSumAction`; ``kwargs`` are held fixed.
+    """
+    if free is None:
+        raise RuntimeError("free: the relaxed layer has no free branch yet; run a forward pass")
+    x = args[0] if len(args) == 1 else tuple(args)
+    batch = max(batch_size(x), 1)
+    y = free(*args, **kwargs)
+    r_n = _flat(y).pow(2).sum() / batch
+    group = action_in.group
+    r_ld = r_n.new_zeros(())
+    if group.lie_algebra().shape[0]:
+        r_ld = r_ld + _lie_derivative(free, args, kwargs, y, action_in, action_out).pow(2).sum()
+    generators = group.discrete_generators()
+    if generators.shape[0]:
+        r_ld = r_ld + _generator_differences(
+            free, args, kwargs, y, generators, action_in, action_out
+        )
+    return r_ld / batch, r_n
+
+
+def _lie_derivative(
+    free: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    y: Any,
+    action_in: Action,
+    action_out: Action,
+) -> Tensor:
+    """``L_{A_k} W(x)`` for every Lie-algebra basis element, ``(k, B, D)``.
+
+    With the infinitesimal actions ``dA x`` known in closed form (representation, vector,
+    point and trivial actions and their direct sums): ``J_W(x) (dA_in x) - dA_out W(x)``, the
+    Jacobian-vector products of all ``k`` generators in one batched call. Otherwise the
+    derivative of the path ``A_out(exp(-tA)) W(A_in(exp(tA)) x)`` at ``t = 0`` by ``jvp``.
+    """
+    x = args[0] if len(args) == 1 else tuple(args)
+    group = action_in.group
+    k = group.lie_algebra().shape[0]
+    t_in = _tangents(action_in, _parts(x), k)
+    t_out = _tangents(action_out, _parts(y), k)
+    if t_in is None or t_out is None:
+        return _lie_derivative_by_path(free, args, kwargs, action_in, action_out)
+    batch = batch_size(x)
+    diff = [i for i, t in enumerate(t_in) if t is not None]
+    if not diff:
+        pushed = _flat(y).new_zeros(k, batch, _flat(y).shape[1])
+    elif kwargs:  # keyword tensors may be batched too: one jvp per generator
+        pushed = torch.stack(
+            [
+                _jvp(free, args, kwargs, diff, [t_in[i][j] for i in diff])  # type: ignore[index]
+                for j in range(k)
+            ]
+        )
+    else:  # k copies of the batch, one generator's tangent per copy
+        repeated = tuple(a.repeat(k, *([1] * (a.ndim - 1))) for a in args)
+        tangents = [t_in[i].flatten(0, 1) for i in diff]  # type: ignore[union-attr]
+        pushed = _jvp(free, repeated, kwargs, diff, tangents).unflatten(0, (k, batch))
+    if all(t is None for t in t_out):
+        return pushed
+    out_parts = [
+        t.reshape(k, batch, -1) if t is not None else part.new_zeros(k, batch, part[0].numel())
+        for t, part in zip(t_out, _parts(y), strict=True)
+    ]
+    return pushed - torch.cat(out_parts, dim=-1)
+
+
+def _jvp(
+    free: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    diff: list[int],
+    tangents: list[Tensor],
+) -> Tensor:
+    """``J_W(args) . tangents`` (flattened per sample) along the arguments ``diff``."""
+
+    def f(*moving: Tensor) -> Tensor:
+        full = list(args)
+        for i, value in zip(diff, moving, strict=True):
+            full[i] = value
+        return _flat(free(*full, **kwargs))
+
+    _, out = torch.func.jvp(f, tuple(args[i] for i in diff), tuple(tangents))
+    return out
+
+
+def _lie_derivative_by_path(
+    free: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    action_in: Action,
+    action_out: Action,
+) -> Tensor:
+    x = args[0] if len(args) == 1 else tuple(args)
+    group = action_in.group
+    dtype, device = _parts(x)[0].dtype, _parts(x)[0].device
+    batch = batch_size(x)
+    out = []
+    for a in group.lie_algebra().to(dtype=dtype, device=device):
+
+        def path(t: Tensor, a: Tensor = a) -> Tensor:
+            g = group.exp((t * a).unsqueeze(0)).expand(batch, *a.shape)
+            g_inv = group.exp((-t * a).unsqueeze(0)).expand(batch, *a.shape)
+            moved = action_in(g, x)
+            y = free(*moved, **kwargs) if isinstance(moved, tuple) else free(moved, **kwargs)
+            return _flat(action_out(g_inv, y))
+
+        t0 = torch.zeros((), dtype=dtype, device=device)
+        _, tangent = torch.func.jvp(path, (t0,), (torch.ones_like(t0),))
+        out.append(tangent)
+    return torch.stack(out)
+
+
+def _generator_differences(
+    free: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    y: Any,
+    generators: Tensor,
+    action_in: Action,
+    action_out: Action,
+) -> Tensor:
+    """``sum_h sum_b ||W(h x_b) - h W(x_b)||^2`` over the discrete generators ``h``."""
+    x = args[0] if len(args) == 1 else tuple(args)
+    batch, k = batch_size(x), generators.shape[0]
+    device = _parts(x)[0].device
+    g = generators.to(device).repeat_interleave(batch, dim=0)  # generator-major, like repeat
+    if kwargs:
+        total = _flat(y).new_zeros(())
+        for j in range(k):
+            gj = g[j * batch : (j + 1) * batch]
+            moved = action_in(gj, x)
+            moved_y = free(*_parts(moved), **kwargs)
+            total = total + (_flat(moved_y) - _flat(action_out(gj, y))).pow(2).sum()
+        return total
+    moved = action_in(g, _repeat(x, k))
+    w_moved = free(*_parts(moved))
+    moved_w = action_out(g, _repeat(y, k))
+    return (_flat(w_moved) - _flat(moved_w)).pow(2).sum()
+
+
+# ---------------------------------------------------------------------- infinitesimal actions
+
+
+def _tangents(action: Action, parts: tuple[Any, ...], k: int) -> list[Tensor | None] | None:
+    """``dA_k x`` stacked over the ``k`` generators, ``(k, *x.shape)`` per part (``None`` for
+    a part the algebra does not move); ``None`` if ``action`` has no closed form here."""
+    actions = action.actions if isinstance(action, DirectSumAction) else (action,)
+    if len(actions) != len(parts):
+        return None
+    out: list[Tensor | None] = []
+    for sub, part in zip(actions, parts, strict=True):
+        if isinstance(sub, TrivialAction) and type(sub).act is TrivialAction.act:
+            out.append(None)
+        elif isinstance(sub, RepresentationAction) and type(sub).act in (
+            RepresentationAction.act,
+            PointAction.act,
+        ):
+            tangent = _representation_tangent(sub, part, k)
+            if tangent is None:
+                return None
+            out.append(tangent)
+        else:
+            return None
+    return out
+
+
+def _representation_tangent(action: RepresentationAction, x: Tensor, k: int) -> Tensor | None:
+    if not x.is_floating_point():
+        return None
+    algebra = _algebra(action.representation, x.dtype, x.device)
+    if algebra.shape[0] != k:
+        return None
+    moved = torch.einsum("kij,...j->k...i", algebra, x.movedim(action.dim, -1))
+    target = action.dim + 1 if action.dim >= 0 else action.dim
+    tangent = moved.movedim(-1, target)
+    if isinstance(action, PointAction) and isinstance(action.group, Euclidean):
+        d = action.group.d
+        shift = action.group.lie_algebra()[:, :d, d].to(dtype=x.dtype, device=x.device)
+        tangent = tangent + shift.reshape(k, *([1] * (x.ndim - 1)), d)  # points on the last axis
+    return tangent
+
+
+@functools.lru_cache(maxsize=128)
+def _algebra(representation: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``d rho(A_k)`` of a representation, ``(k, d, d)``, cached per dtype and device."""
+    return representation.lie_algebra().to(dtype=dtype, device=device)
+
+
+# ---------------------------------------------------------------------- small helpers
+
+
+class _InputRecorder:
+    """Forward pre-hook that keeps the detached arguments of each call under autograd.
+
+    A plain object (not a closure), so models holding the hook can still be pickled; copies
+    start empty.
+    """
 
     def __init__(self) -> None:
-        raise NotImplementedError("CR is being implemented")
+        self.calls: list[tuple[tuple, dict]] = []
+
+    def __call__(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if torch.is_grad_enabled():
+            self.calls.append((_detach(args), _detach(kwargs)))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"calls": []}
+
+
+def _safe_sqrt(value: Tensor) -> Tensor:
+    """``sqrt(value)`` with value and gradient 0 at ``value <= 0`` (no inf/NaN gradient)."""
+    positive = value > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, value, 1.0)), 0.0)
+
+
+def _parts(x: Any) -> tuple[Any, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _flat(y: Any) -> Tensor:
+    """Per-sample flattened output ``(B, -1)``; tuple outputs are concatenated."""
+    if isinstance(y, (tuple, list)):
+        return torch.cat([_flat(part) for part in y], dim=1)
+    return y.reshape(y.shape[0], -1)
+
+
+def _repeat(x: Any, k: int) -> Any:
+    """``k`` copies of the batch, copy-major: ``(B, ...) -> (k B, ...)``."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(_repeat(part, k) for part in x)
+    return x.repeat(k, *([1] * (x.ndim - 1)))
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, tuple):
+        return tuple(_detach(v) for v in value)
+    if isinstance(value, list):
+        return [_detach(v) for v in value]
+    if isinstance(value, dict):
+        return {key: _detach(v) for key, v in value.items()}
+    return value
