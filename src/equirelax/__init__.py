@@ -2,11 +2,23 @@
 
 The public surface: groups and actions (:mod:`equirelax.groups`, :mod:`equirelax.actions`,
 :mod:`equirelax.representations`), the relaxed layer (:class:`Relaxed`, :func:`relax`,
-:func:`relaxed_layers`), projection (:func:`project`), measurements (:mod:`equirelax.metrics`,
-:func:`assert_equivariant`) and equivariant building blocks (:mod:`equirelax.nn`).
+:func:`relaxed_layers`), projection (:func:`project`), strategies and the training engine
+(:mod:`equirelax.strategies`, :func:`train`), tasks (:mod:`equirelax.tasks`), measurements
+(:mod:`equirelax.metrics`, :func:`assert_equivariant`) and equivariant building
+blocks (:mod:`equirelax.nn`).
 """
 
-from equirelax import actions, free_branches, groups, metrics, nn, representations
+from equirelax import (
+    actions,
+    free_branches,
+    groups,
+    metrics,
+    nn,
+    representations,
+    strategies,
+    tasks,
+)
+from equirelax.engine import NonFiniteLossError, TrainConfig, TrainResult, train
 from equirelax.free_branches import DenseFreeBranch
 from equirelax.metrics import assert_equivariant, equivariance_error, invariance_error
 from equirelax.projection import project
@@ -19,7 +31,10 @@ from equirelax.relaxed import (
 
 __all__ = [
     "DenseFreeBranch",
+    "NonFiniteLossError",
     "Relaxed",
+    "TrainConfig",
+    "TrainResult",
     "actions",
     "assert_equivariant",
     "equivariance_error",
@@ -33,5 +48,8 @@ __all__ = [
     "relax",
     "relaxed_layers",
     "representations",
+    "strategies",
+    "tasks",
+    "train",
 ]
 __version__ = "0.1.0"

@@ -80,8 +80,9 @@ class Relaxed(nn.Module):
         (default init times ``init_scale``).
     norm_bound:
         ``None``, ``"spectral"`` (spectral normalisation of each free weight) or
-        ``"frobenius"`` (each free weight rescaled to unit Frobenius norm), so that the level
-        carries the size of the deviation (needed by ACE).
+        ``"frobenius"`` (each free weight rescaled to unit Frobenius norm); either way each free
+        bias is kept at norm <= 1, so that the level carries the size of the deviation (needed
+        by ACE).
     feature_dims:
         How many trailing axes the default dense free branch flattens (1: the feature axis of
         ``(..., d)`` inputs; the leading axes such as batch and nodes are shared).
@@ -260,12 +261,31 @@ class _UnitFrobenius(nn.Module):
         return weight / torch.linalg.vector_norm(weight).clamp_min(1e-12)
 
 
+class _AtMostUnit(nn.Module):
+    """Parametrisation ``b -> b / max(1, ||b||)`` (biases of norm-bounded free branches)."""
+
+    def forward(self, bias: Tensor) -> Tensor:
+        return bias / torch.linalg.vector_norm(bias).clamp_min(1.0)
+
+
 def _bound_norms(free: nn.Module, norm_bound: str | None) -> None:
+    """Bound every weight (spectral or unit Frobenius norm) and every bias (norm <= 1), so the
+    free branch's output size is set by its input and the level, not by its parameters."""
+    if norm_bound is None:
+        return
+    biases = [
+        (module, name)
+        for module in free.modules()
+        for name, p in module.named_parameters(recurse=False)
+        if p.ndim == 1
+    ]
     for module, name in _weights(free):
         if norm_bound == "spectral":
             spectral_norm(module, name=name)
-        elif norm_bound == "frobenius":
+        else:
             parametrize.register_parametrization(module, name, _UnitFrobenius())
+    for module, name in biases:
+        parametrize.register_parametrization(module, name, _AtMostUnit())
 
 
 Selector = type | tuple[type, ...] | Callable[[str, nn.Module], bool] | None

@@ -12,9 +12,9 @@ size of the layer's deviation from equivariance. Training solves a constrained p
   ``u_i``; stationarity in ``u`` gives ``u_i = lambda_i / rho`` at the optimum, so a layer whose
   relaxation pays for itself keeps ``gamma_i != 0`` (partial symmetry).
 
-The model's weights (and the slacks) are stepped by the training loop's own optimiser on
-``loss()``'s primal Lagrangian. The pair (levels, multipliers) is ACE's own game, stepped in
-``after_step``: gradient descent on the levels (``level_lr``) and a cooper dual optimiser
+The model's weights are stepped by the training loop's own optimiser on ``loss()``'s primal
+Lagrangian. The levels, slacks and multipliers are ACE's own game, stepped in ``after_step``:
+gradient descent on the levels and slacks (``level_lr``) and a cooper dual optimiser
 (gradient ascent, or nuPI) on the multipliers, from the violation before the level step
 (``update="simultaneous"``, the default) or after it (``update="alternating"``). The levels are
 therefore buffers that require grad, not parameters: an adaptive optimiser such as Adam moves a
@@ -86,7 +86,7 @@ class ACE(Strategy):
     dual_lr:
         Dual step size (paper's N-body default 8e-4; the primal default is Adam at 9e-4).
     level_lr:
-        Gradient-descent step size of the levels.
+        Gradient-descent step size of the levels and slacks.
     dual_optimizer:
         ``"sgd"`` (plain gradient ascent) or ``"nupi"`` (cooper's nuPI controller, ``kp``).
     update:
@@ -171,10 +171,6 @@ class ACE(Strategy):
             self.dual_optimizer = torch.optim.SGD(duals, lr=self.dual_lr, maximize=True)
         return model
 
-    def parameters(self) -> list[nn.Parameter]:
-        """The resilient mode's slacks ``u`` (primal variables); empty otherwise."""
-        return [] if self.slacks is None else [self.slacks]
-
     def _levels(self) -> Tensor:
         return torch.stack([layer.level for layer in self.layers])
 
@@ -210,7 +206,7 @@ class ACE(Strategy):
         if state is None:
             raise RuntimeError("ACE: after_step() called without a loss() call before it")
         self._pending = None
-        self._step_levels()
+        self._step_constraint_variables()
         if self.update == "alternating":
             with torch.no_grad():
                 state = problem.compute_cmp_state(None, self._violation())
@@ -222,7 +218,8 @@ class ACE(Strategy):
             multiplier.post_step_()
 
     @torch.no_grad()
-    def _step_levels(self) -> None:
+    def _step_constraint_variables(self) -> None:
+        """Gradient descent on the levels (gradients all-reduced across ranks) and slacks."""
         grads = torch.stack(
             [
                 torch.zeros_like(layer.level) if layer.level.grad is None else layer.level.grad
@@ -235,6 +232,9 @@ class ACE(Strategy):
         for layer, grad in zip(self.layers, grads, strict=True):
             layer.level.sub_(self.level_lr * grad)
             layer.level.grad = None
+        if self.slacks is not None and self.slacks.grad is not None:
+            self.slacks.sub_(self.level_lr * self.slacks.grad)
+            self.slacks.grad = None
 
     def multipliers(self) -> Tensor:
         """The current multipliers ``lambda_i``, one per relaxed layer."""
@@ -252,7 +252,7 @@ class ACE(Strategy):
         """Names of the layers that kept relaxation, ``|gamma_i| > threshold`` (resilient)."""
         assert self.model is not None
         names = {id(m): n for n, m in self.model.named_modules()}
-        return [names[id(layer)] for layer in self.layers if abs(float(layer.level)) > threshold]
+        return [names[id(layer)] for layer in self.layers if abs(float(layer.level.detach())) > threshold]
 
     def state_dict(self) -> dict[str, Any]:
         problem = self._require_attached()

@@ -1,0 +1,465 @@
+"""The training engine: :func:`train` runs a strategy on a task, reproducibly and resumably.
+
+What one call does:
+
+* seeds ``random``, NumPy and torch, and draws each epoch's shuffle from ``(seed, epoch)``;
+* runs the strategy's hooks around a plain Adam loop (see :mod:`equirelax.strategies.base`);
+* stops at the first non-finite loss with :class:`NonFiniteLossError` naming the epoch and
+  step (the last good checkpoint is kept);
+* evaluates the relaxed model and its projection every epoch, and the equivariance error of
+  the model the strategy evaluates;
+* appends one JSON line per epoch to ``out_dir/metrics.jsonl`` and writes
+  ``out_dir/checkpoint.pt`` atomically (model, optimiser, scheduler, strategy state with
+  multipliers and slacks, RNG states, epoch); ``resume=True`` continues from it and gives the
+  same weights as an uninterrupted run (bitwise on CPU). Checkpoints load with
+  ``torch.load(weights_only=True)``;
+* under ``torchrun`` (``WORLD_SIZE > 1``) it joins the process group (gloo on CPU, nccl on
+  CUDA), wraps the model in ``DistributedDataParallel``, gives each rank an equal share of every
+  global batch (the loss is rescaled so the averaged gradient is the global batch's), and lets
+  only rank 0 write files and show progress.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from equirelax._checks import batch_size, check_positive_int
+from equirelax.metrics import equivariance_error
+from equirelax.projection import project
+from equirelax.relaxed import relaxed_layers
+from equirelax.strategies.base import Strategy
+from equirelax.tasks.base import Split, Task
+
+__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+_LR_SCHEDULES = ("constant", "cosine")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the message names the epoch and step."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of :func:`train` (all plain values, stored in checkpoints)."""
+
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    max_grad_norm: float | None = None
+    seed: int = 0
+    eval_batch_size: int = 1000
+    equivariance_samples: int = 32
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "equivariance_samples"):
+            check_positive_int(name, getattr(self, name))
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr: expected a positive finite number, received {self.lr!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay: expected >= 0, received {self.weight_decay!r}")
+        if self.lr_schedule not in _LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule: expected one of {_LR_SCHEDULES}, received {self.lr_schedule!r}"
+            )
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(
+                f"max_grad_norm: expected a positive number or None, "
+                f"received {self.max_grad_norm!r}"
+            )
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    ``model`` is the trained (possibly relaxed) model, ``evaluation_model`` the one the
+    strategy evaluates (projected for strict/CR/ACE-equality), ``history`` one record per
+    epoch (the lines of ``metrics.jsonl``) and ``final`` the last record plus the test metric.
+    """
+
+    model: nn.Module
+    evaluation_model: nn.Module
+    strategy: Strategy
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
+
+
+def train(
+    model: nn.Module,
+    strategy: Strategy,
+    task: Task,
+    config: TrainConfig | None = None,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    **overrides: Any,
+) -> TrainResult:
+    """Train ``model`` on ``task`` with ``strategy`` (see the module docstring).
+
+    ``overrides`` replace fields of ``config`` (``train(m, s, t, epochs=5, lr=1e-2)``).
+    ``resume=True`` needs ``out_dir`` and continues from its checkpoint if one exists.
+    """
+    config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
+    if not isinstance(strategy, Strategy):
+        raise TypeError(f"strategy: expected an equirelax Strategy, received {strategy!r}")
+    if not isinstance(task, Task):
+        raise TypeError(f"task: expected an equirelax Task, received {task!r}")
+    if resume and out_dir is None:
+        raise ValueError("out_dir: resume=True needs the run's directory, received None")
+    world, rank = _join_process_group(config.device)
+    device = torch.device(config.device)
+    _seed_everything(config.seed)
+    directory = Path(out_dir) if out_dir is not None else None
+    if directory is not None and rank == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+
+    train_inputs, train_targets = _to_device(task.train, device)
+    model = model.to(device)
+    generator = torch.Generator().manual_seed(config.seed)
+    model = strategy.attach(
+        model,
+        action_in=task.action_in,
+        action_out=task.action_out,
+        epochs=config.epochs,
+        generator=generator,
+    )
+    _build_lazy_branches(model, train_inputs)
+    parameters = [p for p in (*model.parameters(), *strategy.parameters()) if p.requires_grad]
+    optimiser = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(batch_size(train_inputs) / config.batch_size)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.epochs * steps_per_epoch)
+        if config.lr_schedule == "cosine"
+        else None
+    )
+
+    start_epoch, history = 0, []
+    checkpoint = directory / CHECKPOINT if directory is not None else None
+    if resume and checkpoint is not None and checkpoint.exists():
+        start_epoch = _load_checkpoint(checkpoint, model, optimiser, scheduler, strategy) + 1
+        history = _read_history(directory / METRICS, start_epoch)  # type: ignore[operator]
+    elif directory is not None and rank == 0:
+        (directory / METRICS).unlink(missing_ok=True)
+    if rank == 0 and directory is not None:
+        _rewrite_history(directory / METRICS, history)
+
+    wrapped = _wrap(model, world, device)
+    bar = tqdm(
+        total=config.epochs * steps_per_epoch,
+        initial=start_epoch * steps_per_epoch,
+        disable=not progress or rank != 0,
+        desc=f"{task.name}/{strategy.name}",
+        dynamic_ncols=True,
+    )
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
+            strategy.on_epoch_start(epoch)
+            model.train()
+            train_loss = _run_epoch(
+                epoch, wrapped, model, strategy, task, (train_inputs, train_targets), optimiser,
+                scheduler, config, world, rank, checkpoint, bar,
+            )  # fmt: skip
+            strategy.on_epoch_end(epoch)
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "lr": optimiser.param_groups[0]["lr"],
+                "epoch_seconds": time.perf_counter() - started,
+                **_evaluate(model, strategy, task, config, device),
+                **strategy.log(),
+            }
+            history.append(record)
+            if rank == 0 and directory is not None:
+                with open(directory / METRICS, "a") as stream:
+                    stream.write(json.dumps(record) + "\n")
+                _save_checkpoint(checkpoint, model, optimiser, scheduler, strategy, epoch, config)  # type: ignore[arg-type]
+    finally:
+        bar.close()
+
+    evaluation_model = strategy.evaluation_model(model)
+    final = dict(history[-1]) if history else {}
+    if task.test is not None:
+        final["test"] = _metric(evaluation_model, task, task.test, config, device)
+    return TrainResult(model, evaluation_model, strategy, history, final)
+
+
+def _run_epoch(
+    epoch: int,
+    wrapped: nn.Module,
+    model: nn.Module,
+    strategy: Strategy,
+    task: Task,
+    data: Split,
+    optimiser: torch.optim.Optimizer,
+    scheduler: Any,
+    config: TrainConfig,
+    world: int,
+    rank: int,
+    checkpoint: Path | None,
+    bar: Any,
+) -> float:
+    inputs, targets = data
+    count = batch_size(inputs)
+    order = torch.randperm(
+        count, generator=torch.Generator().manual_seed(_epoch_seed(config, epoch))
+    )
+    total, seen = 0.0, 0
+    for step, start in enumerate(range(0, count, config.batch_size)):
+        batch = order[start : start + config.batch_size]
+        mine = batch[rank::world]
+        x, y = _index(inputs, mine), targets[mine]
+        x, y = strategy.transform_batch(x, y)
+        outputs = _call(wrapped, x)
+        local = task.loss(outputs, y)
+        share = mine.numel() * world / batch.numel()
+        batch_loss = _global_mean(local.detach() * share, world)
+        if not math.isfinite(batch_loss):
+            kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint"
+            raise NonFiniteLossError(
+                f"loss: non-finite value {batch_loss} at epoch {epoch}, step {step} "
+                f"(strategy {strategy.name}, lr {optimiser.param_groups[0]['lr']:.3g}); {kept}"
+            )
+        objective = strategy.loss(local * share, model, x, outputs)
+        optimiser.zero_grad(set_to_none=True)
+        objective.backward()
+        if config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in optimiser.param_groups for p in g["params"]], config.max_grad_norm
+            )
+        optimiser.step()
+        strategy.after_step()
+        if scheduler is not None:
+            scheduler.step()
+        total += batch_loss * batch.numel()
+        seen += batch.numel()
+        bar.update(1)
+        bar.set_postfix(_postfix(epoch, batch_loss, strategy), refresh=False)
+    return total / seen
+
+
+def _postfix(epoch: int, loss: float, strategy: Strategy) -> dict[str, str]:
+    state = strategy.log()
+    out = {"epoch": str(epoch), "loss": f"{loss:.3e}"}
+    for key in ("levels", "multipliers"):
+        values = state.get(key)
+        if values:
+            out[key] = f"{min(values):.2g}..{max(values):.2g}"
+    return out
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module, strategy: Strategy, task: Task, config: TrainConfig, device: torch.device
+) -> dict[str, Any]:
+    record: dict[str, Any] = {"val": _metric(model, task, task.val, config, device)}
+    if relaxed_layers(model):
+        record["val_projected"] = _metric(project(model), task, task.val, config, device)
+    evaluated = strategy.evaluation_model(model)
+    inputs, _ = _to_device(task.val, device)
+    sample = _index(inputs, torch.arange(min(config.equivariance_samples, batch_size(inputs))))
+    evaluated.eval()
+    error = equivariance_error(
+        evaluated,
+        sample,
+        task.action_in,
+        task.action_out,
+        num_samples=4,
+        generator=torch.Generator().manual_seed(config.seed),
+        dtype=torch.float64 if device.type == "cpu" else None,
+    )
+    record["equivariance_error"] = error.mean
+    return record
+
+
+@torch.no_grad()
+def _metric(model: nn.Module, task: Task, split: Split, config: TrainConfig, device: Any) -> float:
+    """The task metric over a split, averaged over samples (evaluation mode, batched)."""
+    was_training = model.training
+    model.eval()
+    inputs, targets = _to_device(split, device)
+    count, total = batch_size(inputs), 0.0
+    assert task.metric is not None
+    for start in range(0, count, config.eval_batch_size):
+        index = torch.arange(start, min(start + config.eval_batch_size, count))
+        value = task.metric(_call(model, _index(inputs, index)), targets[index])
+        total += float(value) * index.numel()
+    model.train(was_training)
+    return total / count
+
+
+def _epoch_seed(config: TrainConfig, epoch: int) -> int:
+    return (config.seed * 1_000_003 + epoch) % (2**63)
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+
+
+def _index(inputs: Any, index: Tensor) -> Any:
+    if isinstance(inputs, (tuple, list)):
+        return tuple(part[index] for part in inputs)
+    return inputs[index]
+
+
+def _to_device(split: Split, device: torch.device) -> Split:
+    inputs, targets = split
+    if isinstance(inputs, (tuple, list)):
+        return tuple(part.to(device) for part in inputs), targets.to(device)
+    return inputs.to(device), targets.to(device)
+
+
+@torch.no_grad()
+def _build_lazy_branches(model: nn.Module, inputs: Any) -> None:
+    """Run one forward pass so that lazily built free branches exist before the optimiser."""
+    if any(layer.free is None for layer in relaxed_layers(model).values()):
+        state = torch.get_rng_state()
+        _call(model, _index(inputs, torch.arange(min(2, batch_size(inputs)))))
+        torch.set_rng_state(state)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _join_process_group(device: str) -> tuple[int, int]:
+    """``(world size, rank)``; joins the process group when started by torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _wrap(model: nn.Module, world: int, device: torch.device) -> nn.Module:
+    if world == 1 or not any(p.requires_grad for p in model.parameters()):
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _global_mean(local: Tensor, world: int) -> float:
+    """``local`` averaged over ranks (each rank's share is already scaled)."""
+    if world > 1:
+        local = local.clone()
+        dist.all_reduce(local)
+        local /= world
+    return float(local)
+
+
+def _rng_states() -> dict[str, Any]:
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_states(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy = state["numpy"]
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["position"],
+            numpy["has_gauss"],
+            numpy["gauss"],
+        )
+    )
+    random.setstate(_as_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    scheduler: Any,
+    strategy: Strategy,
+    epoch: int,
+    config: TrainConfig,
+) -> None:
+    """Write the checkpoint to a temporary file, then rename it over the old one (atomic)."""
+    state = {
+        "epoch": epoch,
+        "config": asdict(config),
+        "model": model.state_dict(),
+        "optimiser": optimiser.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "strategy": strategy.state_dict(),
+        "rng": _rng_states(),
+    }
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as stream:
+        torch.save(state, stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+
+
+def _load_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    scheduler: Any,
+    strategy: Strategy,
+) -> int:
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    model.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimiser"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    strategy.load_state_dict(state["strategy"])
+    _set_rng_states(state["rng"])
+    return int(state["epoch"])
+
+
+def _read_history(path: Path, epochs: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path) as stream:
+        records = [json.loads(line) for line in stream if line.strip()]
+    return [r for r in records if r["epoch"] < epochs]
+
+
+def _rewrite_history(path: Path, history: list[dict[str, Any]]) -> None:
+    with open(path, "w") as stream:
+        stream.writelines(json.dumps(record) + "\n" for record in history)

@@ -1,0 +1,86 @@
+"""A task: data splits, the actions of its symmetry group, a loss and a metric.
+
+Strategies and metrics read everything task-specific from here, so they work on any task
+without task-specific code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from equirelax._checks import batch_size
+from equirelax.actions import Action, TrivialAction
+
+__all__ = ["Split", "Task", "mean_squared_error"]
+
+Split = tuple[Any, Tensor]
+"""``(inputs, targets)``: inputs a tensor or a tuple of tensors (the model is called as
+``model(*inputs)``), both with the sample axis first."""
+
+
+def mean_squared_error(outputs: Tensor, targets: Tensor) -> Tensor:
+    """``mean((outputs - targets)^2)`` with a shape check (no silent broadcasting)."""
+    if outputs.shape != targets.shape:
+        raise ValueError(
+            f"outputs: expected the targets' shape {tuple(targets.shape)}, "
+            f"received {tuple(outputs.shape)}"
+        )
+    return torch.mean((outputs - targets) ** 2)
+
+
+@dataclass
+class Task:
+    """Data + metric + actions.
+
+    Attributes
+    ----------
+    name:
+        Short name (used by the CLI).
+    train, val, test:
+        :data:`Split` s; ``test`` is optional.
+    action_in, action_out:
+        Actions of the task's group on model inputs and on targets (``None``: invariant).
+    loss:
+        Training loss ``(outputs, targets) -> scalar``; default mean squared error.
+    metric:
+        Evaluation metric, lower is better; default the loss.
+    metric_name:
+        How the metric is reported.
+    """
+
+    name: str
+    train: Split
+    val: Split
+    action_in: Action
+    action_out: Action | None = None
+    test: Split | None = None
+    loss: Callable[[Tensor, Tensor], Tensor] = mean_squared_error
+    metric: Callable[[Tensor, Tensor], Tensor] | None = None
+    metric_name: str = "mse"
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.action_in, Action):
+            raise TypeError(f"action_in: expected an Action, received {self.action_in!r}")
+        if self.action_out is None:
+            self.action_out = TrivialAction(self.action_in.group)
+        for name in ("train", "val", "test"):
+            split = getattr(self, name)
+            if split is None:
+                continue
+            if not isinstance(split, tuple) or len(split) != 2:
+                raise TypeError(f"{name}: expected an (inputs, targets) pair, received {split!r}")
+            inputs, targets = split
+            if batch_size(inputs) != targets.shape[0]:
+                raise ValueError(
+                    f"{name}: expected as many targets as inputs ({batch_size(inputs)}), "
+                    f"received {targets.shape[0]}"
+                )
+        if self.metric is None:
+            self.metric = self.loss
