@@ -72,6 +72,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "equivariance_samples"):
             check_positive_int(name, getattr(self, name))
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed: expected a non-negative integer, received {self.seed!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr: expected a positive finite number, received {self.lr!r}")
         if not self.weight_decay >= 0:
@@ -233,14 +235,17 @@ def _run_epoch(
         outputs = _call(wrapped, x)
         local = task.loss(outputs, y)
         share = mine.numel() * world / batch.numel()
-        batch_loss = _global_mean(local.detach() * share, world)
-        if not math.isfinite(batch_loss):
+        objective = strategy.loss(local * share, model, x, outputs)
+        batch_loss, objective_value = _global_mean(
+            torch.stack([local.detach() * share, objective.detach()]), world
+        )
+        if not (math.isfinite(batch_loss) and math.isfinite(objective_value)):
             kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint"
             raise NonFiniteLossError(
-                f"loss: non-finite value {batch_loss} at epoch {epoch}, step {step} "
-                f"(strategy {strategy.name}, lr {optimiser.param_groups[0]['lr']:.3g}); {kept}"
+                f"loss: non-finite value at epoch {epoch}, step {step} (task loss {batch_loss}, "
+                f"objective {objective_value}; strategy {strategy.name}, "
+                f"lr {optimiser.param_groups[0]['lr']:.3g}); {kept}"
             )
-        objective = strategy.loss(local * share, model, x, outputs)
         optimiser.zero_grad(set_to_none=True)
         objective.backward()
         if config.max_grad_norm is not None:
@@ -360,13 +365,13 @@ def _wrap(model: nn.Module, world: int, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def _global_mean(local: Tensor, world: int) -> float:
-    """``local`` averaged over ranks (each rank's share is already scaled)."""
+def _global_mean(local: Tensor, world: int) -> list[float]:
+    """``local`` averaged over ranks (each rank's share is already scaled), as floats."""
     if world > 1:
         local = local.clone()
         dist.all_reduce(local)
         local /= world
-    return float(local)
+    return local.tolist()
 
 
 def _rng_states() -> dict[str, Any]:

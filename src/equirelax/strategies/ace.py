@@ -252,7 +252,8 @@ class ACE(Strategy):
         """Names of the layers that kept relaxation, ``|gamma_i| > threshold`` (resilient)."""
         assert self.model is not None
         names = {id(m): n for n, m in self.model.named_modules()}
-        return [names[id(layer)] for layer in self.layers if abs(float(layer.level.detach())) > threshold]
+        kept = [layer for layer in self.layers if abs(float(layer.level.detach())) > threshold]
+        return [names[id(layer)] for layer in kept]
 
     def state_dict(self) -> dict[str, Any]:
         problem = self._require_attached()
