@@ -6,6 +6,7 @@ value, so that a user sees at once which input is wrong.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,3 +85,12 @@ def describe(x: Any) -> str:
 def batch_size(x: Any) -> int:
     """The leading (batch) size of a tensor or of the first tensor of a tuple."""
     return int(x[0].shape[0] if isinstance(x, (tuple, list)) else x.shape[0])
+
+
+def check_non_negative(name: str, value: object) -> float:
+    """``float(value)``; raise unless it is a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a non-negative number, received {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name}: expected a finite number >= 0, received {value!r}")
+    return float(value)

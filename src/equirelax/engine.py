@@ -36,6 +36,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from equirelax._batches import call, index
 from equirelax._checks import batch_size, check_positive_int
 from equirelax.metrics import equivariance_error
 from equirelax.projection import project
@@ -230,9 +231,9 @@ def _run_epoch(
     for step, start in enumerate(range(0, count, config.batch_size)):
         batch = order[start : start + config.batch_size]
         mine = batch[rank::world]
-        x, y = _index(inputs, mine), targets[mine]
+        x, y = index(inputs, mine), targets[mine]
         x, y = strategy.transform_batch(x, y)
-        outputs = _call(wrapped, x)
+        outputs = call(wrapped, x)
         local = task.loss(outputs, y)
         share = mine.numel() * world / batch.numel()
         objective = strategy.loss(local * share, model, x, outputs)
@@ -282,7 +283,7 @@ def _evaluate(
         record["val_projected"] = _metric(project(model), task, task.val, config, device)
     evaluated = strategy.evaluation_model(model)
     inputs, _ = _to_device(task.val, device)
-    sample = _index(inputs, torch.arange(min(config.equivariance_samples, batch_size(inputs))))
+    sample = index(inputs, torch.arange(min(config.equivariance_samples, batch_size(inputs))))
     evaluated.eval()
     error = equivariance_error(
         evaluated,
@@ -306,25 +307,15 @@ def _metric(model: nn.Module, task: Task, split: Split, config: TrainConfig, dev
     count, total = batch_size(inputs), 0.0
     assert task.metric is not None
     for start in range(0, count, config.eval_batch_size):
-        index = torch.arange(start, min(start + config.eval_batch_size, count))
-        value = task.metric(_call(model, _index(inputs, index)), targets[index])
-        total += float(value) * index.numel()
+        rows = torch.arange(start, min(start + config.eval_batch_size, count))
+        value = task.metric(call(model, index(inputs, rows)), targets[rows])
+        total += float(value) * rows.numel()
     model.train(was_training)
     return total / count
 
 
 def _epoch_seed(config: TrainConfig, epoch: int) -> int:
     return (config.seed * 1_000_003 + epoch) % (2**63)
-
-
-def _call(model: nn.Module, inputs: Any) -> Any:
-    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
-
-
-def _index(inputs: Any, index: Tensor) -> Any:
-    if isinstance(inputs, (tuple, list)):
-        return tuple(part[index] for part in inputs)
-    return inputs[index]
 
 
 def _to_device(split: Split, device: torch.device) -> Split:
@@ -339,7 +330,7 @@ def _build_lazy_branches(model: nn.Module, inputs: Any) -> None:
     """Run one forward pass so that lazily built free branches exist before the optimiser."""
     if any(layer.free is None for layer in relaxed_layers(model).values()):
         state = torch.get_rng_state()
-        _call(model, _index(inputs, torch.arange(min(2, batch_size(inputs)))))
+        call(model, index(inputs, torch.arange(min(2, batch_size(inputs)))))
         torch.set_rng_state(state)
 
 

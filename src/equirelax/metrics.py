@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from equirelax._batches import call, flat, float_dtype, repeat
 from equirelax._checks import batch_size, check_finite, check_positive_int
 from equirelax.actions import Action, TrivialAction
 from equirelax.commutant import EquivariantProjector, equivariant_basis
@@ -61,30 +62,12 @@ class EquivarianceError:
         )
 
 
-def _call(f: Callable[..., Any], x: Any) -> Any:
-    return f(*x) if isinstance(x, (tuple, list)) else f(x)
-
-
-def _flat(y: Any) -> Tensor:
-    """Per-sample flattened output ``(B, -1)``; tuple outputs are concatenated."""
-    if isinstance(y, (tuple, list)):
-        return torch.cat([_flat(part) for part in y], dim=1)
-    return y.reshape(y.shape[0], -1)
-
-
 def _to_dtype(x: Any, dtype: torch.dtype | None) -> Any:
     if dtype is None:
         return x
     if isinstance(x, (tuple, list)):
         return type(x)(_to_dtype(part, dtype) for part in x)
     return x.to(dtype) if x.is_floating_point() else x
-
-
-def _repeat(x: Any, k: int) -> Any:
-    """Stack ``k`` copies of the batch: ``(B, ...) -> (k B, ...)``, element-major."""
-    if isinstance(x, (tuple, list)):
-        return type(x)(_repeat(part, k) for part in x)
-    return x.repeat(k, *([1] * (x.ndim - 1)))
 
 
 def _check_inputs(x: Any) -> None:
@@ -155,14 +138,14 @@ def equivariance_error(
     g = elements if elements is not None else _elements(action_in, num_samples, generator, device)
     g = action_in.group.check(g, "elements")
     if g.is_floating_point():
-        g = g.to(dtype or _flat_dtype(x))
+        g = g.to(dtype or float_dtype(x))
     batch, k = batch_size(x), g.shape[0]
 
-    y = _call(f, x)
-    y_flat = _flat(y)
+    y = call(f, x)
+    y_flat = flat(y)
     g_rep = g.repeat_interleave(batch, dim=0)
-    moved_then_f = _flat(_call(f, action_in(g_rep, _repeat(x, k))))
-    f_then_moved = _flat(action_out(g_rep, _repeat(y, k)))
+    moved_then_f = flat(call(f, action_in(g_rep, repeat(x, k))))
+    f_then_moved = flat(action_out(g_rep, repeat(y, k)))
     diff = torch.linalg.vector_norm(moved_then_f - f_then_moved, dim=1)
     scale = float(torch.linalg.vector_norm(y_flat, dim=1).mean())
     return EquivarianceError(
@@ -173,11 +156,6 @@ def equivariance_error(
         output_norm=scale,
         num_elements=k,
     )
-
-
-def _flat_dtype(x: Any) -> torch.dtype:
-    part = x[0] if isinstance(x, (tuple, list)) else x
-    return part.dtype if part.is_floating_point() else torch.get_default_dtype()
 
 
 def invariance_error(
@@ -227,7 +205,7 @@ def layer_equivariance_errors(
         if name not in modules:
             raise ValueError(f"layers: no module named {name!r} in the model")
     with torch.no_grad(), _capture_inputs(model, list(layers)) as captured:
-        _call(model, x)
+        call(model, x)
     return {
         name: equivariance_error(
             modules[name],
@@ -264,7 +242,7 @@ def lie_derivative(
         raise ValueError(f"action_in: {group} has no Lie algebra (a finite group)")
     _check_inputs(x)
     action_in.check_input(x, "x")
-    dtype = _flat_dtype(x)
+    dtype = float_dtype(x)
     batch = batch_size(x)
     out = []
     for a in basis.to(dtype):
@@ -272,7 +250,7 @@ def lie_derivative(
         def path(t: Tensor, a: Tensor = a) -> Tensor:
             g = group.exp((t * a).unsqueeze(0)).expand(batch, *a.shape)
             g_inv = group.exp((-t * a).unsqueeze(0)).expand(batch, *a.shape)
-            return _flat(action_out(g_inv, _call(f, action_in(g, x))))
+            return flat(action_out(g_inv, call(f, action_in(g, x))))
 
         t0 = torch.zeros((), dtype=dtype)
         _, tangent = torch.func.jvp(path, (t0,), (torch.ones((), dtype=dtype),))
@@ -325,7 +303,7 @@ def assert_equivariant(
         if not err.max <= bound:
             raise AssertionError(f"relative equivariance error exceeds bound {bound:.3e}: {err}")
         return err
-    tol = atol if atol is not None else _DEFAULT_ATOL.get(kwargs.get("dtype") or _flat_dtype(x))
+    tol = atol if atol is not None else _DEFAULT_ATOL.get(kwargs.get("dtype") or float_dtype(x))
     if not err.max_absolute <= (tol or 1e-4):
         raise AssertionError(f"not equivariant to atol {tol:.1e}: {err}")
     return err
@@ -353,7 +331,7 @@ def _assert_within_level_bound(
     err = equivariance_error(module, x, action_in, action_out, **kwargs)
     free_gx = invariance_error(module.free, x, action_in, **kwargs)
     with torch.no_grad():
-        free_norm = _flat(_call(module.free, x)).norm(dim=1).max()
+        free_norm = flat(call(module.free, x)).norm(dim=1).max()
     limit = abs(float(module.level)) * (free_gx.max_absolute + 2 * float(free_norm))
     if not err.max_absolute <= limit * (1 + 1e-6) + 1e-12:
         raise AssertionError(f"error exceeds the level bound {limit:.3e}: {err}")

@@ -29,22 +29,26 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from equirelax.actions import Action
+from equirelax.actions import Action, TrivialAction
 from equirelax.projection import project
 from equirelax.relaxed import Relaxed, relaxed_layers
 
-__all__ = ["Strategy", "require_relaxed", "set_levels"]
+__all__ = ["Strategy", "levels", "require_actions", "require_relaxed", "set_levels"]
 
 
 class Strategy:
     """Base class of every relaxation strategy (see the module docstring for the loop).
 
-    Subclasses set :attr:`name` (the name the CLI and :func:`equirelax.strategies.get` use)
-    and :attr:`projects` (whether the model is evaluated after projection, level := 0).
+    Subclasses set :attr:`name` (the name the CLI and :func:`equirelax.strategies.get` use),
+    :attr:`projects` (whether the model is evaluated after projection, level := 0),
+    :attr:`needs_actions` (``attach`` then requires ``action_in``) and :attr:`fixed_level`
+    (a level ``attach`` gives every relaxed layer, if any).
     """
 
     name: ClassVar[str] = "strategy"
     projects: ClassVar[bool] = False
+    needs_actions: ClassVar[bool] = False
+    fixed_level: ClassVar[float | None] = None
 
     def __init__(self) -> None:
         self.model: nn.Module | None = None
@@ -74,6 +78,8 @@ class Strategy:
         for name, action in (("action_in", action_in), ("action_out", action_out)):
             if action is not None and not isinstance(action, Action):
                 raise TypeError(f"{name}: expected an Action or None, received {action!r}")
+        if self.needs_actions:
+            action_in, action_out = require_actions(self.name, action_in, action_out)
         if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
             raise ValueError(f"epochs: expected a positive integer or None, received {epochs!r}")
         self.model, self.action_in, self.action_out, self.epochs = (
@@ -84,6 +90,8 @@ class Strategy:
         )
         if generator is not None:
             self.generator = generator
+        if self.fixed_level is not None:
+            set_levels(model, self.fixed_level)
         return model
 
     def parameters(self) -> list[nn.Parameter]:
@@ -139,6 +147,30 @@ def require_relaxed(strategy: str, model: nn.Module) -> dict[str, Relaxed]:
             "wrap it first with equirelax.relax(model)"
         )
     return layers
+
+
+def require_actions(
+    strategy: str, action_in: Action | None, action_out: Action | None
+) -> tuple[Action, Action]:
+    """``(action_in, action_out)`` with ``action_out`` defaulting to the trivial action
+    (invariant targets); errors name the missing or mismatched action."""
+    if action_in is None:
+        raise ValueError(
+            f"action_in: {strategy} needs the action on model inputs, received None; "
+            f"pass attach(model, action_in=..., action_out=...)"
+        )
+    if not isinstance(action_in, Action):
+        raise TypeError(f"action_in: expected an Action, received {action_in!r}")
+    if action_out is None:
+        action_out = TrivialAction(action_in.group)
+    if not isinstance(action_out, Action):
+        raise TypeError(f"action_out: expected an Action or None, received {action_out!r}")
+    if action_out.group != action_in.group:
+        raise ValueError(
+            f"action_out: expected an action of {action_in.group} like action_in, "
+            f"received one of {action_out.group}"
+        )
+    return action_in, action_out
 
 
 def levels(model: nn.Module) -> list[float]:

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from equirelax._batches import flat, repeat
 from equirelax._checks import batch_size
 from equirelax.actions import (
     Action,
@@ -363,7 +364,7 @@ def free_branch_terms(
     x = args[0] if len(args) == 1 else tuple(args)
     batch = max(batch_size(x), 1)
     y = free(*args, **kwargs)
-    r_n = _flat(y).pow(2).sum() / batch
+    r_n = flat(y).pow(2).sum() / batch
     group = action_in.group
     r_ld = r_n.new_zeros(())
     if group.lie_algebra().shape[0]:
@@ -401,7 +402,7 @@ def _lie_derivative(
     batch = batch_size(x)
     diff = [i for i, t in enumerate(t_in) if t is not None]
     if not diff:
-        pushed = _flat(y).new_zeros(k, batch, _flat(y).shape[1])
+        pushed = flat(y).new_zeros(k, batch, flat(y).shape[1])
     elif kwargs:  # keyword tensors may be batched too: one jvp per generator
         pushed = torch.stack(
             [
@@ -435,7 +436,7 @@ def _jvp(
         full = list(args)
         for i, value in zip(diff, moving, strict=True):
             full[i] = value
-        return _flat(free(*full, **kwargs))
+        return flat(free(*full, **kwargs))
 
     _, out = torch.func.jvp(f, tuple(args[i] for i in diff), tuple(tangents))
     return out
@@ -460,7 +461,7 @@ def _lie_derivative_by_path(
             g_inv = group.exp((-t * a).unsqueeze(0)).expand(batch, *a.shape)
             moved = action_in(g, x)
             y = free(*moved, **kwargs) if isinstance(moved, tuple) else free(moved, **kwargs)
-            return _flat(action_out(g_inv, y))
+            return flat(action_out(g_inv, y))
 
         t0 = torch.zeros((), dtype=dtype, device=device)
         _, tangent = torch.func.jvp(path, (t0,), (torch.ones_like(t0),))
@@ -483,17 +484,17 @@ def _generator_differences(
     device = _parts(x)[0].device
     g = generators.to(device).repeat_interleave(batch, dim=0)  # generator-major, like repeat
     if kwargs:
-        total = _flat(y).new_zeros(())
+        total = flat(y).new_zeros(())
         for j in range(k):
             gj = g[j * batch : (j + 1) * batch]
             moved = action_in(gj, x)
             moved_y = free(*_parts(moved), **kwargs)
-            total = total + (_flat(moved_y) - _flat(action_out(gj, y))).pow(2).sum()
+            total = total + (flat(moved_y) - flat(action_out(gj, y))).pow(2).sum()
         return total
-    moved = action_in(g, _repeat(x, k))
+    moved = action_in(g, repeat(x, k))
     w_moved = free(*_parts(moved))
-    moved_w = action_out(g, _repeat(y, k))
-    return (_flat(w_moved) - _flat(moved_w)).pow(2).sum()
+    moved_w = action_out(g, repeat(y, k))
+    return (flat(w_moved) - flat(moved_w)).pow(2).sum()
 
 
 # ---------------------------------------------------------------------- infinitesimal actions
@@ -573,20 +574,6 @@ def _safe_sqrt(value: Tensor) -> Tensor:
 
 def _parts(x: Any) -> tuple[Any, ...]:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
-
-
-def _flat(y: Any) -> Tensor:
-    """Per-sample flattened output ``(B, -1)``; tuple outputs are concatenated."""
-    if isinstance(y, (tuple, list)):
-        return torch.cat([_flat(part) for part in y], dim=1)
-    return y.reshape(y.shape[0], -1)
-
-
-def _repeat(x: Any, k: int) -> Any:
-    """``k`` copies of the batch, copy-major: ``(B, ...) -> (k B, ...)``."""
-    if isinstance(x, (tuple, list)):
-        return type(x)(_repeat(part, k) for part in x)
-    return x.repeat(k, *([1] * (x.ndim - 1)))
 
 
 def _detach(value: Any) -> Any:

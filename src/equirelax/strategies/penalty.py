@@ -11,16 +11,14 @@ one random element per sample (SPEC 1 and 2.6)::
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from equirelax.actions import Action
-from equirelax.metrics import _call, _flat
-from equirelax.strategies.augment import _require_actions, _sample_per_sample
-from equirelax.strategies.base import Strategy, set_levels
+from equirelax._batches import call, flat, sample_per_sample
+from equirelax._checks import check_non_negative
+from equirelax.strategies.base import Strategy
 
 __all__ = ["EquivariancePenalty"]
 
@@ -50,43 +48,25 @@ class EquivariancePenalty(Strategy):
     """
 
     name = "penalty"
+    needs_actions = True
+    fixed_level = 1.0
 
     def __init__(self, beta: float = 1.0, *, eps: float = 1e-8) -> None:
         super().__init__()
-        self.beta = _non_negative("beta", beta)
-        self.eps = _non_negative("eps", eps)
+        self.beta = check_non_negative("beta", beta)
+        self.eps = check_non_negative("eps", eps)
         self.last_error: float | None = None
-
-    def attach(
-        self,
-        model: nn.Module,
-        *,
-        action_in: Action | None = None,
-        action_out: Action | None = None,
-        epochs: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> nn.Module:
-        action_in, action_out = _require_actions(self.name, action_in, action_out)
-        model = super().attach(
-            model,
-            action_in=action_in,
-            action_out=action_out,
-            epochs=epochs,
-            generator=generator,
-        )
-        set_levels(model, 1.0)
-        return model
 
     def equivariance_penalty(self, model: nn.Module, inputs: Any, outputs: Any) -> Tensor:
         """The differentiable relative error ``E`` of ``model`` on ``inputs`` (whose outputs
         are ``outputs``), with one freshly drawn element per sample."""
         if self.action_in is None or self.action_out is None:
             raise RuntimeError("penalty: call attach(model, action_in=...) before training")
-        g = _sample_per_sample(self.action_in.group, inputs, self.generator)
-        moved_then_f = _flat(_call(model, self.action_in(g, inputs)))
-        f_then_moved = _flat(self.action_out(g, outputs))
+        g = sample_per_sample(self.action_in.group, inputs, self.generator)
+        moved_then_f = flat(call(model, self.action_in(g, inputs)))
+        f_then_moved = flat(self.action_out(g, outputs))
         diff = torch.linalg.vector_norm(moved_then_f - f_then_moved, dim=1)
-        scale = torch.linalg.vector_norm(_flat(outputs).detach(), dim=1).mean()
+        scale = torch.linalg.vector_norm(flat(outputs).detach(), dim=1).mean()
         return diff.mean() / (scale + self.eps)
 
     def loss(self, task_loss: Tensor, model: nn.Module, inputs: Any, outputs: Any) -> Tensor:
@@ -109,18 +89,9 @@ class EquivariancePenalty(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.beta = _non_negative("beta", state.get("beta", self.beta))
-        self.eps = _non_negative("eps", state.get("eps", self.eps))
+        self.beta = check_non_negative("beta", state.get("beta", self.beta))
+        self.eps = check_non_negative("eps", state.get("eps", self.eps))
         self.last_error = state.get("last_error", self.last_error)
 
     def __repr__(self) -> str:
         return f"EquivariancePenalty(beta={self.beta:g}, eps={self.eps:g})"
-
-
-def _non_negative(name: str, value: object) -> float:
-    """``float(value)``; raise unless it is a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a non-negative number, received {value!r}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name}: expected a finite number >= 0, received {value!r}")
-    return float(value)

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from equirelax._checks import check_non_negative
 from equirelax.relaxed import relaxed_layers
-from equirelax.strategies.base import Strategy, require_relaxed, set_levels
-from equirelax.strategies.penalty import _non_negative
+from equirelax.strategies.base import Strategy, require_relaxed
 
 __all__ = ["RPP"]
 
@@ -53,6 +53,7 @@ class RPP(Strategy):
     """
 
     name = "rpp"
+    fixed_level = 1.0
 
     def __init__(
         self,
@@ -62,16 +63,15 @@ class RPP(Strategy):
         free_init_scale: float = 1e-3,
     ) -> None:
         super().__init__()
-        self.free_prior = _non_negative("free_prior", free_prior)
-        self.equivariant_prior = _non_negative("equivariant_prior", equivariant_prior)
-        self.free_init_scale = _non_negative("free_init_scale", free_init_scale)
+        self.free_prior = check_non_negative("free_prior", free_prior)
+        self.equivariant_prior = check_non_negative("equivariant_prior", equivariant_prior)
+        self.free_init_scale = check_non_negative("free_init_scale", free_init_scale)
         self.last_free_term: float | None = None
         self.last_equivariant_term: float | None = None
 
     def attach(self, model: nn.Module, **context: Any) -> nn.Module:
-        model = super().attach(model, **context)
         layers = require_relaxed(self.name, model)
-        set_levels(model, 1.0)
+        model = super().attach(model, **context)
         for layer in layers.values():
             layer.configure_free(init="small", init_scale=self.free_init_scale)
         return model
@@ -114,7 +114,7 @@ class RPP(Strategy):
         super().load_state_dict(state)
         for key in ("free_prior", "equivariant_prior", "free_init_scale"):
             if key in state:
-                setattr(self, key, _non_negative(key, state[key]))
+                setattr(self, key, check_non_negative(key, state[key]))
         self.last_free_term = state.get("last_free_term", self.last_free_term)
         self.last_equivariant_term = state.get("last_equivariant_term", self.last_equivariant_term)
 

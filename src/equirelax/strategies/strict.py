@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from equirelax.projection import project
-from equirelax.strategies.base import Strategy, set_levels
+from equirelax.strategies.base import Strategy
 
 __all__ = ["Free", "Strict"]
 
@@ -33,8 +33,4 @@ class Free(Strategy):
     """
 
     name = "free"
-
-    def attach(self, model: nn.Module, **context: Any) -> nn.Module:
-        model = super().attach(model, **context)
-        set_levels(model, 1.0)
-        return model
+    fixed_level = 1.0

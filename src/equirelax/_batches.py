@@ -1,0 +1,55 @@
+"""Helpers for batches that are a tensor or a tuple of tensors (sample axis first)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from equirelax._checks import batch_size
+
+
+def call(f: Callable[..., Any], x: Any) -> Any:
+    """``f(*x)`` for a tuple batch, ``f(x)`` for a tensor."""
+    return f(*x) if isinstance(x, (tuple, list)) else f(x)
+
+
+def flat(y: Any) -> Tensor:
+    """Per-sample flattened output ``(B, -1)``; tuple outputs are concatenated."""
+    if isinstance(y, (tuple, list)):
+        return torch.cat([flat(part) for part in y], dim=1)
+    return y.reshape(y.shape[0], -1)
+
+
+def repeat(x: Any, k: int) -> Any:
+    """Stack ``k`` copies of the batch: ``(B, ...) -> (k B, ...)``, copy-major."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(repeat(part, k) for part in x)
+    return x.repeat(k, *([1] * (x.ndim - 1)))
+
+
+def index(x: Any, rows: Tensor) -> Any:
+    """The samples ``rows`` of a batch."""
+    if isinstance(x, (tuple, list)):
+        return tuple(part[rows] for part in x)
+    return x[rows]
+
+
+def float_dtype(x: Any) -> torch.dtype:
+    """The first floating dtype among the batch's tensors (else the default dtype)."""
+    parts = x if isinstance(x, (tuple, list)) else (x,)
+    floats = [p for p in parts if isinstance(p, Tensor) and p.is_floating_point()]
+    return floats[0].dtype if floats else torch.get_default_dtype()
+
+
+def sample_per_sample(group: Any, x: Any, generator: torch.Generator | None) -> Tensor:
+    """One element of ``group`` per sample of ``x``, on its device, in its float dtype."""
+    parts = x if isinstance(x, (tuple, list)) else (x,)
+    if not parts or not isinstance(parts[0], Tensor):
+        raise TypeError(
+            "inputs: expected a tensor or a tuple of tensors, "
+            f"received {type(parts[0] if parts else x).__name__}"
+        )
+    return group.sample(batch_size(x), generator, device=parts[0].device, dtype=float_dtype(x))
