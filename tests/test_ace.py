@@ -67,7 +67,7 @@ def test_attach_makes_levels_grad_buffers_and_bounds_free_branches():
     for layer in relaxed_layers(model).values():
         assert not layer.level_is_learnable  # a buffer that requires grad: ACE steps it
         assert layer.level.requires_grad
-        assert float(layer.level) == 1.0
+        assert float(layer.level.detach()) == 1.0
         assert layer.norm_bound == "spectral"
         weight = layer.free.linear.weight
         assert torch.linalg.matrix_norm(weight.detach(), ord=2) == pytest.approx(1.0, abs=1e-2)

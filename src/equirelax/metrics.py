@@ -332,7 +332,7 @@ def _assert_within_level_bound(
     free_gx = invariance_error(module.free, x, action_in, **kwargs)
     with torch.no_grad():
         free_norm = flat(call(module.free, x)).norm(dim=1).max()
-    limit = abs(float(module.level)) * (free_gx.max_absolute + 2 * float(free_norm))
+    limit = abs(float(module.level.detach())) * (free_gx.max_absolute + 2 * float(free_norm))
     if not err.max_absolute <= limit * (1 + 1e-6) + 1e-12:
         raise AssertionError(f"error exceeds the level bound {limit:.3e}: {err}")
     return err

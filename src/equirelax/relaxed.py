@@ -215,7 +215,7 @@ class Relaxed(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "learnable" if self.level_is_learnable else "buffer"
-        return f"level={float(self.level):.4g} ({kind}), norm_bound={self.norm_bound}"
+        return f"level={float(self.level.detach()):.4g} ({kind}), norm_bound={self.norm_bound}"
 
 
 def _combine(out: Any, deviation: Any, level: Tensor) -> Any:
