@@ -79,6 +79,20 @@ def test_per_layer_errors_find_the_relaxed_layer(generator):
         layer_equivariance_errors(model, x, {"nope": (model[0].action_in, model[0].action_out)})
 
 
+@torch.no_grad()
+def path_difference(f, x, action_in, action_out, algebra, t=1e-5):
+    """Central differences of ``t -> A_out(exp(-tA)) f(A_in(exp(tA)) x)`` at 0, ``(k, B, D)``."""
+    out = []
+    for a in algebra:
+        plus, minus = torch.linalg.matrix_exp(t * a)[None], torch.linalg.matrix_exp(-t * a)[None]
+
+        def moved(gp, gm):
+            return action_out(gm, f(action_in(gp, x))).flatten(1)
+
+        out.append((moved(plus, minus) - moved(minus, plus)) / (2 * t))
+    return torch.stack(out)
+
+
 def test_lie_derivative_matches_finite_difference_and_vanishes_when_equivariant(generator):
     group = SO3()
     action = VectorAction(group, dim=2)
@@ -90,15 +104,80 @@ def test_lie_derivative_matches_finite_difference_and_vanishes_when_equivariant(
     derivative = lie_derivative(dense, x, action, action)
     assert derivative.shape == (3, 3, 2 * 3 * 5)
     assert derivative.abs().max() > 1e-3
-    t = 1e-6
-    for k, a in enumerate(group.lie_algebra()):
-        plus, minus = torch.linalg.matrix_exp(t * a), torch.linalg.matrix_exp(-t * a)
+    expected = path_difference(dense, x, action, action, group.lie_algebra())
+    torch.testing.assert_close(derivative, expected, atol=1e-6, rtol=1e-6)
 
-        def moved(gp, gm):
-            return action(gm.unsqueeze(0), dense(action(gp.unsqueeze(0), x))).flatten(1)
 
-        fd = (moved(plus, minus) - moved(minus, plus)) / (2 * t)
-        torch.testing.assert_close(derivative[k], fd.detach(), atol=1e-6, rtol=1e-6)
+@pytest.mark.parametrize("group", [SO3(), O3()], ids=["SO3", "O3"])
+def test_lie_derivative_between_so3_irreps_is_finite_and_exact(group, generator):
+    """Irreps with l = 1 and 2: Wigner matrices are not differentiated at the identity (their
+    atan2 / hypot made the derivative NaN), the closed-form d rho(A) x is used instead."""
+    rep_in, rep_out = group.irreps("2x0e + 1x1o + 1x2e"), group.irreps("1x0e + 2x1o + 1x2e")
+    a_in, a_out = RepresentationAction(rep_in), RepresentationAction(rep_out)
+    x = torch.randn(6, rep_in.dim, dtype=torch.float64, generator=generator)
+    torch.manual_seed(3)
+    equivariant = EquivariantLinear(rep_in, rep_out).double()
+    derivative = lie_derivative(equivariant, x, a_in, a_out)
+    assert derivative.shape == (3, 6, rep_out.dim)
+    assert torch.isfinite(derivative).all()
+    assert derivative.abs().max() < 1e-10
+    generic = lie_derivative(nn.Linear(rep_in.dim, rep_out.dim).double(), x, a_in, a_out)
+    assert torch.isfinite(generic).all()
+    assert generic.abs().max() > 1e-2
+    mlp = nn.Sequential(nn.Linear(rep_in.dim, 16), nn.Tanh(), nn.Linear(16, rep_out.dim)).double()
+    derivative = lie_derivative(mlp, x, a_in, a_out)
+    expected = path_difference(mlp, x, a_in, a_out, group.lie_algebra())
+    assert expected.abs().max() > 1e-2
+    torch.testing.assert_close(derivative, expected, atol=1e-8, rtol=1e-6)
+
+
+def test_lie_derivative_along_a_given_algebra(generator):
+    """Combinations of the basis use the closed form; a matrix outside so(3) takes the path:
+    for f(x) = W x + b and a symmetric S, d/dt exp(-tS) f(exp(tS) x) = W S x - S (W x + b)."""
+    group = SO3()
+    action = RepresentationAction(group.irreps("1x1o + 1x2e"))
+    x = torch.randn(4, 8, dtype=torch.float64, generator=generator)
+    f = nn.Sequential(nn.Linear(8, 8), nn.Tanh()).double()
+    basis = lie_derivative(f, x, action, action)
+    algebra = torch.stack([2 * group.lie_algebra()[0] - group.lie_algebra()[2]])
+    combined = lie_derivative(f, x, action, action, algebra=algebra)
+    torch.testing.assert_close(combined, 2 * basis[:1] - basis[2:], atol=1e-12, rtol=0)
+    vectors, linear = VectorAction(group), nn.Linear(3, 3).double()
+    s = torch.randn(3, 3, dtype=torch.float64, generator=generator)
+    s = (s + s.T)[None]
+    v = x[:, :3]
+    derivative = lie_derivative(linear, v, vectors, vectors, algebra=s)
+    expected = linear(v @ s[0].T) - linear.bias - linear(v) @ s[0].T
+    torch.testing.assert_close(derivative[0], expected.detach(), atol=1e-12, rtol=0)
+
+
+class ScaledTanh(nn.Module):
+    """A nonlinear map of vectors with a per-sample keyword tensor ``scale`` ``(B, 1, 1)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 3))
+
+    def forward(self, points, *, scale):
+        return self.net(points) * scale
+
+
+def test_lie_derivative_with_batched_keywords_and_a_given_output(generator):
+    group = Euclidean(SO3())
+    a_in, a_out = PointAction(group), VectorAction(group)
+    x = torch.randn(5, 4, 3, dtype=torch.float64, generator=generator)
+    scale = torch.rand(5, 1, 1, dtype=torch.float64, generator=generator) + 0.5
+    f = ScaledTanh().double()
+    derivative = lie_derivative(f, x, a_in, a_out, kwargs={"scale": scale})
+    assert derivative.shape == (6, 5, 12)  # three rotations, three translations
+    expected = path_difference(lambda p: f(p, scale=scale), x, a_in, a_out, group.lie_algebra())
+    torch.testing.assert_close(derivative, expected, atol=1e-8, rtol=1e-6)
+    y = f(x, scale=scale)
+    given = lie_derivative(f, x, a_in, a_out, kwargs={"scale": scale}, output=y, check=False)
+    torch.testing.assert_close(given, derivative, atol=0, rtol=0)
+    (weight,) = torch.autograd.grad(given.pow(2).sum(), f.net[0].weight)
+    assert torch.isfinite(weight).all()
+    assert weight.abs().sum() > 0
 
 
 def test_lie_derivative_of_translations_for_points(generator):

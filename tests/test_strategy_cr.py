@@ -160,6 +160,19 @@ class TanhBranch(nn.Module):
         return self.net(x)
 
 
+@torch.no_grad()
+def lie_finite_difference(w, x, a_in, a_out, t=1e-5, **kwargs):
+    """``sum_k mean_b ||L_{A_k} w(x_b)||^2`` by central differences of the group actions."""
+    total = 0.0
+    for a in a_in.group.lie_algebra():
+        plus, minus = torch.linalg.matrix_exp(t * a)[None], torch.linalg.matrix_exp(-t * a)[None]
+        forward = a_out(minus, w(a_in(plus, x), **kwargs))
+        backward = a_out(plus, w(a_in(minus, x), **kwargs))
+        derivative = (forward - backward).flatten(1) / (2 * t)
+        total += float(derivative.pow(2).sum(dim=1).mean())
+    return total
+
+
 @pytest.mark.parametrize("group", [SO3(), O3()], ids=["SO3", "O3"])
 def test_lie_regulariser_is_the_lie_derivative_of_the_free_branch(group, generator):
     """R_LD against central finite differences of the group actions, for a nonlinear branch
@@ -173,21 +186,45 @@ def test_lie_regulariser_is_the_lie_derivative_of_the_free_branch(group, generat
     model = strategy.attach(model)
     got = regulariser_log(strategy, model, x)["r_ld"]
     w = model[0].free
-    expected = 0.0
-    t = 1e-5
+    expected = lie_finite_difference(w, x, a_in, a_out)
     with torch.no_grad():
-        for a in group.lie_algebra():
-            plus, minus = (
-                torch.linalg.matrix_exp(t * a)[None],
-                torch.linalg.matrix_exp(-t * a)[None],
-            )
-            forward = a_out(minus, w(a_in(plus, x)))
-            backward = a_out(plus, w(a_in(minus, x)))
-            derivative = (forward - backward) / (2 * t)
-            expected += float(derivative.pow(2).sum(dim=1).mean())
         for h in group.discrete_generators():
             diff = w(a_in(h[None], x)) - a_out(h[None], w(x))
             expected += float(diff.pow(2).sum(dim=1).mean())
+    assert expected > 0.1
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+class ScaledLinear(nn.Module):
+    """An equivariant linear layer times a per-sample keyword tensor ``scale`` ``(B, 1)``."""
+
+    def __init__(self, rep_in, rep_out):
+        super().__init__()
+        self.linear = EquivariantLinear(rep_in, rep_out)
+        self.action_in, self.action_out = self.linear.action_in, self.linear.action_out
+
+    def forward(self, x, *, scale):
+        return self.linear(x) * scale
+
+
+class ScaledTanhBranch(TanhBranch):
+    def forward(self, x, *, scale):
+        return self.net(x) * scale
+
+
+def test_lie_regulariser_holds_batched_keyword_tensors_fixed(generator):
+    group = SO3()
+    rep_in, rep_out = group.irreps("1x0e + 1x1o + 1x2e"), group.irreps("2x1o + 1x0e")
+    x = torch.randn(5, rep_in.dim, dtype=F64, generator=generator)
+    scale = torch.rand(5, 1, dtype=F64, generator=generator) + 0.5
+    torch.manual_seed(1)
+    layer = Relaxed(ScaledLinear(rep_in, rep_out), ScaledTanhBranch(rep_in.dim, rep_out.dim))
+    strategy = CR("linear", epochs=3)
+    model = strategy.attach(layer.to(F64))
+    out = model(x, scale=scale)
+    strategy.loss(out.sum() * 0.0, model, x, out)
+    got = strategy.log()["r_ld"]
+    expected = lie_finite_difference(layer.free, x, layer.action_in, layer.action_out, scale=scale)
     assert expected > 0.1
     assert got == pytest.approx(expected, rel=1e-6)
 

@@ -47,6 +47,7 @@ __all__ = [
     "RepresentationAction",
     "TrivialAction",
     "VectorAction",
+    "check_action_pair",
 ]
 
 
@@ -292,6 +293,22 @@ class DirectSumAction(Action):
 
 
 @functools.lru_cache(maxsize=64)
+def check_action_pair(action_in: Action, action_out: Action | None) -> Action:
+    """``action_out`` (the trivial action if ``None``), checked to be an action of
+    ``action_in``'s group; errors name the bad argument."""
+    if not isinstance(action_in, Action):
+        raise TypeError(f"action_in: expected an Action, received {action_in!r}")
+    action_out = action_out or TrivialAction(action_in.group)
+    if not isinstance(action_out, Action):
+        raise TypeError(f"action_out: expected an Action or None, received {action_out!r}")
+    if action_out.group != action_in.group:
+        raise ValueError(
+            f"action_out: expected an action of {action_in.group} like action_in, "
+            f"received one of {action_out.group}"
+        )
+    return action_out
+
+
 def _cached_pixel_grid(size: int) -> Tensor:
     centre = (size - 1) / 2
     rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")

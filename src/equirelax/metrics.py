@@ -12,6 +12,7 @@ positional arguments and acted on by a :class:`~equirelax.actions.DirectSumActio
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,9 +23,16 @@ from torch import Tensor, nn
 
 from equirelax._batches import call, flat, float_dtype, repeat
 from equirelax._checks import batch_size, check_finite, check_positive_int
-from equirelax.actions import Action, TrivialAction
+from equirelax.actions import (
+    Action,
+    DirectSumAction,
+    PointAction,
+    RepresentationAction,
+    TrivialAction,
+    check_action_pair,
+)
 from equirelax.commutant import EquivariantProjector, equivariant_basis
-from equirelax.groups import FiniteGroup
+from equirelax.groups import Euclidean, FiniteGroup
 from equirelax.relaxed import Relaxed, relaxed_layers
 
 __all__ = [
@@ -118,16 +126,7 @@ def equivariance_error(
     dtype:
         Compute in this dtype (e.g. ``torch.float64``): a module is copied and converted.
     """
-    if not isinstance(action_in, Action):
-        raise TypeError(f"action_in: expected an Action, received {action_in!r}")
-    action_out = action_out or TrivialAction(action_in.group)
-    if not isinstance(action_out, Action):
-        raise TypeError(f"action_out: expected an Action, received {action_out!r}")
-    if action_out.group != action_in.group:
-        raise ValueError(
-            f"action_out: expected an action of {action_in.group} like action_in, "
-            f"received one of {action_out.group}"
-        )
+    action_out = check_action_pair(action_in, action_out)
     _check_inputs(x)
     action_in.check_input(x, "x")
     if dtype is not None:
@@ -226,36 +225,183 @@ def lie_derivative(
     action_out: Action | None = None,
     *,
     algebra: Tensor | None = None,
+    kwargs: dict[str, Any] | None = None,
+    output: Any = None,
+    check: bool = True,
 ) -> Tensor:
     """Lie derivative ``L_A f(x) = d/dt [A_out(exp(-t A)) f(A_in(exp(t A)) x)]_{t=0}``.
 
-    Computed exactly with a Jacobian-vector product (``torch.func.jvp``) for each basis element
-    ``A`` of the group's Lie algebra (or the given ``algebra``, ``(k, m, m)``). Zero for every
-    ``A`` exactly when ``f`` is equivariant to the identity component (Gruver et al. 2023,
-    arXiv 2210.02984). Returns ``(k, B, D)``: per generator, the flattened derivative of each
-    sample's output.
+    One derivative for each basis element ``A`` of the group's Lie algebra (or each of the
+    ``k`` elements of it in ``algebra``, ``(k, m, m)``). Zero for every ``A`` exactly when ``f``
+    is equivariant to the identity component (Gruver et al. 2023, arXiv 2210.02984). Returns
+    ``(k, B, D)``: per generator, the flattened derivative of each sample's output (the parts
+    of a tuple output concatenated).
+
+    Exact, and differentiable in the parameters of ``f``. Where the infinitesimal actions
+    ``dA x`` have a closed form (representation, vector and point actions, with translations
+    for :class:`~equirelax.groups.Euclidean` groups, trivial actions, and direct sums of these)
+    it is ``J_f(x) (dA_in x) - dA_out f(x)``: the Jacobian-vector products of all ``k``
+    generators in one ``torch.func.jvp`` on ``k`` copies of the batch, so ``f`` must treat the
+    samples of a batch independently (as :func:`equivariance_error` assumes too). For other
+    actions (images, permutations, user-defined), and for an ``algebra`` outside the span of
+    the group's basis, the path itself is differentiated, one ``jvp`` per generator.
+
+    Parameters
+    ----------
+    kwargs:
+        Keyword arguments of ``f``, held fixed; their tensors may be batched (one ``jvp`` per
+        generator then).
+    output:
+        ``f(x, **kwargs)`` if it is already computed: reused, with its autograd graph.
+    check:
+        Check ``x`` (tensors with finite values that ``action_in`` accepts); ``False`` skips
+        the check and its device synchronisation, e.g. inside a training loss.
     """
+    action_out = check_action_pair(action_in, action_out)
     group = action_in.group
-    action_out = action_out or TrivialAction(group)
-    basis = group.lie_algebra() if algebra is None else algebra
+    reference = group.lie_algebra()
+    basis = reference if algebra is None else algebra
     if basis.shape[0] == 0:
         raise ValueError(f"action_in: {group} has no Lie algebra (a finite group)")
-    _check_inputs(x)
-    action_in.check_input(x, "x")
-    dtype = float_dtype(x)
-    batch = batch_size(x)
+    if check:
+        _check_inputs(x)
+        action_in.check_input(x, "x")
+    parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    dtype, device = float_dtype(x), parts[0].device
+    coordinates = None if algebra is None else _coordinates(reference, algebra)
+    basis = basis.to(dtype=dtype, device=device)
+    fixed = functools.partial(f, **kwargs) if kwargs else f
+    t_in = None
+    if algebra is None or coordinates is not None:  # in the span of the group's basis
+        t_in = _tangents(action_in, parts, basis, coordinates)
+    if t_in is None:
+        return _lie_derivative_by_path(fixed, x, action_in, action_out, basis)
+    y = call(fixed, x) if output is None else output
+    y_parts = tuple(y) if isinstance(y, (tuple, list)) else (y,)
+    t_out = _tangents(action_out, y_parts, basis, coordinates)
+    if t_out is None:
+        return _lie_derivative_by_path(fixed, x, action_in, action_out, basis)
+    k, batch = basis.shape[0], batch_size(x)
+    diff = [i for i, t in enumerate(t_in) if t is not None]
+    if not diff:
+        y_flat = flat(y)
+        pushed = y_flat.new_zeros(k, batch, y_flat.shape[1])
+    elif kwargs:  # keyword tensors may be batched too: one jvp per generator
+        pushed = torch.stack(
+            [_jvp(fixed, parts, diff, [t_in[i][j] for i in diff]) for j in range(k)]  # type: ignore[index]
+        )
+    else:  # k copies of the batch, one generator's tangent per copy
+        tangents = [t_in[i].flatten(0, 1) for i in diff]  # type: ignore[union-attr]
+        pushed = _jvp(fixed, repeat(parts, k), diff, tangents).unflatten(0, (k, batch))
+    if all(t is None for t in t_out):
+        return pushed
+    moved_out = [
+        t.reshape(k, batch, -1) if t is not None else part.new_zeros(k, batch, part[0].numel())
+        for t, part in zip(t_out, y_parts, strict=True)
+    ]
+    return pushed - torch.cat(moved_out, dim=-1)
+
+
+def _jvp(
+    f: Callable[..., Any], args: tuple[Tensor, ...], diff: list[int], tangents: list[Tensor]
+) -> Tensor:
+    """``J_f(args) . tangents`` (flattened per sample) along the positional arguments ``diff``."""
+
+    def moving(*values: Tensor) -> Tensor:
+        full = list(args)
+        for i, value in zip(diff, values, strict=True):
+            full[i] = value
+        return flat(f(*full))
+
+    _, out = torch.func.jvp(moving, tuple(args[i] for i in diff), tuple(tangents))
+    return out
+
+
+def _lie_derivative_by_path(
+    f: Callable[..., Any], x: Any, action_in: Action, action_out: Action, basis: Tensor
+) -> Tensor:
+    """The derivative of the path ``A_out(exp(-tA)) f(A_in(exp(tA)) x)`` at ``t = 0`` by
+    ``jvp``, one generator ``A`` of ``basis`` at a time."""
+    group, batch = action_in.group, batch_size(x)
     out = []
-    for a in basis.to(dtype):
+    for a in basis:
 
         def path(t: Tensor, a: Tensor = a) -> Tensor:
             g = group.exp((t * a).unsqueeze(0)).expand(batch, *a.shape)
             g_inv = group.exp((-t * a).unsqueeze(0)).expand(batch, *a.shape)
             return flat(action_out(g_inv, call(f, action_in(g, x))))
 
-        t0 = torch.zeros((), dtype=dtype)
-        _, tangent = torch.func.jvp(path, (t0,), (torch.ones((), dtype=dtype),))
+        t0 = torch.zeros((), dtype=basis.dtype, device=basis.device)
+        _, tangent = torch.func.jvp(path, (t0,), (torch.ones_like(t0),))
         out.append(tangent)
     return torch.stack(out)
+
+
+def _coordinates(reference: Tensor, algebra: Tensor) -> Tensor | None:
+    """``c`` with ``algebra[j] = sum_i c[j, i] reference[i]``, float64 ``(k, K)``; ``None`` if
+    ``algebra`` is not in the span of ``reference`` (the group's Lie-algebra basis)."""
+    if algebra.shape[1:] != reference.shape[1:]:
+        return None
+    basis = reference.flatten(1)
+    target = algebra.detach().to(device="cpu", dtype=torch.float64).flatten(1)
+    coordinates = target @ torch.linalg.pinv(basis)
+    residual = float(torch.linalg.norm(coordinates @ basis - target))
+    dtype = algebra.dtype if algebra.is_floating_point() else torch.float64
+    tolerance = 100 * torch.finfo(dtype).eps * max(1.0, float(torch.linalg.norm(target)))
+    return coordinates if residual <= tolerance else None
+
+
+def _tangents(
+    action: Action, parts: tuple[Any, ...], basis: Tensor, coordinates: Tensor | None
+) -> list[Tensor | None] | None:
+    """``dA_k x`` for every element ``A_k`` of ``basis``, ``(k, *x.shape)`` per part of ``x``
+    (``None`` for a part the algebra does not move); ``None`` if ``action`` has no closed
+    form here. ``coordinates`` express ``basis`` in the group's basis (``None``: it is that
+    basis)."""
+    direct_sum = isinstance(action, DirectSumAction) and type(action).act is DirectSumAction.act
+    actions = action.actions if direct_sum else (action,)  # type: ignore[attr-defined]
+    if len(actions) != len(parts):
+        return None
+    out: list[Tensor | None] = []
+    for sub, part in zip(actions, parts, strict=True):
+        if isinstance(sub, TrivialAction) and type(sub).act is TrivialAction.act:
+            out.append(None)
+            continue
+        closed_form = isinstance(sub, RepresentationAction) and type(sub).act in (
+            RepresentationAction.act,
+            PointAction.act,
+        )
+        tangent = _representation_tangent(sub, part, basis, coordinates) if closed_form else None
+        if tangent is None:
+            return None
+        out.append(tangent)
+    return out
+
+
+def _representation_tangent(
+    action: RepresentationAction, x: Any, basis: Tensor, coordinates: Tensor | None
+) -> Tensor | None:
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        return None
+    algebra = _algebra(action.representation, x.dtype, x.device)  # d rho of the group's basis
+    if algebra.shape[0] != (basis.shape[0] if coordinates is None else coordinates.shape[1]):
+        return None
+    if coordinates is not None:
+        algebra = torch.einsum("ji,imn->jmn", coordinates.to(x), algebra)
+    k = algebra.shape[0]
+    moved = torch.einsum("kij,...j->k...i", algebra, x.movedim(action.dim, -1))
+    tangent = moved.movedim(-1, action.dim + 1 if action.dim >= 0 else action.dim)
+    if isinstance(action, PointAction) and isinstance(action.group, Euclidean):
+        d = action.group.d
+        shift = basis[:, :d, d].to(x)  # the translation part of each generator
+        tangent = tangent + shift.reshape(k, *([1] * (x.ndim - 1)), d)  # points on the last axis
+    return tangent
+
+
+@functools.lru_cache(maxsize=128)
+def _algebra(representation: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``d rho(A_k)`` of a representation, ``(k, d, d)``, cached per dtype and device."""
+    return representation.lie_algebra().to(dtype=dtype, device=device)
 
 
 def weight_distance(weight: Tensor, rep_in: Any, rep_out: Any, relative: bool = False) -> Tensor:

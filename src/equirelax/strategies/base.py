@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from equirelax.actions import Action, TrivialAction
+from equirelax.actions import Action, check_action_pair
 from equirelax.projection import project
 from equirelax.relaxed import Relaxed, relaxed_layers
 
@@ -159,18 +159,7 @@ def require_actions(
             f"action_in: {strategy} needs the action on model inputs, received None; "
             f"pass attach(model, action_in=..., action_out=...)"
         )
-    if not isinstance(action_in, Action):
-        raise TypeError(f"action_in: expected an Action, received {action_in!r}")
-    if action_out is None:
-        action_out = TrivialAction(action_in.group)
-    if not isinstance(action_out, Action):
-        raise TypeError(f"action_out: expected an Action or None, received {action_out!r}")
-    if action_out.group != action_in.group:
-        raise ValueError(
-            f"action_out: expected an action of {action_in.group} like action_in, "
-            f"received one of {action_out.group}"
-        )
-    return action_in, action_out
+    return action_in, check_action_pair(action_in, action_out)
 
 
 def levels(model: nn.Module) -> list[float]:

@@ -19,17 +19,17 @@ forward pre-hooks during the training forward pass)::
 
 with ``L_A W(x) = d/dt [A_out(exp(-t A)) W(A_in(exp(t A)) x)]_{t=0}
 = J_W(x) (dA_in x) - dA_out W(x)`` the Lie derivative along each Lie-algebra basis element
-``A_k`` (exact, by one batched Jacobian-vector product), and ``h`` the group's discrete
-generators (all generators of a finite group; e.g. ``-I`` for O(3)). ``b`` runs over the
-batch: both terms are means over samples, so they do not grow with the batch size. Both terms
-vanish exactly when ``W_i`` is equivariant on ``x_i`` (the Lie derivative is taken of the free
-branch alone with the actions on *its* input and output, not of the whole layer), and the
-square roots are made safe at 0 (value and gradient 0 there).
+``A_k`` (exact: :func:`equirelax.metrics.lie_derivative`, one batched Jacobian-vector
+product), and ``h`` the group's discrete generators (all generators of a finite group; e.g.
+``-I`` for O(3)). ``b`` runs over the batch: both terms are means over samples, so they do
+not grow with the batch size. Both terms vanish exactly when ``W_i`` is equivariant on
+``x_i`` (the Lie derivative is taken of the free branch alone with the actions on *its* input
+and output, not of the whole layer), and the square roots are made safe at 0 (value and
+gradient 0 there).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -41,14 +41,8 @@ from torch.utils.hooks import RemovableHandle
 
 from equirelax._batches import flat, repeat
 from equirelax._checks import batch_size
-from equirelax.actions import (
-    Action,
-    DirectSumAction,
-    PointAction,
-    RepresentationAction,
-    TrivialAction,
-)
-from equirelax.groups import Euclidean
+from equirelax.actions import Action
+from equirelax.metrics import lie_derivative
 from equirelax.relaxed import Relaxed
 from equirelax.strategies.base import Strategy, require_relaxed, set_levels
 
@@ -368,105 +362,16 @@ def free_branch_terms(
     group = action_in.group
     r_ld = r_n.new_zeros(())
     if group.lie_algebra().shape[0]:
-        r_ld = r_ld + _lie_derivative(free, args, kwargs, y, action_in, action_out).pow(2).sum()
+        derivative = lie_derivative(
+            free, x, action_in, action_out, kwargs=kwargs, output=y, check=False
+        )
+        r_ld = r_ld + derivative.pow(2).sum()
     generators = group.discrete_generators()
     if generators.shape[0]:
         r_ld = r_ld + _generator_differences(
             free, args, kwargs, y, generators, action_in, action_out
         )
     return r_ld / batch, r_n
-
-
-def _lie_derivative(
-    free: nn.Module,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    y: Any,
-    action_in: Action,
-    action_out: Action,
-) -> Tensor:
-    """``L_{A_k} W(x)`` for every Lie-algebra basis element, ``(k, B, D)``.
-
-    With the infinitesimal actions ``dA x`` known in closed form (representation, vector,
-    point and trivial actions and their direct sums): ``J_W(x) (dA_in x) - dA_out W(x)``, the
-    Jacobian-vector products of all ``k`` generators in one batched call. Otherwise the
-    derivative of the path ``A_out(exp(-tA)) W(A_in(exp(tA)) x)`` at ``t = 0`` by ``jvp``.
-    """
-    x = args[0] if len(args) == 1 else tuple(args)
-    group = action_in.group
-    k = group.lie_algebra().shape[0]
-    t_in = _tangents(action_in, _parts(x), k)
-    t_out = _tangents(action_out, _parts(y), k)
-    if t_in is None or t_out is None:
-        return _lie_derivative_by_path(free, args, kwargs, action_in, action_out)
-    batch = batch_size(x)
-    diff = [i for i, t in enumerate(t_in) if t is not None]
-    if not diff:
-        pushed = flat(y).new_zeros(k, batch, flat(y).shape[1])
-    elif kwargs:  # keyword tensors may be batched too: one jvp per generator
-        pushed = torch.stack(
-            [
-                _jvp(free, args, kwargs, diff, [t_in[i][j] for i in diff])  # type: ignore[index]
-                for j in range(k)
-            ]
-        )
-    else:  # k copies of the batch, one generator's tangent per copy
-        repeated = tuple(a.repeat(k, *([1] * (a.ndim - 1))) for a in args)
-        tangents = [t_in[i].flatten(0, 1) for i in diff]  # type: ignore[union-attr]
-        pushed = _jvp(free, repeated, kwargs, diff, tangents).unflatten(0, (k, batch))
-    if all(t is None for t in t_out):
-        return pushed
-    out_parts = [
-        t.reshape(k, batch, -1) if t is not None else part.new_zeros(k, batch, part[0].numel())
-        for t, part in zip(t_out, _parts(y), strict=True)
-    ]
-    return pushed - torch.cat(out_parts, dim=-1)
-
-
-def _jvp(
-    free: nn.Module,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    diff: list[int],
-    tangents: list[Tensor],
-) -> Tensor:
-    """``J_W(args) . tangents`` (flattened per sample) along the arguments ``diff``."""
-
-    def f(*moving: Tensor) -> Tensor:
-        full = list(args)
-        for i, value in zip(diff, moving, strict=True):
-            full[i] = value
-        return flat(free(*full, **kwargs))
-
-    _, out = torch.func.jvp(f, tuple(args[i] for i in diff), tuple(tangents))
-    return out
-
-
-def _lie_derivative_by_path(
-    free: nn.Module,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    action_in: Action,
-    action_out: Action,
-) -> Tensor:
-    x = args[0] if len(args) == 1 else tuple(args)
-    group = action_in.group
-    dtype, device = _parts(x)[0].dtype, _parts(x)[0].device
-    batch = batch_size(x)
-    out = []
-    for a in group.lie_algebra().to(dtype=dtype, device=device):
-
-        def path(t: Tensor, a: Tensor = a) -> Tensor:
-            g = group.exp((t * a).unsqueeze(0)).expand(batch, *a.shape)
-            g_inv = group.exp((-t * a).unsqueeze(0)).expand(batch, *a.shape)
-            moved = action_in(g, x)
-            y = free(*moved, **kwargs) if isinstance(moved, tuple) else free(moved, **kwargs)
-            return flat(action_out(g_inv, y))
-
-        t0 = torch.zeros((), dtype=dtype, device=device)
-        _, tangent = torch.func.jvp(path, (t0,), (torch.ones_like(t0),))
-        out.append(tangent)
-    return torch.stack(out)
 
 
 def _generator_differences(
@@ -495,54 +400,6 @@ def _generator_differences(
     w_moved = free(*_parts(moved))
     moved_w = action_out(g, repeat(y, k))
     return (flat(w_moved) - flat(moved_w)).pow(2).sum()
-
-
-# ---------------------------------------------------------------------- infinitesimal actions
-
-
-def _tangents(action: Action, parts: tuple[Any, ...], k: int) -> list[Tensor | None] | None:
-    """``dA_k x`` stacked over the ``k`` generators, ``(k, *x.shape)`` per part (``None`` for
-    a part the algebra does not move); ``None`` if ``action`` has no closed form here."""
-    actions = action.actions if isinstance(action, DirectSumAction) else (action,)
-    if len(actions) != len(parts):
-        return None
-    out: list[Tensor | None] = []
-    for sub, part in zip(actions, parts, strict=True):
-        if isinstance(sub, TrivialAction) and type(sub).act is TrivialAction.act:
-            out.append(None)
-        elif isinstance(sub, RepresentationAction) and type(sub).act in (
-            RepresentationAction.act,
-            PointAction.act,
-        ):
-            tangent = _representation_tangent(sub, part, k)
-            if tangent is None:
-                return None
-            out.append(tangent)
-        else:
-            return None
-    return out
-
-
-def _representation_tangent(action: RepresentationAction, x: Tensor, k: int) -> Tensor | None:
-    if not x.is_floating_point():
-        return None
-    algebra = _algebra(action.representation, x.dtype, x.device)
-    if algebra.shape[0] != k:
-        return None
-    moved = torch.einsum("kij,...j->k...i", algebra, x.movedim(action.dim, -1))
-    target = action.dim + 1 if action.dim >= 0 else action.dim
-    tangent = moved.movedim(-1, target)
-    if isinstance(action, PointAction) and isinstance(action.group, Euclidean):
-        d = action.group.d
-        shift = action.group.lie_algebra()[:, :d, d].to(dtype=x.dtype, device=x.device)
-        tangent = tangent + shift.reshape(k, *([1] * (x.ndim - 1)), d)  # points on the last axis
-    return tangent
-
-
-@functools.lru_cache(maxsize=128)
-def _algebra(representation: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``d rho(A_k)`` of a representation, ``(k, d, d)``, cached per dtype and device."""
-    return representation.lie_algebra().to(dtype=dtype, device=device)
 
 
 # ---------------------------------------------------------------------- small helpers
