@@ -3,10 +3,13 @@
 Task: 4 vectors v_i in R^3 (flattened to 12 features) -> sum_i |v_i| v_i, exactly
 O(3)-equivariant. Model: EquivariantLinear -> NormNonlinearity -> EquivariantLinear with both
 linears relaxed (y = f_eq(x) + level * f_free(x)). The same model (same seed) is trained with
-Strict, CR and ACE in one loop; the table gives the validation MSE and the equivariance error
-of the model each strategy evaluates, and the final levels of the relaxed layers.
+Strict, CR and ACE in one loop (Adam, lr 3e-3, cosine decay, 150 epochs of 4 batches). The
+first table shows how each strategy moves the levels of the two relaxed layers; the second gives
+the validation MSE and equivariance error of the model each strategy evaluates (projected,
+level := 0, for all three) and the final levels. CR appears twice: with its default regulariser
+weight (0.01) it ends above Strict on this task, with weight 10 it matches it.
 
-Run: python examples/strategy_in_plain_loop.py   (about 15 s on a laptop CPU)
+Run: python examples/strategy_in_plain_loop.py   (about 10 s on 2 CPU cores)
 """
 
 import torch
@@ -20,7 +23,7 @@ from equirelax.strategies import ACE, CR, Strict
 
 V = O3().standard_representation()  # the vector representation of O(3)
 ACTION_IN, ACTION_OUT = RepresentationAction(4 * V), RepresentationAction(V)
-EPOCHS, BATCH, LR = 60, 64, 3e-3
+EPOCHS, BATCH, LR = 150, 128, 3e-3
 
 
 def make_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,18 +42,15 @@ def make_model(hidden: int = 8) -> nn.Module:
     return equirelax.relax(model, select=EquivariantLinear, example_input=torch.zeros(2, 12))
 
 
-def levels(model: nn.Module) -> list[float]:
-    return [round(float(layer.level), 4) for layer in equirelax.relaxed_layers(model).values()]
-
-
-def train(model: nn.Module, strategy, train_data, epochs: int = EPOCHS) -> nn.Module:
+def train(model: nn.Module, strategy, train_data, epochs: int = EPOCHS):
+    """The plain loop; returns the trained model and the levels after every epoch."""
     x_train, y_train = train_data
     model = strategy.attach(model, action_in=ACTION_IN, action_out=ACTION_OUT)  # strategy
     params = [*model.parameters(), *strategy.parameters()]  # strategy: + its own parameters
     optimiser = torch.optim.Adam(params, lr=LR)
     steps = epochs * -(-len(x_train) // BATCH)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    shuffle = torch.Generator().manual_seed(0)
+    shuffle, history = torch.Generator().manual_seed(0), []
     for epoch in range(epochs):
         strategy.on_epoch_start(epoch)  # strategy (CR sets its scheduled level here)
         for batch in torch.randperm(len(x_train), generator=shuffle).split(BATCH):
@@ -63,9 +63,8 @@ def train(model: nn.Module, strategy, train_data, epochs: int = EPOCHS) -> nn.Mo
             strategy.after_step()  # strategy (ACE's level and multiplier steps)
             schedule.step()
         strategy.on_epoch_end(epoch)  # strategy
-        if isinstance(strategy, ACE) and epoch % 15 == 0:
-            print(f"  ACE epoch {epoch:>2}: levels {levels(model)}")
-    return model
+        history.append(strategy.log().get("levels", []))  # strategy: levels, multipliers...
+    return model, history
 
 
 def main() -> None:
@@ -74,22 +73,28 @@ def main() -> None:
     strategies = {
         "strict": Strict(),
         "cr": CR(epochs=EPOCHS),
-        "ace": ACE(dual_lr=0.05, dual_optimizer="nupi", kp=5.0, level_lr=0.1),
+        "cr-weight10": CR(epochs=EPOCHS, weight=10.0),
+        "ace": ACE(dual_lr=0.1, dual_optimizer="nupi", kp=10.0, level_lr=0.1),
     }
+    shown = [0, 29, 59, 89, 119, EPOCHS - 1]  # epochs whose levels are printed
+    print(f"{'levels after epoch':<20}" + "".join(f"{e + 1:>14}" for e in shown))
     rows = []
     for name, strategy in strategies.items():
-        model = train(make_model(), strategy, train_data)
+        model, history = train(make_model(), strategy, train_data)
         final = strategy.evaluation_model(model)  # strategy: projected for strict, CR, ACE
         with torch.no_grad():
             mse = float(((final(x_val) - y_val) ** 2).mean())
         error = equirelax.equivariance_error(
             final, x_val[:64], ACTION_IN, ACTION_OUT, dtype=torch.float64
         )
-        rows.append((name, mse, error.mean, levels(model)))
+        rows.append((name, mse, error.mean, history[-1]))
+        cells = ["/".join(f"{v:.2f}" for v in history[e]) or "-" for e in shown]
+        print(f"{name:<20}" + "".join(f"{c:>14}" for c in cells))
 
-    print(f"\n{'strategy':<10}{'val MSE':>10}{'equivariance error':>20}   final levels")
-    for name, mse, error, final_levels in rows:
-        print(f"{name:<10}{mse:>10.4f}{error:>20.2e}   {final_levels}")
+    print(f"\nmean square of the validation targets: {float((y_val**2).mean()):.2f}")
+    print(f"{'strategy':<16}{'val MSE':>9}{'equivariance error':>20}   final levels")
+    for name, mse, error, levels in rows:
+        print(f"{name:<16}{mse:>9.3f}{error:>20.2e}   {[float(f'{v:.1e}') for v in levels]}")
 
 
 if __name__ == "__main__":

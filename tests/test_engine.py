@@ -77,7 +77,7 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
         "lr": 3e-3,
         "progress": False,
     }
-    game = {"mode": "resilient", "dual_lr": 0.05, "level_lr": 0.1}
+    game = {"mode": "resilient", "dual_lr": 0.05, "level_lr": 0.1, "dual_optimizer": "nupi"}
     task = vector_task(offset=0.5)
     whole = equirelax.train(vector_model(), ACE(**game), task, out_dir=tmp_path / "a", **options)
     with pytest.raises(_InterruptError):

@@ -261,7 +261,9 @@ class ACE(Strategy):
         state = {
             **super().state_dict(),
             "problem": problem.state_dict(),
-            "dual_optimizer": self.dual_optimizer.state_dict(),
+            # only the per-multiplier state: the hyperparameters come from the constructor, and
+            # nuPI's param groups hold an enum that torch.load(weights_only=True) refuses
+            "dual_optimizer": self.dual_optimizer.state_dict()["state"],
         }
         if self.slacks is not None:
             state["slacks"] = self.slacks.detach().clone()
@@ -272,7 +274,10 @@ class ACE(Strategy):
         assert self.dual_optimizer is not None
         super().load_state_dict(state)
         problem.load_state_dict(state["problem"])
-        self.dual_optimizer.load_state_dict(state["dual_optimizer"])
+        groups = self.dual_optimizer.state_dict()["param_groups"]
+        self.dual_optimizer.load_state_dict(
+            {"state": state["dual_optimizer"], "param_groups": groups}
+        )
         if self.slacks is not None:
             with torch.no_grad():
                 self.slacks.copy_(state["slacks"])
