@@ -169,17 +169,10 @@ class CR(Strategy):
 
     # ------------------------------------------------------------------ hooks
 
-    def attach(
-        self,
-        model: nn.Module,
-        *,
-        action_in: Action | None = None,
-        action_out: Action | None = None,
-        epochs: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> nn.Module:
+    def attach(self, model: nn.Module, *, epochs: int | None = None, **context: Any) -> nn.Module:
         """Check the relaxed layers, record their inputs by forward pre-hooks and set
-        ``theta(0)``. ``epochs`` (here or in the constructor) is required."""
+        ``theta(0)``. ``epochs`` (here or in the constructor) is required; ``context`` as in
+        :meth:`Strategy.attach`."""
         layers = require_relaxed("CR", model)
         for name, layer in layers.items():
             missing = [a for a in ("action_in", "action_out") if not hasattr(layer, a)]
@@ -194,13 +187,7 @@ class CR(Strategy):
             raise ValueError(
                 f"epochs: CR was built with epochs={given}, received epochs={epochs} at attach"
             )
-        model = super().attach(
-            model,
-            action_in=action_in,
-            action_out=action_out,
-            epochs=epochs if epochs is not None else given,
-            generator=generator,
-        )
+        model = super().attach(model, epochs=epochs if epochs is not None else given, **context)
         self._require_epochs()
         self._remove_hooks()
         self.layers = dict(layers)
