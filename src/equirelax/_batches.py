@@ -11,6 +11,11 @@ from torch import Tensor
 from equirelax._checks import batch_size
 
 
+def parts(x: Any) -> tuple[Any, ...]:
+    """The tensors of a batch: the tuple itself, or ``(x,)`` for a single tensor."""
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
 def call(f: Callable[..., Any], x: Any) -> Any:
     """``f(*x)`` for a tuple batch, ``f(x)`` for a tensor."""
     return f(*x) if isinstance(x, (tuple, list)) else f(x)
@@ -39,17 +44,16 @@ def index(x: Any, rows: Tensor) -> Any:
 
 def float_dtype(x: Any) -> torch.dtype:
     """The first floating dtype among the batch's tensors (else the default dtype)."""
-    parts = x if isinstance(x, (tuple, list)) else (x,)
-    floats = [p for p in parts if isinstance(p, Tensor) and p.is_floating_point()]
+    floats = [p for p in parts(x) if isinstance(p, Tensor) and p.is_floating_point()]
     return floats[0].dtype if floats else torch.get_default_dtype()
 
 
 def sample_per_sample(group: Any, x: Any, generator: torch.Generator | None) -> Tensor:
     """One element of ``group`` per sample of ``x``, on its device, in its float dtype."""
-    parts = x if isinstance(x, (tuple, list)) else (x,)
-    if not parts or not isinstance(parts[0], Tensor):
+    tensors = parts(x)
+    if not tensors or not isinstance(tensors[0], Tensor):
         raise TypeError(
             "inputs: expected a tensor or a tuple of tensors, "
-            f"received {type(parts[0] if parts else x).__name__}"
+            f"received {type(tensors[0] if tensors else x).__name__}"
         )
-    return group.sample(batch_size(x), generator, device=parts[0].device, dtype=float_dtype(x))
+    return group.sample(batch_size(x), generator, device=tensors[0].device, dtype=float_dtype(x))

@@ -94,3 +94,9 @@ def check_non_negative(name: str, value: object) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name}: expected a finite number >= 0, received {value!r}")
     return float(value)
+
+
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, received {value!r}")

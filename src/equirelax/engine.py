@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from equirelax._batches import call, index
-from equirelax._checks import batch_size, check_positive_int
+from equirelax._checks import batch_size, check_choice, check_positive_int
 from equirelax.metrics import equivariance_error
 from equirelax.projection import project
 from equirelax.relaxed import relaxed_layers
@@ -79,10 +79,7 @@ class TrainConfig:
             raise ValueError(f"lr: expected a positive finite number, received {self.lr!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay: expected >= 0, received {self.weight_decay!r}")
-        if self.lr_schedule not in _LR_SCHEDULES:
-            raise ValueError(
-                f"lr_schedule: expected one of {_LR_SCHEDULES}, received {self.lr_schedule!r}"
-            )
+        check_choice("lr_schedule", self.lr_schedule, _LR_SCHEDULES)
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(
                 f"max_grad_norm: expected a positive number or None, "
@@ -279,9 +276,12 @@ def _evaluate(
     model: nn.Module, strategy: Strategy, task: Task, config: TrainConfig, device: torch.device
 ) -> dict[str, Any]:
     record: dict[str, Any] = {"val": _metric(model, task, task.val, config, device)}
-    if relaxed_layers(model):
-        record["val_projected"] = _metric(project(model), task, task.val, config, device)
-    evaluated = strategy.evaluation_model(model)
+    projected = project(model) if relaxed_layers(model) else None
+    if projected is not None:
+        record["val_projected"] = _metric(projected, task, task.val, config, device)
+    # a projecting strategy evaluates exactly this projection: reuse it instead of a second copy
+    use_projection = strategy.projects and projected is not None
+    evaluated = projected if use_projection else strategy.evaluation_model(model)
     inputs, _ = _to_device(task.val, device)
     sample = index(inputs, torch.arange(min(config.equivariance_samples, batch_size(inputs))))
     evaluated.eval()

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from equirelax._batches import call, flat, float_dtype, repeat
+from equirelax._batches import call, flat, float_dtype, parts, repeat
 from equirelax._checks import batch_size, check_finite, check_positive_int
 from equirelax.actions import (
     Action,
@@ -79,8 +79,7 @@ def _to_dtype(x: Any, dtype: torch.dtype | None) -> Any:
 
 
 def _check_inputs(x: Any) -> None:
-    parts = x if isinstance(x, (tuple, list)) else (x,)
-    for i, part in enumerate(parts):
+    for i, part in enumerate(parts(x)):
         name = f"x[{i}]" if isinstance(x, (tuple, list)) else "x"
         if not isinstance(part, Tensor):
             raise TypeError(f"{name}: expected a tensor, received {type(part).__name__}")
@@ -266,18 +265,18 @@ def lie_derivative(
     if check:
         _check_inputs(x)
         action_in.check_input(x, "x")
-    parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-    dtype, device = float_dtype(x), parts[0].device
+    x_parts = parts(x)
+    dtype, device = float_dtype(x), x_parts[0].device
     coordinates = None if algebra is None else _coordinates(reference, algebra)
     basis = basis.to(dtype=dtype, device=device)
     fixed = functools.partial(f, **kwargs) if kwargs else f
     t_in = None
     if algebra is None or coordinates is not None:  # in the span of the group's basis
-        t_in = _tangents(action_in, parts, basis, coordinates)
+        t_in = _tangents(action_in, x_parts, basis, coordinates)
     if t_in is None:
         return _lie_derivative_by_path(fixed, x, action_in, action_out, basis)
     y = call(fixed, x) if output is None else output
-    y_parts = tuple(y) if isinstance(y, (tuple, list)) else (y,)
+    y_parts = parts(y)
     t_out = _tangents(action_out, y_parts, basis, coordinates)
     if t_out is None:
         return _lie_derivative_by_path(fixed, x, action_in, action_out, basis)
@@ -288,11 +287,11 @@ def lie_derivative(
         pushed = y_flat.new_zeros(k, batch, y_flat.shape[1])
     elif kwargs:  # keyword tensors may be batched too: one jvp per generator
         pushed = torch.stack(
-            [_jvp(fixed, parts, diff, [t_in[i][j] for i in diff]) for j in range(k)]  # type: ignore[index]
+            [_jvp(fixed, x_parts, diff, [t_in[i][j] for i in diff]) for j in range(k)]  # type: ignore[index]
         )
     else:  # k copies of the batch, one generator's tangent per copy
         tangents = [t_in[i].flatten(0, 1) for i in diff]  # type: ignore[union-attr]
-        pushed = _jvp(fixed, repeat(parts, k), diff, tangents).unflatten(0, (k, batch))
+        pushed = _jvp(fixed, repeat(x_parts, k), diff, tangents).unflatten(0, (k, batch))
     if all(t is None for t in t_out):
         return pushed
     moved_out = [
@@ -352,7 +351,7 @@ def _coordinates(reference: Tensor, algebra: Tensor) -> Tensor | None:
 
 
 def _tangents(
-    action: Action, parts: tuple[Any, ...], basis: Tensor, coordinates: Tensor | None
+    action: Action, values: tuple[Any, ...], basis: Tensor, coordinates: Tensor | None
 ) -> list[Tensor | None] | None:
     """``dA_k x`` for every element ``A_k`` of ``basis``, ``(k, *x.shape)`` per part of ``x``
     (``None`` for a part the algebra does not move); ``None`` if ``action`` has no closed
@@ -360,10 +359,10 @@ def _tangents(
     basis)."""
     direct_sum = isinstance(action, DirectSumAction) and type(action).act is DirectSumAction.act
     actions = action.actions if direct_sum else (action,)  # type: ignore[attr-defined]
-    if len(actions) != len(parts):
+    if len(actions) != len(values):
         return None
     out: list[Tensor | None] = []
-    for sub, part in zip(actions, parts, strict=True):
+    for sub, part in zip(actions, values, strict=True):
         if isinstance(sub, TrivialAction) and type(sub).act is TrivialAction.act:
             out.append(None)
             continue

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-from equirelax._checks import describe
+from equirelax._checks import check_choice, describe
 from equirelax.free_branches import (
     ConvFreeBranch,
     DenseFreeBranch,
@@ -112,10 +112,8 @@ class Relaxed(nn.Module):
             raise TypeError(f"equivariant: expected an nn.Module, received {equivariant!r}")
         if free is not None and not isinstance(free, nn.Module):
             raise TypeError(f"free: expected an nn.Module or None, received {free!r}")
-        if init not in _INITS:
-            raise ValueError(f"init: expected one of {_INITS}, received {init!r}")
-        if norm_bound not in _NORM_BOUNDS:
-            raise ValueError(f"norm_bound: expected one of {_NORM_BOUNDS}, received {norm_bound!r}")
+        check_choice("init", init, _INITS)
+        check_choice("norm_bound", norm_bound, _NORM_BOUNDS)
         self.equivariant = equivariant
         self.init = init
         self.init_scale = float(init_scale)
@@ -160,10 +158,9 @@ class Relaxed(nn.Module):
         an existing free branch at once and to a lazily built one when it is built. A norm
         bound, once set, cannot be changed.
         """
-        if init is not None and init not in _INITS:
-            raise ValueError(f"init: expected one of {_INITS}, received {init!r}")
-        if norm_bound is not None and norm_bound not in _NORM_BOUNDS:
-            raise ValueError(f"norm_bound: expected one of {_NORM_BOUNDS}, received {norm_bound!r}")
+        if init is not None:
+            check_choice("init", init, _INITS)
+        check_choice("norm_bound", norm_bound, _NORM_BOUNDS)
         if norm_bound is not None and self.norm_bound not in (None, norm_bound):
             raise ValueError(
                 f"norm_bound: this layer is already bounded by {self.norm_bound!r}, "

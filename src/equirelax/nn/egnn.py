@@ -14,7 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from equirelax._checks import check_batch, check_dim, check_ndim, check_positive_int, check_tensor
+from equirelax._checks import (
+    check_batch,
+    check_choice,
+    check_dim,
+    check_ndim,
+    check_positive_int,
+    check_tensor,
+)
 
 __all__ = ["EGNNLayer"]
 
@@ -121,11 +128,7 @@ class EGNNLayer(nn.Module):
             raise ValueError(
                 f"edge_features: expected a non-negative int, received {edge_features}"
             )
-        if coordinate_aggregation not in _AGGREGATIONS:
-            raise ValueError(
-                f"coordinate_aggregation: expected one of {_AGGREGATIONS}, "
-                f"received {coordinate_aggregation!r}"
-            )
+        check_choice("coordinate_aggregation", coordinate_aggregation, _AGGREGATIONS)
         if velocity and not update_coordinates:
             raise ValueError(
                 "velocity: expected False when update_coordinates is False "

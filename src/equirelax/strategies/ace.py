@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from equirelax._checks import check_choice
 from equirelax.relaxed import Relaxed
 from equirelax.strategies.base import Strategy, require_relaxed
 
@@ -116,10 +117,10 @@ class ACE(Strategy):
         initial_level: float = 1.0,
     ) -> None:
         super().__init__()
-        _check_choice("mode", mode, _MODES)
-        _check_choice("update", update, _UPDATES)
-        _check_choice("dual_optimizer", dual_optimizer, _DUAL_OPTIMIZERS)
-        _check_choice("norm_bound", norm_bound, ("spectral", "frobenius"))
+        check_choice("mode", mode, _MODES)
+        check_choice("update", update, _UPDATES)
+        check_choice("dual_optimizer", dual_optimizer, _DUAL_OPTIMIZERS)
+        check_choice("norm_bound", norm_bound, ("spectral", "frobenius"))
         for name, value in (
             ("epsilon", epsilon),
             ("rho", rho),
@@ -284,8 +285,3 @@ class ACE(Strategy):
 
     def __repr__(self) -> str:
         return f"ACE(mode={self.mode!r}, update={self.update!r}, dual={self.dual_optimizer_name!r})"
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {choices}, received {value!r}")

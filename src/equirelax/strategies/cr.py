@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from equirelax._batches import flat, repeat
+from equirelax._batches import flat, parts, repeat
 from equirelax._checks import batch_size
 from equirelax.actions import Action
 from equirelax.metrics import lie_derivative
@@ -373,18 +373,18 @@ def _generator_differences(
     """``sum_h sum_b ||W(h x_b) - h W(x_b)||^2`` over the discrete generators ``h``."""
     x = args[0] if len(args) == 1 else tuple(args)
     batch, k = batch_size(x), generators.shape[0]
-    device = _parts(x)[0].device
+    device = parts(x)[0].device
     g = generators.to(device).repeat_interleave(batch, dim=0)  # generator-major, like repeat
     if kwargs:
         total = flat(y).new_zeros(())
         for j in range(k):
             gj = g[j * batch : (j + 1) * batch]
             moved = action_in(gj, x)
-            moved_y = free(*_parts(moved), **kwargs)
+            moved_y = free(*parts(moved), **kwargs)
             total = total + (flat(moved_y) - flat(action_out(gj, y))).pow(2).sum()
         return total
     moved = action_in(g, repeat(x, k))
-    w_moved = free(*_parts(moved))
+    w_moved = free(*parts(moved))
     moved_w = action_out(g, repeat(y, k))
     return (flat(w_moved) - flat(moved_w)).pow(2).sum()
 
@@ -414,10 +414,6 @@ def _safe_sqrt(value: Tensor) -> Tensor:
     """``sqrt(value)`` with value and gradient 0 at ``value <= 0`` (no inf/NaN gradient)."""
     positive = value > 0
     return torch.where(positive, torch.sqrt(torch.where(positive, value, 1.0)), 0.0)
-
-
-def _parts(x: Any) -> tuple[Any, ...]:
-    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
 def _detach(value: Any) -> Any:
