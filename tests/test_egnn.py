@@ -301,3 +301,35 @@ def test_constructor_validation() -> None:
         EGNNLayer(4, 8.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"x: expected a torch\.Tensor"):
         EGNNLayer(4, 8)(torch.randn(1, 2, 4), [[0.0, 0.0, 0.0]] * 2)
+
+
+@pytest.mark.parametrize("velocity", [False, True])
+def test_layer_actions_give_zero_lie_derivative_and_a_finite_check(velocity: bool) -> None:
+    """With ``group=E(3)`` the layer declares its actions; the exact equivariant layer has a
+    zero Lie derivative (rotations and translations) and passes the sampled check, and a
+    relaxed copy with a raw-coordinate free branch does not."""
+    from equirelax import metrics, relax
+
+    group = Euclidean(O3())
+    layer = _make_layer(edge_features=E, velocity=velocity, group=group)
+    data = _inputs(4, 5)
+    x = (data["h"], data["x"], data["v"]) if velocity else (data["h"], data["x"])
+    kwargs = {"edge_attr": data["edge_attr"]}
+    derivative = metrics.lie_derivative(layer, x, layer.action_in, layer.action_out, kwargs=kwargs)
+    assert derivative.shape[0] == 6  # three rotations and three translations
+    assert derivative.abs().max() < ATOL
+    g = group.sample(1, torch.Generator().manual_seed(3), dtype=torch.float64).expand(4, -1, -1)
+    moved = layer(*layer.action_in(g, x), **kwargs)
+    expected = layer.action_out(g, layer(*x, **kwargs))
+    for a, b in zip(moved, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    relaxed = relax(layer)
+    assert relaxed.action_in is relaxed.equivariant.action_in
+    free = relaxed.free
+    broken = metrics.lie_derivative(free, x, layer.action_in, layer.action_out, kwargs=kwargs)
+    assert broken.abs().max() > 1e-3
+
+
+def test_group_must_be_a_group() -> None:
+    with pytest.raises(TypeError, match="group"):
+        EGNNLayer(4, 8, group="E3")  # type: ignore[arg-type]

@@ -22,6 +22,8 @@ from equirelax._checks import (
     check_positive_int,
     check_tensor,
 )
+from equirelax.actions import Action, DirectSumAction, PointAction, TrivialAction, VectorAction
+from equirelax.groups import Group
 
 __all__ = ["EGNNLayer"]
 
@@ -85,6 +87,11 @@ class EGNNLayer(nn.Module):
         See above.
     velocity:
         Create ``\phi_v`` and require velocities ``v`` in :meth:`forward`.
+    group:
+        Optional group of the coordinates (e.g. ``Euclidean(O3())`` for E(3)). If given, the
+        layer exposes ``action_in`` (on ``(h, x)`` or ``(h, x, v)``: invariant ``h``, points
+        ``x``, vectors ``v``) and ``action_out`` (on ``(h', x')``), which metrics and the CR
+        regulariser use; ``None`` leaves the layer usable for any ``d`` without actions.
 
     Examples
     --------
@@ -111,6 +118,7 @@ class EGNNLayer(nn.Module):
         normalize: bool = False,
         tanh: bool = False,
         velocity: bool = False,
+        group: Group | None = None,
     ) -> None:
         super().__init__()
         self.node_features = check_positive_int("node_features", node_features)
@@ -142,6 +150,14 @@ class EGNNLayer(nn.Module):
         self.normalize = bool(normalize)
         self.tanh = bool(tanh)
         self.velocity = bool(velocity)
+        if group is not None:
+            if not isinstance(group, Group):
+                raise TypeError(f"group: expected an equirelax Group or None, received {group!r}")
+            parts: list[Action] = [TrivialAction(group), PointAction(group)]
+            self.action_out = DirectSumAction(*parts)
+            self.action_in = (
+                DirectSumAction(*parts, VectorAction(group)) if velocity else self.action_out
+            )
 
         f, hid, e = self.node_features, self.hidden_features, self.edge_features
         # phi_e's first Linear acts on [h_i, h_j, |x_i - x_j|^2, a_ij]; forward applies it in
@@ -399,6 +415,7 @@ class EGNN(nn.Module):
     def forward(
         self, h: Tensor, x: Tensor, v: Tensor | None = None, **kwargs: Any
     ) -> tuple[Tensor, Tensor]:
+        velocities = () if v is None else (v,)
         for layer in self.layers:
-            h, x = layer(h, x, v, **kwargs)
+            h, x = layer(h, x, *velocities, **kwargs)
         return h, x

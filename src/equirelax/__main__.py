@@ -1,0 +1,7 @@
+"""``python -m equirelax``: the command line of :mod:`equirelax.cli`."""
+
+import sys
+
+from equirelax.cli import main
+
+sys.exit(main())

@@ -1,0 +1,268 @@
+"""The ``equirelax`` command line: ``tasks``, ``train`` and ``compare``.
+
+Examples
+--------
+``equirelax tasks``
+    List the tasks with their symmetry, splits and models.
+``equirelax compare nbody``
+    The quick comparison (small splits, few epochs) of the default strategies with EGNN.
+``equirelax compare nbody --model segnn --strategies strict,cr,ace-equality --seeds 3 --full``
+    The published protocol.
+``equirelax train nbody --model egnn --strategy cr --option weight=0.1 --epochs 20``
+    One run.
+
+Every run writes ``metrics.jsonl`` and an atomic ``checkpoint.pt``; ``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from equirelax import models
+from equirelax.compare import DEFAULT_STRATEGIES, STRATEGY_PRESETS, compare, run_one
+from equirelax.engine import TrainConfig
+from equirelax.report import format_table, summarize
+from equirelax.tasks.registry import TASKS
+
+__all__ = ["main"]
+
+
+def _number(cast: type, *, positive: bool) -> Any:
+    """An argparse type: ``cast(text)``, required to be > 0 (``positive``) or >= 0."""
+    kind = ("a positive " if positive else "a non-negative ") + (
+        "integer" if cast is int else "number"
+    )
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, received {text!r}") from None
+        if not (value > 0 if positive else value >= 0):
+            raise argparse.ArgumentTypeError(f"expected {kind}, received {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, positive=True)
+_non_negative_int = _number(int, positive=False)
+_positive_float = _number(float, positive=True)
+_non_negative_float = _number(float, positive=False)
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as a Python literal when it is one (``0.1``, ``True``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, received {text!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key, value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", help=f"one of: {', '.join(TASKS)}")
+    parser.add_argument("--model", help="model name (default: the task's first model)")
+    parser.add_argument("--full", action="store_true", help="the published protocol")
+    sizes = parser.add_argument_group("data")
+    for split in ("train", "val", "test"):
+        sizes.add_argument(f"--{split}-size", type=_positive_int, help=f"number of {split} samples")
+    training = parser.add_argument_group("training (defaults: the task's preset)")
+    training.add_argument("--epochs", type=_positive_int)
+    training.add_argument("--batch-size", type=_positive_int)
+    training.add_argument("--lr", type=_positive_float)
+    training.add_argument("--weight-decay", type=_non_negative_float)
+    training.add_argument("--lr-schedule", choices=("constant", "cosine"))
+    training.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--model-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model constructor option (repeatable), e.g. hidden_features=32",
+    )
+    parser.add_argument("--out", type=Path, help="output directory")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted job")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="equirelax",
+        description="Train equivariant models between strict equivariance and none.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("tasks", help="list the tasks with their symmetry and models")
+
+    train = commands.add_parser("train", help="train one model with one strategy")
+    _add_common(train)
+    train.set_defaults(subparser=train)
+    train.add_argument("--strategy", default="strict", help="a strategy label (see compare)")
+    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument(
+        "--option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="strategy option (repeatable), e.g. weight=0.1",
+    )
+
+    comp = commands.add_parser("compare", help="run several strategies and seeds side by side")
+    _add_common(comp)
+    comp.set_defaults(subparser=comp)
+    comp.add_argument(
+        "--strategies",
+        default=",".join(DEFAULT_STRATEGIES),
+        help=f"comma-separated labels from: {', '.join(STRATEGY_PRESETS)}",
+    )
+    comp.add_argument("--seeds", type=_positive_int, default=1, help="seeds per strategy")
+    comp.add_argument(
+        "--option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="STRATEGY.KEY=VALUE",
+        help="strategy option (repeatable), e.g. cr.weight=0.1",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``equirelax`` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "tasks":
+        _list_tasks()
+        return 0
+    parser = args.subparser
+    if args.task not in TASKS:
+        parser.error(f"task: expected one of {', '.join(TASKS)}, received {args.task!r}")
+    info = TASKS[args.task]
+    model = args.model or info.models[0]
+    if model not in info.models:
+        parser.error(
+            f"--model: expected one of {', '.join(info.models)} for task {args.task!r}, "
+            f"received {model!r}"
+        )
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device: {args.device!r} requested but no CUDA device is available")
+    labels = [args.strategy] if args.command == "train" else _labels(parser, args.strategies)
+    for label in labels:
+        if label not in STRATEGY_PRESETS:
+            parser.error(
+                f"strategy: expected one of {', '.join(STRATEGY_PRESETS)}, received {label!r}"
+            )
+    preset = info.full if args.full else info.quick
+    task_options = {**preset["task"], "progress": not args.quiet}
+    for split in ("train", "val", "test"):
+        size = getattr(args, f"{split}_size")
+        if size is not None:
+            task_options[f"{split}_size"] = size
+    overrides = {
+        name: getattr(args, name)
+        for name in ("epochs", "batch_size", "lr", "weight_decay", "lr_schedule")
+        if getattr(args, name) is not None
+    }
+    config = TrainConfig(**{**preset["train"], **overrides, "device": args.device})
+    model_options = dict(args.model_option)
+    words = sys.argv[1:] if argv is None else argv
+    command = "equirelax " + " ".join(shlex.quote(word) for word in words)
+    task = info.builder(**task_options)
+    recorded_task_options = {k: v for k, v in task_options.items() if k != "progress"}
+    try:
+        if args.command == "train":
+            out = args.out or Path("runs") / f"train-{args.task}-{model}-{args.strategy}"
+            record = run_one(
+                task,
+                model,
+                args.strategy,
+                seed=args.seed,
+                config=config,
+                out_dir=out,
+                resume=args.resume,
+                progress=not args.quiet,
+                model_options=model_options,
+                strategy_options=dict(args.option),
+            )
+            print(json.dumps(record["final"], indent=2))
+            print(f"wrote {out}")
+            return 0
+        options = _strategy_options(parser, args.option, labels)
+        out = args.out or Path("runs") / f"compare-{args.task}-{model}"
+        results = compare(
+            task,
+            model,
+            labels,
+            seeds=args.seeds,
+            config=config,
+            out_dir=out,
+            resume=args.resume,
+            progress=not args.quiet,
+            model_options=model_options,
+            strategy_options=options,
+            task_options=recorded_task_options,
+            command=command,
+            reference=info.reference if args.full else None,
+        )
+    except (TypeError, ValueError) as error:
+        print(f"equirelax {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    print()
+    print(format_table(summarize(results["runs"]), task.metric_name))
+    print(f"\nwrote {out}/results.json, results.md, curves.png, levels.png")
+    return 0
+
+
+def _labels(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    labels = [label.strip() for label in text.split(",") if label.strip()]
+    if not labels:
+        parser.error(f"--strategies: expected comma-separated labels, received {text!r}")
+    if len(set(labels)) != len(labels):
+        parser.error(f"--strategies: expected distinct labels, received {text!r}")
+    return labels
+
+
+def _strategy_options(
+    parser: argparse.ArgumentParser, options: list[tuple[str, Any]], labels: list[str]
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in options:
+        label, dot, name = key.partition(".")
+        if not dot or label not in labels:
+            parser.error(
+                f"--option: expected STRATEGY.KEY=VALUE with STRATEGY one of "
+                f"{', '.join(labels)}, received {key!r}"
+            )
+        out.setdefault(label, {})[name] = value
+    return out
+
+
+def _list_tasks() -> None:
+    print(f"{'task':<10} {'symmetry':<12} {'models':<16} description")
+    for name, info in TASKS.items():
+        sizes = info.full["task"]
+        splits = "/".join(str(sizes.get(f"{s}_size", "-")) for s in ("train", "val", "test"))
+        print(
+            f"{name:<10} {info.symmetry:<12} {','.join(info.models):<16} {info.description}; "
+            f"full splits {splits}"
+        )
+    print(f"\nmodels: {', '.join(f'{k} ({v.description})' for k, v in models.MODELS.items())}")
+    print(f"strategies: {', '.join(STRATEGY_PRESETS)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

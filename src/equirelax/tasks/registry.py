@@ -1,0 +1,85 @@
+"""The built-in tasks by name, with their symmetry, models and run presets.
+
+``quick`` is what ``equirelax compare TASK`` runs by default (small splits, few epochs: minutes
+on a laptop CPU); ``full`` is the published protocol (``--full``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from equirelax.tasks.base import Task
+
+__all__ = ["TASKS", "TaskInfo", "get"]
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A registered task.
+
+    Attributes
+    ----------
+    builder:
+        ``builder(**task_options) -> Task``.
+    symmetry:
+        The symmetry group as text, e.g. ``"E(3) x S_5"``.
+    description:
+        One line.
+    models:
+        Names in :data:`equirelax.models.MODELS` that fit the task; the first is the default.
+    quick, full:
+        Presets: ``{"task": task options, "train": TrainConfig fields}``.
+    reference:
+        Published numbers on the full protocol, ``{model: metric}``, for reports.
+    """
+
+    builder: Callable[..., Task]
+    symmetry: str
+    description: str
+    models: tuple[str, ...]
+    quick: dict[str, dict[str, Any]]
+    full: dict[str, dict[str, Any]]
+    reference: dict[str, float] = field(default_factory=dict)
+
+
+def _nbody(**options: Any) -> Task:
+    from equirelax.tasks.nbody import nbody_task
+
+    return nbody_task(**options)
+
+
+TASKS: dict[str, TaskInfo] = {
+    "nbody": TaskInfo(
+        builder=_nbody,
+        symmetry="E(3) x S_5",
+        description=(
+            "charged 5-body system (EGNN/SEGNN protocol): positions and velocities at frame 30 "
+            "-> positions at frame 40, MSE"
+        ),
+        models=("egnn", "segnn", "mlp"),
+        quick={
+            "task": {"train_size": 200, "val_size": 200, "test_size": 500},
+            "train": {"epochs": 60, "batch_size": 50, "lr": 1e-3, "lr_schedule": "cosine"},
+        },
+        full={
+            "task": {"train_size": 3000, "val_size": 2000, "test_size": 2000},
+            "train": {
+                "epochs": 10000,
+                "batch_size": 100,
+                "lr": 5e-4,
+                "weight_decay": 1e-12,
+                "lr_schedule": "constant",
+            },
+        },
+        reference={"egnn": 7.1e-3, "segnn": 5.6e-3, "segnn+cr": 4.9e-3, "segnn+ace": 3.8e-3},
+    ),
+}
+
+
+def get(name: str, **options: Any) -> Task:
+    """Build the task ``name`` of :data:`TASKS` with ``options`` (e.g. ``train_size``)."""
+    if name not in TASKS:
+        raise ValueError(f"task: expected one of {sorted(TASKS)}, received {name!r}")
+    return TASKS[name].builder(**options)
