@@ -1,0 +1,138 @@
+"""The ``equirelax`` command line: tasks listing, compare outputs and resume, train, and the
+errors for unknown names and invalid numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from equirelax import compare as compare_module
+from equirelax.cli import main
+
+TINY = [
+    "--train-size", "12", "--val-size", "8", "--test-size", "8", "--epochs", "2",
+    "--batch-size", "6", "--model-option", "hidden_features=8", "--model-option",
+    "num_layers=2", "--quiet",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EQUIRELAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _compare(out: Path, *extra: str) -> int:
+    return main(
+        ["compare", "nbody", *TINY, "--strategies", "strict,cr,ace-resilient", "--seeds", "2",
+         "--out", str(out), *extra]
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_compare_writes_results_json_markdown_and_plots(tmp_path: Path) -> None:
+    assert _compare(tmp_path) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) >= {"setup", "command", "machine", "runs"}
+    assert results["setup"]["task_options"] == {"train_size": 12, "val_size": 8, "test_size": 8}
+    assert [(r["strategy"], r["seed"]) for r in results["runs"]] == [
+        (s, k) for s in ("strict", "cr", "ace-resilient") for k in (0, 1)
+    ]
+    for run in results["runs"]:
+        assert set(run) >= {"config", "final", "wall_seconds", "seconds_per_epoch", "model"}
+        assert set(run["final"]) >= {"val", "test", "equivariance_error", "epoch"}
+        assert run["config"]["epochs"] == 2
+        assert run["config"]["seed"] == run["seed"]
+        assert run["wall_seconds"] > 0
+    errors = {r["strategy"]: r["final"]["equivariance_error"] for r in results["runs"]}
+    assert errors["strict"] < 1e-10
+    assert errors["cr"] < 1e-10
+    assert errors["ace-resilient"] > 1e-6  # kept its relaxation, evaluated unprojected
+    table = (tmp_path / "results.md").read_text()
+    for label in ("strict", "cr", "ace-resilient"):
+        assert f"| {label} |" in table or f"| **{label}** ★ |" in table
+    assert table.count("★") == 2  # one best row, and the legend
+    for name in ("curves.png", "levels.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_compare_resume_skips_finished_runs_and_continues_interrupted_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _compare(tmp_path) == 0
+    before = json.loads((tmp_path / "results.json").read_text())
+    # the second seed of cr was interrupted: its result is missing, its checkpoint is there
+    (tmp_path / "runs" / "cr" / "seed1" / "result.json").unlink()
+    trained = []
+    original = compare_module.run_one
+
+    def counting(*args, **kwargs):
+        trained.append((args[2], kwargs["seed"], kwargs["resume"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(compare_module, "run_one", counting)
+    assert _compare(tmp_path, "--resume") == 0
+    assert trained == [("cr", 1, True)]
+    after = json.loads((tmp_path / "results.json").read_text())
+    for old, new in zip(before["runs"], after["runs"], strict=True):
+        assert old["final"]["test"] == new["final"]["test"]
+    # a different setup in the same directory is refused
+    assert _compare(tmp_path, "--resume", "--lr", "0.5") == 2
+
+
+@pytest.mark.slow
+def test_train_writes_one_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    code = main(["train", "nbody", *TINY, "--model", "mlp", "--strategy", "augment",
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0
+    record = json.loads((out / "result.json").read_text())
+    assert record["model"] == "mlp"
+    assert record["strategy"] == "augment"
+    assert (out / "metrics.jsonl").exists()
+    assert (out / "checkpoint.pt").exists()
+    assert '"test"' in capsys.readouterr().out
+
+
+def test_tasks_lists_names_and_symmetry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "nbody" in out
+    assert "E(3) x S_5" in out
+    assert "egnn,segnn,mlp" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compare", "maze"], "task: expected one of nbody, received 'maze'"),
+        (["train", "nbody", "--model", "resnet"], "--model: expected one of egnn, segnn, mlp"),
+        (["compare", "nbody", "--strategies", "strict,magic"], "strategy: expected one of strict"),
+        (["train", "nbody", "--strategy", "magic"], "received 'magic'"),
+        (["compare", "nbody", "--epochs", "-1"], "--epochs: expected a positive integer"),
+        (["compare", "nbody", "--seeds", "0"], "--seeds: expected a positive integer"),
+        (["compare", "nbody", "--lr", "0"], "--lr: expected a positive number"),
+        (["compare", "nbody", "--option", "cr.weight"], "expected KEY=VALUE"),
+        (["compare", "nbody", "--strategies", "cr", "--option", "ace.mode=x"], "--option"),
+        (["compare", "nbody", "--strategies", "cr,cr"], "distinct"),
+    ],
+)
+def test_bad_names_and_numbers_exit_non_zero_with_the_valid_choices(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code != 0
+    assert message in capsys.readouterr().err
+
+
+def test_console_entry_point_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "equirelax", "tasks"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "nbody" in result.stdout
