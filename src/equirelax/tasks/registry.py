@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from equirelax.tasks.base import Task
+from equirelax.tasks.nbody import SYMMETRY as NBODY_SYMMETRY
+from equirelax.tasks.nbody import nbody_task
 
 __all__ = ["TASKS", "TaskInfo", "get"]
 
@@ -44,16 +46,10 @@ class TaskInfo:
     reference: dict[str, float] = field(default_factory=dict)
 
 
-def _nbody(**options: Any) -> Task:
-    from equirelax.tasks.nbody import nbody_task
-
-    return nbody_task(**options)
-
-
 TASKS: dict[str, TaskInfo] = {
     "nbody": TaskInfo(
-        builder=_nbody,
-        symmetry="E(3) x S_5",
+        builder=nbody_task,
+        symmetry=NBODY_SYMMETRY,
         description=(
             "charged 5-body system (EGNN/SEGNN protocol): positions and velocities at frame 30 "
             "-> positions at frame 40, MSE"
