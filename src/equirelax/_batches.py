@@ -35,6 +35,18 @@ def repeat(x: Any, k: int) -> Any:
     return x.repeat(k, *([1] * (x.ndim - 1)))
 
 
+def repeat_batched(kwargs: dict[str, Any], batch: int, k: int) -> dict[str, Any]:
+    """Keyword arguments for ``k`` stacked copies of a batch of ``batch`` samples: tensors with
+    ``batch`` leading entries are repeated like :func:`repeat`; the rest (shared tensors such as
+    a ``(1, ...)`` adjacency, non-tensors) are passed as they are."""
+    return {
+        name: repeat(value, k)
+        if isinstance(value, Tensor) and value.ndim and value.shape[0] == batch
+        else value
+        for name, value in kwargs.items()
+    }
+
+
 def index(x: Any, rows: Tensor) -> Any:
     """The samples ``rows`` of a batch."""
     if isinstance(x, (tuple, list)):

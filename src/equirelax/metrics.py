@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from equirelax._batches import call, flat, float_dtype, parts, repeat
+from equirelax._batches import call, flat, float_dtype, parts, repeat, repeat_batched
 from equirelax._checks import batch_size, check_finite, check_positive_int
 from equirelax.actions import (
     Action,
@@ -248,8 +248,8 @@ def lie_derivative(
     Parameters
     ----------
     kwargs:
-        Keyword arguments of ``f``, held fixed; their tensors may be batched (one ``jvp`` per
-        generator then).
+        Keyword arguments of ``f``, held fixed; tensors with the batch's leading size are
+        treated as per-sample (repeated with the batch), others as shared.
     output:
         ``f(x, **kwargs)`` if it is already computed: reused, with its autograd graph.
     check:
@@ -285,13 +285,10 @@ def lie_derivative(
     if not diff:
         y_flat = flat(y)
         pushed = y_flat.new_zeros(k, batch, y_flat.shape[1])
-    elif kwargs:  # keyword tensors may be batched too: one jvp per generator
-        pushed = torch.stack(
-            [_jvp(fixed, x_parts, diff, [t_in[i][j] for i in diff]) for j in range(k)]  # type: ignore[index]
-        )
-    else:  # k copies of the batch, one generator's tangent per copy
+    else:  # k copies of the batch (and of batched keyword tensors), one tangent per copy
         tangents = [t_in[i].flatten(0, 1) for i in diff]  # type: ignore[union-attr]
-        pushed = _jvp(fixed, repeat(x_parts, k), diff, tangents).unflatten(0, (k, batch))
+        stacked = functools.partial(f, **repeat_batched(kwargs, batch, k)) if kwargs else f
+        pushed = _jvp(stacked, repeat(x_parts, k), diff, tangents).unflatten(0, (k, batch))
     if all(t is None for t in t_out):
         return pushed
     moved_out = [

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from equirelax._batches import flat, parts, repeat
+from equirelax._batches import flat, parts, repeat, repeat_batched
 from equirelax._checks import batch_size
 from equirelax.actions import Action
 from equirelax.metrics import lie_derivative
@@ -375,16 +375,8 @@ def _generator_differences(
     batch, k = batch_size(x), generators.shape[0]
     device = parts(x)[0].device
     g = generators.to(device).repeat_interleave(batch, dim=0)  # generator-major, like repeat
-    if kwargs:
-        total = flat(y).new_zeros(())
-        for j in range(k):
-            gj = g[j * batch : (j + 1) * batch]
-            moved = action_in(gj, x)
-            moved_y = free(*parts(moved), **kwargs)
-            total = total + (flat(moved_y) - flat(action_out(gj, y))).pow(2).sum()
-        return total
     moved = action_in(g, repeat(x, k))
-    w_moved = free(*parts(moved))
+    w_moved = free(*parts(moved), **repeat_batched(kwargs, batch, k))
     moved_w = action_out(g, repeat(y, k))
     return (flat(w_moved) - flat(moved_w)).pow(2).sum()
 
