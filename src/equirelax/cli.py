@@ -30,7 +30,7 @@ import torch
 from equirelax import models
 from equirelax.compare import DEFAULT_STRATEGIES, STRATEGY_PRESETS, compare, run_one
 from equirelax.engine import TrainConfig
-from equirelax.report import format_table, summarize
+from equirelax.report import format_table, ordering, summarize
 from equirelax.tasks.registry import TASKS
 
 __all__ = ["main"]
@@ -222,7 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"equirelax {args.command}: error: {error}", file=sys.stderr)
         return 2
     print()
-    print(format_table(summarize(results["runs"]), task.metric_name))
+    rows = summarize(results["runs"])
+    print(format_table(rows, task.metric_name))
+    print(ordering(rows))
     print(f"\nwrote {out}/results.json, results.md, curves.png, levels.png")
     return 0
 

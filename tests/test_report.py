@@ -1,0 +1,43 @@
+"""Summary rows, the best mark and the ordering sentence of :mod:`equirelax.report`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from equirelax.report import format_table, ordering, summarize
+
+
+def _run(strategy: str, seed: int, test: float, seconds: float) -> dict:
+    final = {"val": 2 * test, "test": test, "equivariance_error": 0.0, "levels": [0.5]}
+    return {"strategy": strategy, "seed": seed, "final": final, "seconds_per_epoch": seconds}
+
+
+def test_summary_means_stds_ratios_best_and_ordering() -> None:
+    runs = [
+        _run("strict", 0, 1.0, 1.0), _run("strict", 1, 3.0, 3.0),
+        _run("cr", 0, 1.0, 4.0), _run("cr", 1, 2.0, 6.0),
+        _run("free", 0, 5.0, 2.0),
+    ]  # fmt: skip
+    rows = {row["strategy"]: row for row in summarize(runs)}
+    assert rows["strict"]["test"] == (2.0, pytest.approx(math.sqrt(2.0)))
+    assert rows["cr"]["test"] == (1.5, pytest.approx(math.sqrt(0.5)))
+    assert rows["free"]["test"] == (5.0, 0.0)  # one seed: no spread
+    assert rows["cr"]["time_ratio"] == pytest.approx(2.5)
+    assert [r for r in rows if rows[r].get("best")] == ["cr"]
+    table = format_table(list(rows.values()))
+    assert "| **cr** ★ | **1.500e+00 ± 7.1e-01** |" in table
+    sentence = ordering(list(rows.values()))
+    assert sentence.startswith("Ahead of strict (lower mean test metric): cr; not ahead: free.")
+
+
+def test_without_test_metrics_the_validation_metric_ranks_and_no_strict_no_sentence() -> None:
+    runs = [_run("cr", 0, 1.0, 1.0), _run("ace", 0, 3.0, 1.0)]
+    for run in runs:
+        del run["final"]["test"]
+    rows = summarize(runs)
+    assert rows[0]["primary"] == "val"
+    assert rows[0].get("best")
+    assert math.isnan(rows[0]["time_ratio"])
+    assert ordering(rows) == ""
