@@ -47,6 +47,9 @@ def test_compare_writes_results_json_markdown_and_plots(tmp_path: Path) -> None:
         assert run["config"]["epochs"] == 2
         assert run["config"]["seed"] == run["seed"]
         assert run["wall_seconds"] > 0
+    ace = results["runs"][-1]["strategy_options"]  # the quick preset's, then the label's mode
+    assert ace["mode"] == "resilient"
+    assert ace["dual_optimizer"] == "nupi"
     errors = {r["strategy"]: r["final"]["equivariance_error"] for r in results["runs"]}
     assert errors["strict"] < 1e-10
     assert errors["cr"] < 1e-10

@@ -196,12 +196,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 resume=args.resume,
                 progress=not args.quiet,
                 model_options=model_options,
-                strategy_options=dict(args.option),
+                strategy_options={
+                    **preset.get("strategies", {}).get(STRATEGY_PRESETS[args.strategy][0], {}),
+                    **dict(args.option),
+                },
             )
             print(json.dumps(record["final"], indent=2))
             print(f"wrote {out}")
             return 0
-        options = _strategy_options(parser, args.option, labels)
+        options = _strategy_options(parser, args.option, labels, preset.get("strategies", {}))
         out = args.out or Path("runs") / f"compare-{args.task}-{model}"
         results = compare(
             task,
@@ -239,9 +242,17 @@ def _labels(parser: argparse.ArgumentParser, text: str) -> list[str]:
 
 
 def _strategy_options(
-    parser: argparse.ArgumentParser, options: list[tuple[str, Any]], labels: list[str]
+    parser: argparse.ArgumentParser,
+    options: list[tuple[str, Any]],
+    labels: list[str],
+    preset: dict[str, dict[str, Any]],
 ) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+    """Options per label: the task preset's for the label's strategy, then ``--option``s."""
+    out = {
+        label: dict(preset[STRATEGY_PRESETS[label][0]])
+        for label in labels
+        if STRATEGY_PRESETS[label][0] in preset
+    }
     for key, value in options:
         label, dot, name = key.partition(".")
         if not dot or label not in labels:
