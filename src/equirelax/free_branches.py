@@ -3,19 +3,28 @@
 Each branch has the same input and output structure as the equivariant layer it relaxes and
 no symmetry constraint: a dense map on flattened features (vectors, irreps), a plain
 convolution on grids (group-convolution feature maps), a per-node MLP that sees raw coordinates
-(EGNN), a dense map on the flattened channel-by-3 features of vector neurons.
+(EGNN), a dense map on the flattened channel-by-3 features of vector neurons, and a dense map
+on the concatenated irreps features of steerable layers.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from equirelax._checks import check_positive_int
 
-__all__ = ["ConvFreeBranch", "DenseFreeBranch", "EGNNFreeBranch", "VectorNeuronFreeBranch"]
+__all__ = [
+    "ConvFreeBranch",
+    "DenseFreeBranch",
+    "EGNNFreeBranch",
+    "SteerableFreeBranch",
+    "VectorNeuronFreeBranch",
+]
 
 
 class DenseFreeBranch(nn.Module):
@@ -128,3 +137,25 @@ class VectorNeuronFreeBranch(nn.Module):
         points = v.flatten(1, 2).movedim(1, -1)  # (B, ..., 3 C)
         out = self.linear(points).movedim(-1, 1)
         return out.unflatten(1, (self.out_channels, 3))
+
+
+class SteerableFreeBranch(nn.Module):
+    """The free branch of a relaxed :class:`SteerableLinear`: a dense map on the concatenated
+    flattened features, ``f_free(x_1, ..., x_k, a) = W [x_1, ..., x_k, a] + b`` (no symmetry
+    constraint; leading axes broadcast as in the layer, so the concatenation is never
+    formed)."""
+
+    def __init__(self, in_features: Sequence[int], attr_features: int, out_features: int) -> None:
+        super().__init__()
+        self.sizes = [*in_features, attr_features]
+        self.linear = nn.Linear(sum(self.sizes), out_features)
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        if len(inputs) != len(self.sizes):
+            raise ValueError(f"inputs: expected {len(self.sizes)} tensors, received {len(inputs)}")
+        weight = self.linear.weight  # read once: a norm-bound parametrisation recomputes it
+        out = None
+        for x, w in zip(inputs, weight.split(self.sizes, dim=1), strict=True):
+            y = F.linear(x, w, self.linear.bias if out is None else None)
+            out = y if out is None else out + y
+        return out

@@ -26,6 +26,7 @@ from equirelax.free_branches import (
     ConvFreeBranch,
     DenseFreeBranch,
     EGNNFreeBranch,
+    SteerableFreeBranch,
     VectorNeuronFreeBranch,
 )
 
@@ -365,6 +366,7 @@ def _register_builtin_factories() -> None:
         EquivariantLinear,
         GroupConv2d,
         LiftingConv2d,
+        SteerableLinear,
         VNLinear,
     )
 
@@ -405,6 +407,12 @@ def _register_builtin_factories() -> None:
     )
     register_free_branch(
         VNLinear, lambda layer: VectorNeuronFreeBranch(layer.in_channels, layer.out_channels)
+    )
+    register_free_branch(
+        SteerableLinear,
+        lambda layer: SteerableFreeBranch(
+            [part.dim for part in layer.irreps_parts], layer.attr_features, layer.out_features
+        ),
     )
 
 

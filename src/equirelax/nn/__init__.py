@@ -1,12 +1,13 @@
 """Equivariant building blocks: linear maps between representations, nonlinearities,
-vector neurons, EGNN layers and group convolutions. Each exposes ``action_in`` /
-``action_out`` where its actions are fixed, so :func:`equirelax.assert_equivariant` can
-check it without further arguments."""
+vector neurons, EGNN layers, group convolutions and steerable layers on e3nn irreps (SEGNN).
+Each exposes ``action_in`` / ``action_out`` where its actions are fixed, so
+:func:`equirelax.assert_equivariant` can check it without further arguments."""
 
 from equirelax.nn.egnn import EGNN, EGNNLayer
 from equirelax.nn.group_conv import GroupConv2d, GroupPool, LiftingConv2d
 from equirelax.nn.linear import EquivariantLinear
 from equirelax.nn.nonlinearities import GatedNonlinearity, NormNonlinearity
+from equirelax.nn.steerable import SEGNNLayer, SteerableGate, SteerableLinear
 from equirelax.nn.vector_neurons import VNLeakyReLU, VNLinear
 
 __all__ = [
@@ -18,6 +19,9 @@ __all__ = [
     "GroupPool",
     "LiftingConv2d",
     "NormNonlinearity",
+    "SEGNNLayer",
+    "SteerableGate",
+    "SteerableLinear",
     "VNLeakyReLU",
     "VNLinear",
 ]

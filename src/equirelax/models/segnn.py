@@ -1,0 +1,132 @@
+"""The SEGNN model of the charged N-body experiment (Brandstetter et al., ICLR 2022).
+
+Section 5 of arXiv:2110.02905 (N-body): steerable node features with ``l <= 1``, the input
+``(x_i - x_c, v_i, |v_i|)`` (``1o + 1o + 0e``; ``x_c`` the centre of mass), edge attributes
+``a_ij = Y(x_i - x_j)`` and node attributes ``a_i = (mean_j Y(x_i - x_j) + Y(v_i)) / 2``
+(spherical harmonics up to ``l = 1``), invariant edge features ``(|x_i - x_j|^2, q_i q_j)``,
+fully connected graphs, and one ``1o`` vector per particle added to its position. Every
+:class:`~equirelax.nn.SteerableLinear` is relaxed by :func:`equirelax.relax` with a dense map
+on its flattened inputs ``[x, a]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+from torch import Tensor, nn
+
+from equirelax._checks import check_choice, check_positive_int
+from equirelax.actions import DirectSumAction, PointAction, TrivialAction, VectorAction
+from equirelax.groups import O3, Euclidean
+from equirelax.models._particles import check_particle_inputs
+from equirelax.nn.steerable import (
+    SEGNNLayer,
+    SteerableGate,
+    SteerableLinear,
+    _irreps,
+    off_diagonal,
+)
+
+__all__ = ["NBodySEGNN"]
+
+_ATTR = o3.Irreps("1x0e + 1x1o")  # spherical harmonics up to l = 1
+_INPUT = o3.Irreps("1x1o + 1x1o + 1x0e")  # x_i - x_c, v_i, |v_i|
+_OUTPUT = o3.Irreps("1x1o")
+_OUTPUT_GAIN = 1e-3  # initial scale of the output layer's weights
+
+
+def _spherical_harmonics(vectors: Tensor) -> Tensor:
+    """``Y(r / |r|)`` up to ``l = 1`` in e3nn's ``"component"`` normalisation:
+    ``(1, sqrt(3) r / |r|)``, each component of unit mean square over the sphere (a zero
+    vector gives ``(1, 0, 0, 0)``)."""
+    return o3.spherical_harmonics(_ATTR, vectors, normalize=True, normalization="component")
+
+
+class NBodySEGNN(nn.Module):
+    r"""SEGNN for particle systems: ``(positions, velocities, charges) -> positions``.
+
+    .. math::
+
+        h^0_i &= \mathrm{TP}_{emb}([x_i - x_c, v_i, |v_i|], a_i), \qquad
+        h^{l+1} = \mathrm{SEGNNLayer}_l(h^l; a_{ij}, a_i, (|x_i - x_j|^2, q_i q_j)), \\
+        \hat x_i &= x_i + \mathrm{TP}_{out}(G(\mathrm{TP}_{pre}(h^L_i, a_i)), a_i)
+
+    with ``a_ij = Y(x_i - x_j)`` and ``a_i = (mean_{j != i} a_ij + Y(v_i)) / 2`` (spherical
+    harmonics, ``l <= 1``, ``normalize=True``, e3nn's ``"component"`` normalisation:
+    ``Y(r) = (1, sqrt(3) r / |r|)``; SEGNN sums the two node terms, the factor 1/2 keeps the
+    ``l = 0`` component at 1 so that the layers keep unit scale at initialisation), ``x_c``
+    the mean position, ``G`` a :class:`~equirelax.nn.SteerableGate` and ``TP`` the
+    :class:`~equirelax.nn.SteerableLinear` layers. The output layer starts with weights scaled
+    by ``1e-3`` (as EGNN's coordinate MLP), so the untrained model predicts about the input
+    positions.
+
+    E(3) equivariant (``x -> R x + t``, ``v -> R v`` for ``R`` in O(3), charges invariant) and
+    equivariant to permutations of the particles; ``action_in`` / ``action_out`` hold the E(3)
+    actions on the inputs and the output. :func:`equirelax.relax` relaxes all
+    ``3 + 4 * num_layers`` steerable linear layers.
+
+    Parameters
+    ----------
+    hidden_irreps:
+        Irreps of the node features (``l <= 1`` as SEGNN's N-body model). The default
+        ``"32x0e + 16x1o"`` has 80 components and about 75k parameters with 4 layers.
+    num_layers:
+        Number of :class:`~equirelax.nn.SEGNNLayer` (4 in the paper).
+    aggregation:
+        ``"mean"`` (default: message sizes do not grow with ``N``) or ``"sum"`` of the
+        messages over the ``N - 1`` neighbours.
+
+    Examples
+    --------
+    >>> model = NBodySEGNN("8x0e + 4x1o", num_layers=2)
+    >>> x, v, q = torch.randn(2, 5, 3), torch.randn(2, 5, 3), torch.ones(2, 5, 1)
+    >>> model(x, v, q).shape
+    torch.Size([2, 5, 3])
+    """
+
+    def __init__(
+        self,
+        hidden_irreps: str | o3.Irreps = "32x0e + 16x1o",
+        num_layers: int = 4,
+        *,
+        aggregation: str = "mean",
+    ) -> None:
+        super().__init__()
+        hidden = _irreps("hidden_irreps", hidden_irreps)
+        check_positive_int("num_layers", num_layers)
+        check_choice("aggregation", aggregation, ("sum", "mean"))
+        self.hidden_irreps = hidden
+        group = Euclidean(O3())
+        self.action_in = DirectSumAction(
+            PointAction(group), VectorAction(group), TrivialAction(group)
+        )
+        self.action_out = PointAction(group)
+        self.embedding = SteerableLinear(_INPUT, _ATTR, hidden)
+        self.layers = nn.ModuleList(
+            SEGNNLayer(hidden, _ATTR, edge_features=2, aggregation=aggregation)
+            for _ in range(num_layers)
+        )
+        self.head_gate = SteerableGate(hidden)
+        self.head_1 = SteerableLinear(hidden, _ATTR, self.head_gate.irreps_in)
+        self.head_2 = SteerableLinear(hidden, _ATTR, _OUTPUT)
+        with torch.no_grad():  # start near "no displacement", as EGNN's coordinate MLP
+            self.head_2.weight.mul_(_OUTPUT_GAIN)
+
+    def forward(self, positions: Tensor, velocities: Tensor, charges: Tensor) -> Tensor:
+        """Predict positions ``(B, N, 3)`` from positions and velocities ``(B, N, 3)`` and
+        charges ``(B, N, 1)``."""
+        positions, velocities, charges = check_particle_inputs(positions, velocities, charges)
+        relative = positions.unsqueeze(2) - positions.unsqueeze(1)  # (B, N, N, 3): x_i - x_j
+        edge_attr = _spherical_harmonics(relative)  # the diagonal, Y(0) = (1, 0, 0, 0), unused
+        edge_features = torch.stack(
+            [relative.square().sum(dim=-1), charges * charges.transpose(1, 2)], dim=-1
+        )
+        edge_mean = off_diagonal(edge_attr).sum(dim=2) / max(positions.shape[1] - 1, 1)
+        node_attr = 0.5 * (edge_mean + _spherical_harmonics(velocities))
+        centred = positions - positions.mean(dim=1, keepdim=True)
+        speed = torch.linalg.vector_norm(velocities, dim=-1, keepdim=True)
+        h = self.embedding(torch.cat([centred, velocities, speed], dim=-1), node_attr)
+        for layer in self.layers:
+            h = layer(h, edge_attr, node_attr, edge_features)
+        displacement = self.head_2(self.head_gate(self.head_1(h, node_attr)), node_attr)
+        return positions + displacement

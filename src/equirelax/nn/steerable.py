@@ -1,0 +1,795 @@
+"""Steerable O(3)-equivariant building blocks on e3nn irreps (SEGNN, arXiv 2110.02905).
+
+Features are e3nn irreps vectors ``(..., irreps.dim)`` (e3nn's layout: blocks of
+``mul x (2l + 1)`` components, ``l = 1`` in ``(x, y, z)`` order). :class:`SteerableLinear` is
+SEGNN's steerable linear layer, a tensor product with a steerable attribute;
+:class:`SteerableGate` its gated nonlinearity; :class:`SEGNNLayer` one message-passing layer
+of SEGNN on dense, fully connected batched graphs. Every module exposes ``action_in`` /
+``action_out`` (O(3) acting through the irreps' representation matrices), so the library's
+metrics can check it.
+
+:func:`equirelax.relax` relaxes every :class:`SteerableLinear` by default: its free branch is
+a dense map on the concatenated features ``[x, a]``
+(:class:`~equirelax.free_branches.SteerableFreeBranch`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from e3nn import o3
+from torch import Tensor, nn
+
+from equirelax._checks import check_choice, check_ndim, check_tensor
+from equirelax.actions import DirectSumAction, RepresentationAction
+from equirelax.groups import O3
+
+__all__ = [
+    "SEGNNLayer",
+    "SteerableGate",
+    "SteerableLinear",
+    "off_diagonal",
+]
+
+_AGGREGATIONS = ("sum", "mean")
+
+
+def _irreps(name: str, value: object) -> o3.Irreps:
+    """``o3.Irreps(value)``; a ``ValueError`` naming the argument if it is not irreps."""
+    try:
+        irreps = o3.Irreps(value)
+    except (ValueError, TypeError, AssertionError) as error:
+        raise ValueError(
+            f"{name}: expected e3nn irreps such as '8x0e + 4x1o', received {value!r}"
+        ) from error
+    if irreps.dim == 0:
+        raise ValueError(f"{name}: expected irreps of positive dimension, received {value!r}")
+    return irreps
+
+
+def _check_features(name: str, value: object, dim: int, irreps: str) -> Tensor:
+    value = check_tensor(name, value)
+    if value.ndim < 1 or value.shape[-1] != dim or not value.is_floating_point():
+        raise ValueError(
+            f"{name}: expected a float tensor (..., {dim}) for irreps {irreps}, received dtype "
+            f"{value.dtype} and shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def _representation_action(irreps: o3.Irreps) -> RepresentationAction:
+    return RepresentationAction(O3().irreps(irreps))
+
+
+class _Path(NamedTuple):
+    """One path ``(input block) x (attribute block) -> (output block)`` of the product."""
+
+    i_in: int  # input block, counted over all parts of the input
+    i_attr: int
+    i_out: int
+    start: int  # offset of the path's weights (mul_in, mul_attr, mul_out) in the flat weight
+    mul_in: int
+    mul_attr: int
+    mul_out: int
+    kind: str  # how the product is evaluated: "scalar", "left", "right", "contract", "general"
+    cg: int  # index of the coefficient buffer ("general" only)
+
+
+class _Fused(NamedTuple):
+    """Weights-first paths that share one product ``C(sum_b W_b^T x_b, a_j)``: all input
+    blocks of one irrep, one attribute block, every output block of one irrep (or one output
+    block for the ``general`` kind)."""
+
+    kind: str
+    i_attr: int
+    out_type: int
+    i_out: int  # the output block of a "general" product, -1 otherwise
+    cg: int
+    mul_attr: int
+
+
+class _Plan(NamedTuple):
+    """How to evaluate the product for one pattern of broadcast inputs."""
+
+    # Per input block: (block, columns of each fused group, the fused groups' indices)
+    weights_first: list[tuple[int, list[int], list[int]]]
+    fused: list[_Fused]
+    # Per output irrep: (output type, the products (input block, attribute block, kind))
+    product_first: list[tuple[int, list[tuple[int, int, str]]]]
+    # The weight matrices of both, in this order, as one gather from the flat weight.
+    index: Tensor
+    shapes: list[tuple[int, int]]
+
+
+# Kinds whose product may come before the weights (``C(x, a)`` has no more components than x).
+_PRODUCT_FIRST = ("scalar", "right", "contract")
+
+
+class SteerableLinear(nn.Module):
+    r"""SEGNN's steerable linear layer ``y = TP_W(x, a)`` (+ a bias on ``0e`` outputs).
+
+    A fully connected tensor product of the features ``x`` with a steerable attribute ``a``
+    (Brandstetter et al., ICLR 2022, arXiv 2110.02905, eq. (8)): for every path
+    ``(l_1, p_1) x (l_2, p_2) -> (l, p)`` allowed by the selection rules,
+
+    .. math::
+
+        y^{(l)}_{w, m} = \sum_{\text{paths}} \alpha_{\text{path}} \sum_{u, v}
+            W^{\text{path}}_{u v w} \sum_{m_1, m_2} C^{(l_1, l_2, l)}_{m_1 m_2 m}
+            x^{(l_1)}_{u, m_1} a^{(l_2)}_{v, m_2},
+
+    with e3nn's Wigner 3j symbols ``C``, weights ``W ~ N(0, 1)`` shared by all inputs (not
+    edge dependent) and e3nn's normalisation (``irrep_normalization="component"``,
+    ``path_normalization="element"``: ``alpha^2 = (2l + 1) / sum_paths mul_1 mul_2``). It is
+    e3nn's ``o3.FullyConnectedTensorProduct(irreps_in, irreps_attr, irreps_out)`` with the
+    same flat ``weight`` (tested), evaluated faster on CPU: a path is computed as
+    ``C(W^T x, a)`` (weights first, one matrix product per input block at ``x``'s own
+    leading shape, one product with ``a`` for all blocks of an irrep) or, where that is
+    cheaper, as ``W^T C(x, a)`` (one matrix product per output irrep).
+
+    The input may come in parts: with ``irreps_in`` a sequence of irreps the layer is called
+    as ``layer(x_1, ..., x_k, a)`` and equals the tensor product of the concatenation
+    ``[x_1, ..., x_k]`` (leading axes broadcast). SEGNN's message layer uses this to apply
+    the weights to node features ``(B, N, 1, F)`` and ``(B, 1, N, F)`` once per node, not
+    once per edge.
+
+    Equivariance: ``TP_W(D_in(g) x, D_attr(g) a) = D_out(g) TP_W(x, a)`` for every ``g`` in
+    O(3); ``action_in`` acts on the tuple ``(x_1, ..., x_k, a)`` and ``action_out`` on ``y``.
+
+    Parameters
+    ----------
+    irreps_in:
+        e3nn irreps of ``x`` (a string or ``o3.Irreps``), or a list of them, one per part.
+    irreps_attr, irreps_out:
+        Irreps of ``a`` and ``y``. Every output irrep must be reachable from some
+        ``in x attr`` pair.
+    bias:
+        Learn a bias on the ``0e`` outputs (the only equivariant bias), initialised at 0.
+
+    Examples
+    --------
+    >>> layer = SteerableLinear("4x0e + 2x1o", "1x0e + 1x1o", "3x0e + 1x1o")
+    >>> layer(torch.randn(10, 10), torch.randn(10, 4)).shape
+    torch.Size([10, 6])
+    """
+
+    def __init__(
+        self,
+        irreps_in: str | o3.Irreps | Sequence[str | o3.Irreps],
+        irreps_attr: str | o3.Irreps,
+        irreps_out: str | o3.Irreps,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(irreps_in, (list, tuple)) and not isinstance(irreps_in, o3.Irreps):
+            if not irreps_in:
+                raise ValueError("irreps_in: expected irreps or a non-empty list of irreps")
+            parts = [_irreps(f"irreps_in[{i}]", part) for i, part in enumerate(irreps_in)]
+        else:
+            parts = [_irreps("irreps_in", irreps_in)]
+        self.irreps_parts = tuple(parts)
+        self.irreps_in = sum(parts[1:], parts[0])
+        self.irreps_attr = _irreps("irreps_attr", irreps_attr)
+        self.irreps_out = _irreps("irreps_out", irreps_out)
+        self.in_features = self.irreps_in.dim
+        self.attr_features = self.irreps_attr.dim
+        self.out_features = self.irreps_out.dim
+        self.action_in = DirectSumAction(
+            *(_representation_action(part) for part in parts),
+            _representation_action(self.irreps_attr),
+        )
+        self.action_out = _representation_action(self.irreps_out)
+
+        # The paths, in e3nn's order (input block, attribute block, output block).
+        triples = [
+            (i, j, k)
+            for i, (mul_i, ir_i) in enumerate(self.irreps_in)
+            for j, (mul_j, ir_j) in enumerate(self.irreps_attr)
+            for k, (mul_k, ir_k) in enumerate(self.irreps_out)
+            if mul_i * mul_j * mul_k > 0 and ir_k in ir_i * ir_j
+        ]
+        fan_in = [0] * len(self.irreps_out)
+        for i, j, k in triples:
+            fan_in[k] += self.irreps_in[i].mul * self.irreps_attr[j].mul
+        unreachable = [
+            str(ir) for k, (mul, ir) in enumerate(self.irreps_out) if mul > 0 and fan_in[k] == 0
+        ]
+        if unreachable:
+            raise ValueError(
+                f"irreps_out: {', '.join(unreachable)} cannot be reached from "
+                f"{self.irreps_in} x {self.irreps_attr}"
+            )
+
+        paths: list[_Path] = []
+        scales: list[Tensor] = []
+        cgs: dict[tuple[int, int, int, int], int] = {}  # (l_in, l_attr, l_out, i_out) -> index
+        coefficients: list[Tensor] = []
+        start = 0
+        for i, j, k in triples:
+            (mul_i, ir_i), (mul_j, ir_j), (mul_k, ir_k) = (
+                self.irreps_in[i],
+                self.irreps_attr[j],
+                self.irreps_out[k],
+            )
+            alpha = math.sqrt(ir_k.dim / fan_in[k])
+            cg = o3.wigner_3j(ir_i.l, ir_j.l, ir_k.l, dtype=torch.float64)
+            kind, scale = _product_kind(cg, ir_i.l, ir_j.l, ir_k.l, mul_j)
+            index = -1
+            if kind == "general":  # alpha stays in the coefficients, shared by the blocks
+                scale, key = 1.0, (ir_i.l, ir_j.l, ir_k.l, k)
+                if key not in cgs:
+                    cgs[key] = len(coefficients)
+                    coefficients.append(cg * alpha)
+                index = cgs[key]
+            else:
+                scale *= alpha
+            paths.append(_Path(i, j, k, start, mul_i, mul_j, mul_k, kind, index))
+            size = mul_i * mul_j * mul_k
+            scales.append(torch.full((size,), scale, dtype=torch.float64))
+            start += size
+        self.weight_numel = start
+        self.weight = nn.Parameter(torch.randn(start))
+        # The constants, kept in float64 (not buffers: module.float().double() would round
+        # them) and converted once per dtype and device: the weight scales (the coefficients
+        # of the elementwise products folded in) and the other paths' coefficients.
+        self._constants64 = (torch.cat(scales), coefficients)
+        self._constants: dict[tuple[torch.dtype, torch.device], tuple[Tensor, list[Tensor]]] = {}
+        self._paths = paths
+        self._part_dims = [part.dim for part in parts]
+        self._part_names = [str(part) for part in parts]
+        self._attr_name = str(self.irreps_attr)
+        self._part_blocks: list[list[int]] = []
+        self._in_shapes = [(mul, ir.dim) for mul, ir in self.irreps_in]
+        first = 0
+        for part in parts:
+            self._part_blocks.append(list(range(first, first + len(part))))
+            first += len(part)
+        self._attr_sizes = [mul * ir.dim for mul, ir in self.irreps_attr]
+        self._attr_shapes = [(mul, ir.dim) for mul, ir in self.irreps_attr]
+        # Output irreps ("types") and their blocks; products are accumulated per type.
+        types = list(dict.fromkeys(ir for mul, ir in self.irreps_out if mul))
+        self._type_of = [types.index(ir) if mul else -1 for mul, ir in self.irreps_out]
+        self._type_blocks = [
+            [k for k, (mul, ir) in enumerate(self.irreps_out) if mul and ir == t] for t in types
+        ]
+        self._type_dims = [t.dim for t in types]
+        self._out_shapes = [(mul, ir.dim) for mul, ir in self.irreps_out]
+        self._plans: dict[tuple[bool, ...], _Plan] = {}
+        scalar = o3.Irrep("0e")
+        self._bias_type = types.index(scalar) if scalar in types else -1
+        num_biases = sum(mul for mul, ir in self.irreps_out if ir == scalar)
+        self.bias: nn.Parameter | None = (
+            nn.Parameter(torch.zeros(num_biases)) if bias and num_biases else None
+        )
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        """``TP_W(x, a)``: ``layer(x, a)`` (or ``layer(x_1, ..., x_k, a)`` for an input in
+        parts) for ``x`` ``(..., irreps_in.dim)`` and ``a`` ``(..., irreps_attr.dim)``, leading
+        axes broadcast; returns ``(..., irreps_out.dim)``."""
+        parts, a = self._check_inputs(inputs)
+        lead = torch.broadcast_shapes(*(p.shape[:-1] for p in parts), a.shape[:-1])
+        xs: list[Tensor] = []  # per input block, as (..., d, mul): weights act on mul
+        full: list[bool] = []  # whether the block has the output's leading shape
+        for part, indices in zip(parts, self._part_blocks, strict=True):
+            pieces = part.split(
+                [self._in_shapes[b][0] * self._in_shapes[b][1] for b in indices], -1
+            )
+            for piece, b in zip(pieces, indices, strict=True):
+                mul, d = self._in_shapes[b]
+                xs.append(
+                    piece.unsqueeze(-2)
+                    if d == 1
+                    else piece.unflatten(-1, (mul, d)).transpose(-1, -2)
+                )
+                full.append(tuple(part.shape[:-1]) == tuple(lead))
+        # Attribute blocks as (..., mul, d) and, for mul = 1, as columns (..., d, 1).
+        attrs = [
+            piece.unflatten(-1, (mul, d))
+            for piece, (mul, d) in zip(
+                a.split(self._attr_sizes, -1), self._attr_shapes, strict=True
+            )
+        ]
+        columns_a = [block.transpose(-1, -2) if block.shape[-2] == 1 else block for block in attrs]
+        key = (*full, str(a.device))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._make_plan(full, a.device)
+        # Every weight matrix of this pattern in one gather (coefficients folded in).
+        scale, coefficients = self._constants_for(self.weight.dtype, self.weight.device)
+        flat = (self.weight * scale)[plan.index]
+        matrices = iter(
+            w.view(shape)
+            for w, shape in zip(
+                flat.split([r * c for r, c in plan.shapes]), plan.shapes, strict=True
+            )
+        )
+
+        acc: list[Tensor | None] = [None] * len(self._type_dims)  # (..., d, columns of type)
+        extra: dict[int, Tensor] = {}  # "general" products per output block
+
+        # Weights first: one matrix product per input block, one product per fused group.
+        chunks: list[list[Tensor]] = [[] for _ in plan.fused]
+        for b, sizes, fused in plan.weights_first:
+            z = _matmul(xs[b], next(matrices))
+            for f, chunk in zip(fused, z.split(sizes, -1), strict=True):
+                chunks[f].append(chunk)
+        for f, terms in zip(plan.fused, chunks, strict=True):
+            z = terms[0]
+            for term in terms[1:]:
+                z = z + term
+            y = _weights_then_product(z, attrs[f.i_attr], columns_a[f.i_attr], f, coefficients)
+            if f.kind == "general":
+                extra[f.i_out] = y if f.i_out not in extra else extra[f.i_out] + y
+            else:
+                acc[f.out_type] = _add(acc[f.out_type], y)
+        # Product first: the products of all blocks, then one matrix product per output irrep.
+        for t, products in plan.product_first:
+            p_all = [_product(xs[b], columns_a[j], kind) for b, j, kind in products]
+            acc[t] = _add(acc[t], _matmul(torch.cat(p_all, -1), next(matrices)))
+        if self.bias is not None:
+            acc[self._bias_type] = _add(acc[self._bias_type], self.bias.to(flat.dtype))
+
+        columns: dict[int, Tensor] = {}
+        for t, blocks in enumerate(self._type_blocks):
+            total = acc[t]
+            if total is not None:
+                sizes = [self._out_shapes[k][0] for k in blocks]
+                columns.update(zip(blocks, total.split(sizes, -1), strict=True))
+        out = []
+        for k, (mul, d) in enumerate(self._out_shapes):
+            if mul == 0:
+                continue
+            y = columns.get(k)
+            if k in extra:
+                y = extra[k] if y is None else y + extra[k]
+            assert y is not None  # every output is reachable (checked at construction)
+            y = y.expand(*lead, d, mul)
+            out.append(y.reshape(*lead, mul) if d == 1 else y.transpose(-1, -2).flatten(-2))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
+
+    def _check_inputs(self, inputs: tuple[object, ...]) -> tuple[list[Tensor], Tensor]:
+        k = len(self.irreps_parts)
+        if len(inputs) != k + 1:
+            raise ValueError(
+                f"inputs: expected {k + 1} tensors (x{' in ' + str(k) + ' parts' if k > 1 else ''}"
+                f" and a), received {len(inputs)}"
+            )
+        names = ["x"] if k == 1 else [f"x[{i}]" for i in range(k)]
+        parts = [
+            _check_features(name, value, dim, irreps)
+            for name, value, dim, irreps in zip(
+                names, inputs[:k], self._part_dims, self._part_names, strict=True
+            )
+        ]
+        a = _check_features("a", inputs[k], self.attr_features, self._attr_name)
+        for name, value in (*zip(names, parts, strict=True), ("a", a)):
+            if value.dtype != self.weight.dtype:
+                raise ValueError(
+                    f"{name}: expected dtype {self.weight.dtype} like the layer's weights, "
+                    f"received {value.dtype}"
+                )
+        try:
+            torch.broadcast_shapes(*(p.shape[:-1] for p in parts), a.shape[:-1])
+        except RuntimeError:
+            shapes = ", ".join(str(tuple(v.shape)) for v in (*parts, a))
+            raise ValueError(
+                f"a: expected leading axes that broadcast with the inputs', received shapes "
+                f"{shapes}"
+            ) from None
+        return parts, a
+
+    def _make_plan(self, full: list[bool], device: torch.device) -> _Plan:
+        """Group the paths for inputs whose blocks do (``full``) or do not have the output's
+        leading shape: product first only for elementwise kinds of full blocks."""
+        first = [p for p in self._paths if full[p.i_in] and p.kind in _PRODUCT_FIRST]
+        rest = [p for p in self._paths if not (full[p.i_in] and p.kind in _PRODUCT_FIRST)]
+        groups: dict[tuple[o3.Irrep, int, int, int], list[_Path]] = {}
+        for p in rest:
+            general = p.kind == "general"
+            ir = self.irreps_in[p.i_in].ir
+            groups.setdefault(
+                (ir, p.i_attr, self._type_of[p.i_out], p.i_out if general else -1), []
+            ).append(p)
+        fused = []
+        per_block: dict[int, list[tuple[int, list[_Path]]]] = {}
+        for f, ((_, j, t, k), members) in enumerate(groups.items()):
+            p0 = members[0]
+            fused.append(_Fused(p0.kind, j, t, k, p0.cg, p0.mul_attr))
+            by_block: dict[int, list[_Path]] = {}
+            for p in members:
+                by_block.setdefault(p.i_in, []).append(p)
+            for b, block_paths in by_block.items():
+                if k < 0:  # columns must follow the output blocks of the type
+                    assert [p.i_out for p in block_paths] == self._type_blocks[t]
+                per_block.setdefault(b, []).append((f, block_paths))
+        matrices: list[list[list[tuple[_Path, int]]]] = []  # rows of (path, row in path)
+        weights_first = []
+        for b, entries in sorted(per_block.items()):
+            paths = [p for _, g in entries for p in g]
+            matrices.append([[(p, u) for p in paths] for u in range(self._in_shapes[b][0])])
+            sizes = [sum(p.mul_attr * p.mul_out for p in g) for _, g in entries]
+            weights_first.append((b, sizes, [f for f, _ in entries]))
+        product_first = []
+        for t, blocks in enumerate(self._type_blocks):
+            members = [p for p in first if self._type_of[p.i_out] == t]
+            if not members:
+                continue
+            products = list(dict.fromkeys((p.i_in, p.i_attr, p.kind) for p in members))
+            lookup = {(p.i_in, p.i_attr, p.i_out): p for p in members}
+            rows = []
+            for b, j, _ in products:  # a fully connected product reaches every block of t
+                row_paths = [lookup[(b, j, k)] for k in blocks]
+                rows += [[(p, u) for p in row_paths] for u in range(self._in_shapes[b][0])]
+            matrices.append(rows)
+            product_first.append((t, products))
+        index = [
+            p.start + u * p.mul_attr * p.mul_out + c
+            for rows in matrices
+            for row in rows
+            for p, u in row
+            for c in range(p.mul_attr * p.mul_out)
+        ]
+        shapes = [
+            (len(rows), len(rows[0]) and sum(p.mul_attr * p.mul_out for p, _ in rows[0]))
+            for rows in matrices
+        ]
+        index_tensor = torch.tensor(index, dtype=torch.long, device=device)
+        return _Plan(weights_first, fused, product_first, index_tensor, shapes)
+
+    def _constants_for(
+        self, dtype: torch.dtype, device: torch.device
+    ) -> tuple[Tensor, list[Tensor]]:
+        key = (dtype, device)
+        if key not in self._constants:
+            scale, coefficients = self._constants64
+            self._constants[key] = (
+                scale.to(dtype=dtype, device=device),
+                [c.to(dtype=dtype, device=device) for c in coefficients],
+            )
+        return self._constants[key]
+
+    def extra_repr(self) -> str:
+        parts = (
+            " + ".join(f"({p})" for p in self.irreps_parts)
+            if len(self.irreps_parts) > 1
+            else str(self.irreps_in)
+        )
+        return (
+            f"{parts} x {self.irreps_attr} -> {self.irreps_out}, "
+            f"weights={self.weight_numel}, bias={self.bias is not None}"
+        )
+
+
+def _matmul(x: Tensor, w: Tensor) -> Tensor:
+    """``x @ w`` for ``x`` ``(..., k)`` and ``w`` ``(k, n)`` as one 2-D matrix product (a
+    non-contiguous ``x`` would otherwise become a batched product with an expanded ``w``)."""
+    return (x.reshape(-1, x.shape[-1]) @ w).view(*x.shape[:-1], w.shape[1])
+
+
+def _add(total: Tensor | None, term: Tensor) -> Tensor:
+    return term if total is None else total + term
+
+
+def _weights_then_product(
+    z: Tensor, a: Tensor, column: Tensor, f: _Fused, coefficients: list[Tensor]
+) -> Tensor:
+    """``C(z, a)`` for ``z = W^T x`` ``(..., d_in, columns)`` and ``a``
+    ``(..., mul_attr, d_attr)`` (``column``: ``a`` as ``(..., d_attr, 1)`` if ``mul_attr = 1``);
+    returns ``(..., d_out, columns / mul_attr)``."""
+    if f.kind == "general":
+        cg = coefficients[f.cg].to(z.dtype)
+        return torch.einsum("ijk,...vj,...ivw->...kw", cg, a, z.unflatten(-1, (f.mul_attr, -1)))
+    if f.kind == "left":  # 0 x l -> l: the outer product of a with the weighted scalars
+        return column * z
+    return _product(z, column, f.kind)
+
+
+def _product(z: Tensor, column: Tensor, kind: str) -> Tensor:
+    """The coefficient-free product of ``z`` ``(..., d, mul)`` with one attribute irrep given
+    as a column ``(..., d_attr, 1)``, for the kinds whose coefficients are an identity:
+    ``"scalar"`` and ``"right"`` (``a`` a scalar: ``a z``), ``"contract"`` (``l x l -> 0``:
+    ``a . z``)."""
+    if kind == "contract":
+        return (z * column).sum(dim=-2, keepdim=True)
+    return z * column
+
+
+def _product_kind(
+    cg: Tensor, l_in: int, l_attr: int, l_out: int, mul_attr: int
+) -> tuple[str, float]:
+    """How to evaluate a path: when one of the three degrees is 0 the coefficients are a
+    multiple ``scale`` of the identity (checked) and the product is elementwise."""
+    if mul_attr != 1:
+        return "general", 1.0
+    if l_in == 0:
+        kind, eye_like = ("scalar" if l_attr == 0 else "left"), cg[0]
+    elif l_attr == 0:
+        kind, eye_like = "right", cg[:, 0, :]
+    elif l_out == 0:
+        kind, eye_like = "contract", cg[:, :, 0]
+    else:
+        return "general", 1.0
+    scale = float(eye_like[0, 0])
+    identity = torch.eye(eye_like.shape[0], dtype=eye_like.dtype) * scale
+    if eye_like.shape != identity.shape or not torch.allclose(eye_like, identity, atol=1e-14):
+        return "general", 1.0
+    return kind, scale
+
+
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "silu": F.silu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+}
+
+
+@functools.cache
+def _unit_second_moment(name: str) -> float:
+    """``c`` with ``E[(c f(z))^2] = 1`` for ``z ~ N(0, 1)`` (e3nn's ``normalize2mom``), by
+    Gauss-Hermite quadrature."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(128)
+    values = _ACTIVATIONS[name](torch.from_numpy(nodes)).numpy()
+    return float(1.0 / math.sqrt((weights * values**2).sum() / math.sqrt(2 * math.pi)))
+
+
+class SteerableGate(nn.Module):
+    r"""Gated nonlinearity on irreps (Weiler et al. 2018; SEGNN, arXiv 2110.02905, sec. 3).
+
+    For the output irreps ``irreps`` (e.g. ``"32x0e + 16x1o"``) the input holds, as in
+    e3nn's ``Gate``, the scalars (the ``l = 0`` blocks of ``irreps``), then one ``0e`` gate
+    per copy of an ``l > 0`` irrep, then those irreps: ``irreps_in = scalars + "Gx0e" +
+    gated``, simplified (``"48x0e + 16x1o"`` for the example), the layout a preceding
+    :class:`SteerableLinear` with ``irreps_out=gate.irreps_in`` produces:
+
+    .. math::
+
+        y^{(0e)} = c_1\, \mathrm{SiLU}(x^{(0e)}), \qquad
+        y^{(0o)} = c_2 \tanh(x^{(0o)}), \qquad
+        y^{(l > 0)}_u = c_3\, \sigma(g_u)\, x^{(l)}_u,
+
+    with constants ``c`` that give each activation a unit second moment on ``N(0, 1)``
+    inputs (as e3nn's ``Gate``). Scalars pass through functions of themselves and vectors are
+    scaled by invariant gates, so the map is O(3)-equivariant (``0o`` scalars need an odd
+    function: ``tanh``). The output irreps are ``irreps`` in the given order.
+
+    Examples
+    --------
+    >>> gate = SteerableGate("4x0e + 2x1o")
+    >>> str(gate.irreps_in), gate(torch.randn(3, 12)).shape
+    ('6x0e+2x1o', torch.Size([3, 10]))
+    """
+
+    def __init__(self, irreps: str | o3.Irreps) -> None:
+        super().__init__()
+        self.irreps_out = _irreps("irreps", irreps)
+        scalars = [(mul, ir) for mul, ir in self.irreps_out if ir.l == 0]
+        gated = [(mul, ir) for mul, ir in self.irreps_out if ir.l > 0]
+        num_gates = sum(mul for mul, _ in gated)
+        gates = [(num_gates, o3.Irrep("0e"))] if num_gates else []
+        self.irreps_in = o3.Irreps(scalars + gates + gated).simplify()
+        self.in_features, self.out_features = self.irreps_in.dim, self.irreps_out.dim
+        self._irreps_in_name = str(self.irreps_in)
+        self.action_in = _representation_action(self.irreps_in)
+        self.action_out = _representation_action(self.irreps_out)
+        # Input pieces: each scalar block, the gates, each gated block; and where each
+        # output block comes from.
+        self._sizes = [mul for mul, _ in scalars] + [num_gates] + [m * ir.dim for m, ir in gated]
+        self._num_scalars = len(scalars)
+        self._gated_shapes = [(mul, ir.dim) for mul, ir in gated]
+        self._gate_sizes = [mul for mul, _ in gated]
+        self._scalar_kinds = ["silu" if ir.p == 1 else "tanh" for _, ir in scalars]
+        order = [("scalar" if ir.l == 0 else "gated") for _, ir in self.irreps_out]
+        self._order = [
+            (kind, order[:k].count(kind)) for k, kind in enumerate(order)
+        ]  # (kind, index among its kind) per output block
+        self._scales = {name: _unit_second_moment(name) for name in _ACTIVATIONS}
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the gate to ``x`` ``(..., irreps_in.dim)``; returns ``(..., irreps_out.dim)``."""
+        x = _check_features("x", x, self.in_features, self._irreps_in_name)
+        parts = x.split(self._sizes, dim=-1)
+        n = self._num_scalars
+        scalars = [
+            _ACTIVATIONS[kind](part) * self._scales[kind]
+            for part, kind in zip(parts[:n], self._scalar_kinds, strict=True)
+        ]
+        gated = []
+        if self._gated_shapes:
+            gates = torch.sigmoid(parts[n]) * self._scales["sigmoid"]
+            for part, gate, shape in zip(
+                parts[n + 1 :], gates.split(self._gate_sizes, -1), self._gated_shapes, strict=True
+            ):
+                gated.append((part.unflatten(-1, shape) * gate.unsqueeze(-1)).flatten(-2))
+        pieces = [scalars[i] if kind == "scalar" else gated[i] for kind, i in self._order]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"{self.irreps_in} -> {self.irreps_out}"
+
+
+@functools.lru_cache(maxsize=64)
+def _neighbours(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(rows, cols)`` ``(n, n - 1)``: the edges ``j -> i`` of a fully connected graph without
+    self loops, ``rows[i, k] = i`` and ``cols[i, k] = k + (k >= i)``."""
+    k = torch.arange(max(n - 1, 0), device=device).unsqueeze(0)
+    i = torch.arange(n, device=device).unsqueeze(1)
+    return i.expand(n, max(n - 1, 0)), k + (k >= i).long()
+
+
+def off_diagonal(edges: Tensor) -> Tensor:
+    """The ``(B, N, N - 1, ...)`` entries ``j != i`` of a dense edge tensor ``(B, N, N, ...)``
+    (neighbour ``k`` of node ``i`` is node ``k + (k >= i)``)."""
+    rows, cols = _neighbours(edges.shape[1], edges.device)
+    return edges[:, rows, cols]
+
+
+class SEGNNLayer(nn.Module):
+    r"""One SEGNN message-passing layer (Brandstetter et al., arXiv 2110.02905, eqs. (9)-(10)).
+
+    On a fully connected graph without self loops (``N`` nodes, edges ``j -> i`` for
+    ``j != i``), with steerable edge attributes ``a_ij`` (e.g. spherical harmonics of
+    ``x_i - x_j``) and node attributes ``a_i``:
+
+    .. math::
+
+        m_{ij} &= \phi_m(h_i, h_j, e_{ij}; a_{ij})
+               = G(\mathrm{TP}_2(G(\mathrm{TP}_1([h_i, h_j, e_{ij}], a_{ij})), a_{ij})), \\
+        m_i &= \textstyle\sum_{j \ne i} m_{ij}
+            \quad (\text{or } \tfrac{1}{N - 1} \sum_{j \ne i} m_{ij}), \\
+        h_i' &= h_i + \phi_h(h_i, m_i; a_i)
+              = h_i + \mathrm{TP}_4(G(\mathrm{TP}_3([h_i, m_i], a_i)), a_i),
+
+    with :class:`SteerableLinear` layers ``TP_k``, :class:`SteerableGate` nonlinearities ``G``
+    and invariant edge features ``e_ij`` (``0e``; e.g. ``|x_i - x_j|^2`` and ``q_i q_j``).
+
+    ``TP_1`` takes its input in parts (see :class:`SteerableLinear`): it is one tensor
+    product on ``[h_i, h_j, e_ij]``, but its weights act on the ``N`` node features before
+    the ``N (N - 1)`` edge products.
+
+    Dense batched graphs: every graph, node and edge is handled by tensor operations.
+
+    Parameters
+    ----------
+    irreps_hidden:
+        Irreps of the node features ``h`` and messages, e.g. ``"32x0e + 16x1o"``.
+    irreps_attr:
+        Irreps of the attributes ``a_ij`` and ``a_i`` (default ``"1x0e + 1x1o"``: spherical
+        harmonics up to ``l = 1``).
+    edge_features:
+        Number ``E`` of invariant edge features ``e_ij`` (0: none).
+    aggregation:
+        ``"sum"`` (default, as SEGNN) or ``"mean"`` over the ``N - 1`` neighbours.
+
+    Examples
+    --------
+    >>> layer = SEGNNLayer("8x0e + 4x1o", edge_features=1)
+    >>> h = torch.randn(2, 5, 20)
+    >>> out = layer(h, torch.randn(2, 5, 5, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 5, 1))
+    >>> out.shape
+    torch.Size([2, 5, 20])
+    """
+
+    def __init__(
+        self,
+        irreps_hidden: str | o3.Irreps,
+        irreps_attr: str | o3.Irreps = "1x0e + 1x1o",
+        edge_features: int = 0,
+        *,
+        aggregation: str = "sum",
+    ) -> None:
+        super().__init__()
+        hidden = _irreps("irreps_hidden", irreps_hidden)
+        attr = _irreps("irreps_attr", irreps_attr)
+        if isinstance(edge_features, bool) or not isinstance(edge_features, int):
+            raise TypeError(
+                f"edge_features: expected a non-negative int, received {edge_features!r}"
+            )
+        if edge_features < 0:
+            raise ValueError(
+                f"edge_features: expected a non-negative int, received {edge_features}"
+            )
+        check_choice("aggregation", aggregation, _AGGREGATIONS)
+        self.irreps_hidden, self.irreps_attr = hidden, attr
+        self.edge_features, self.aggregation = edge_features, aggregation
+        self.hidden_features, self.attr_features = hidden.dim, attr.dim
+        gated = SteerableGate(hidden).irreps_in
+        message_parts = [hidden, hidden]
+        if edge_features:
+            message_parts.append(o3.Irreps(f"{edge_features}x0e"))
+        self.message_1 = SteerableLinear(message_parts, attr, gated)
+        self.message_gate_1 = SteerableGate(hidden)
+        self.message_2 = SteerableLinear(hidden, attr, gated)
+        self.message_gate_2 = SteerableGate(hidden)
+        self.update_1 = SteerableLinear(hidden + hidden, attr, gated)
+        self.update_gate = SteerableGate(hidden)
+        self.update_2 = SteerableLinear(hidden, attr, hidden)
+
+    def forward(
+        self,
+        h: Tensor,
+        edge_attr: Tensor,
+        node_attr: Tensor,
+        edge_features: Tensor | None = None,
+    ) -> Tensor:
+        """Update the node features.
+
+        Parameters
+        ----------
+        h:
+            Node features ``(B, N, irreps_hidden.dim)``.
+        edge_attr:
+            Edge attributes ``(B, N, N, irreps_attr.dim)``; ``edge_attr[b, i, j]`` belongs to
+            the edge ``j -> i``. The diagonal (no self loops) is not used but must be finite.
+        node_attr:
+            Node attributes ``(B, N, irreps_attr.dim)``.
+        edge_features:
+            Invariant edge features ``(B, N, N, E)`` laid out like ``edge_attr``; required if
+            and only if ``edge_features > 0``.
+        """
+        h, edge_attr, node_attr, edge_features = self._check_inputs(
+            h, edge_attr, node_attr, edge_features
+        )
+        n = h.shape[1]
+        # TP_1 on all N x N pairs, its weights applied to each node's h once, as receiver i
+        # (B, N, 1, F) and as sender j (B, 1, N, F); then only the N (N - 1) edges j != i.
+        parts = [h.unsqueeze(2), h.unsqueeze(1)]
+        if edge_features is not None:
+            parts.append(edge_features)
+        m = self.message_gate_1(off_diagonal(self.message_1(*parts, edge_attr)))
+        a_ij = off_diagonal(edge_attr)
+        m = self.message_gate_2(self.message_2(m, a_ij))
+        m_i = m.sum(dim=2)
+        if self.aggregation == "mean":
+            m_i = m_i / max(n - 1, 1)
+        u = self.update_gate(self.update_1(torch.cat([h, m_i], dim=-1), node_attr))
+        return h + self.update_2(u, node_attr)
+
+    def _check_inputs(
+        self, h: object, edge_attr: object, node_attr: object, edge_features: object
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        h = check_ndim("h", check_tensor("h", h), 3)
+        if h.shape[2] != self.hidden_features or not h.is_floating_point():
+            raise ValueError(
+                f"h: expected a float tensor (B, N, {self.hidden_features}) for irreps "
+                f"{self.irreps_hidden}, received dtype {h.dtype} and shape {tuple(h.shape)}"
+            )
+        batch, n, _ = h.shape
+        expected = {
+            "edge_attr": (batch, n, n, self.attr_features),
+            "node_attr": (batch, n, self.attr_features),
+        }
+        values = {"edge_attr": edge_attr, "node_attr": node_attr}
+        if self.edge_features:
+            if edge_features is None:
+                raise ValueError(
+                    f"edge_features: expected a ({batch}, {n}, {n}, {self.edge_features}) tensor "
+                    f"for a layer built with edge_features={self.edge_features}, received None"
+                )
+            expected["edge_features"] = (batch, n, n, self.edge_features)
+            values["edge_features"] = edge_features
+        elif edge_features is not None:
+            raise ValueError(
+                "edge_features: expected None for a layer built with edge_features=0, "
+                "received a tensor"
+            )
+        for name, shape in expected.items():
+            value = check_tensor(name, values[name])
+            if tuple(value.shape) != shape or value.dtype != h.dtype:
+                raise ValueError(
+                    f"{name}: expected a {h.dtype} tensor of shape {shape}, received dtype "
+                    f"{value.dtype} and shape {tuple(value.shape)}"
+                )
+        return h, edge_attr, node_attr, edge_features  # type: ignore[return-value]
+
+    def extra_repr(self) -> str:
+        return (
+            f"hidden={self.irreps_hidden}, attr={self.irreps_attr}, "
+            f"edge_features={self.edge_features}, aggregation={self.aggregation!r}"
+        )
