@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -61,6 +62,15 @@ def check_positive_int(name: str, value: object) -> int:
     if value < 1:
         raise ValueError(f"{name}: expected a positive int, received {value}")
     return value
+
+
+def check_int(name: str, value: object, *, minimum: int = 0) -> int:
+    """``int(value)``; raise unless it is an integer (Python or NumPy) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int >= {minimum}, received {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, received {value}")
+    return int(value)
 
 
 def check_batch(name: str, value: Tensor, batch: int) -> Tensor:

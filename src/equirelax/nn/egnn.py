@@ -18,6 +18,7 @@ from equirelax._checks import (
     check_batch,
     check_choice,
     check_dim,
+    check_int,
     check_ndim,
     check_positive_int,
     check_tensor,
@@ -128,14 +129,7 @@ class EGNNLayer(nn.Module):
             if out_features is None
             else check_positive_int("out_features", out_features)
         )
-        if isinstance(edge_features, bool) or not isinstance(edge_features, int):
-            raise TypeError(
-                f"edge_features: expected a non-negative int, received {edge_features!r}"
-            )
-        if edge_features < 0:
-            raise ValueError(
-                f"edge_features: expected a non-negative int, received {edge_features}"
-            )
+        edge_features = check_int("edge_features", edge_features)
         check_choice("coordinate_aggregation", coordinate_aggregation, _AGGREGATIONS)
         if velocity and not update_coordinates:
             raise ValueError(

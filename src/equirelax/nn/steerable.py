@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from e3nn import o3
 from torch import Tensor, nn
 
-from equirelax._checks import check_choice, check_ndim, check_tensor
+from equirelax._checks import check_choice, check_int, check_ndim, check_tensor
 from equirelax.actions import DirectSumAction, RepresentationAction
 from equirelax.groups import O3
 
@@ -687,14 +687,7 @@ class SEGNNLayer(nn.Module):
         super().__init__()
         hidden = _irreps("irreps_hidden", irreps_hidden)
         attr = _irreps("irreps_attr", irreps_attr)
-        if isinstance(edge_features, bool) or not isinstance(edge_features, int):
-            raise TypeError(
-                f"edge_features: expected a non-negative int, received {edge_features!r}"
-            )
-        if edge_features < 0:
-            raise ValueError(
-                f"edge_features: expected a non-negative int, received {edge_features}"
-            )
+        edge_features = check_int("edge_features", edge_features)
         check_choice("aggregation", aggregation, _AGGREGATIONS)
         self.irreps_hidden, self.irreps_attr = hidden, attr
         self.edge_features, self.aggregation = edge_features, aggregation

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from equirelax._checks import check_positive_int
+from equirelax._checks import check_int, check_positive_int
 from equirelax.actions import (
     DirectSumAction,
     PermutationAction,
@@ -100,7 +100,7 @@ def initial_conditions(
     ((2, 5, 3), (2, 5, 3), (2, 5, 1))
     """
     num_systems = check_positive_int("num_systems", num_systems)
-    num_particles = _check_int("num_particles", num_particles, minimum=2)
+    num_particles = check_int("num_particles", num_particles, minimum=2)
     streams = [np.random.default_rng(s) for s in _seed_sequence(seed).spawn(3)]
     shape = (num_systems, num_particles, 3)
     positions = LOC_STD * streams[0].standard_normal(shape)
@@ -319,16 +319,16 @@ def nbody_task(
     sizes = {
         "train": check_positive_int("train_size", train_size),
         "val": check_positive_int("val_size", val_size),
-        "test": _check_int("test_size", test_size, minimum=0),
+        "test": check_int("test_size", test_size, minimum=0),
     }
-    num_particles = _check_int("num_particles", num_particles, minimum=2)
-    frame_in = _check_int("frame_in", frame_in, minimum=0)
-    frame_out = _check_int("frame_out", frame_out, minimum=0)
+    num_particles = check_int("num_particles", num_particles, minimum=2)
+    frame_in = check_int("frame_in", frame_in, minimum=0)
+    frame_out = check_int("frame_out", frame_out, minimum=0)
     if frame_out <= frame_in:
         raise ValueError(
             f"frame_out: expected a frame after frame_in={frame_in}, received {frame_out}"
         )
-    seed = _check_int("seed", seed, minimum=0)
+    seed = check_int("seed", seed, minimum=0)
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected a bool, received {progress!r}")
     directory = _cache_directory(cache_dir)
@@ -512,14 +512,6 @@ def _seed_sequence(seed: object) -> np.random.SeedSequence:
             f"seed: expected a non-negative int or a sequence of them, received {seed!r}"
         )
     return np.random.SeedSequence(list(values))
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int >= {minimum}, received {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, received {value}")
-    return int(value)
 
 
 def _check_positive_float(name: str, value: object, *, allow_inf: bool = False) -> float:
