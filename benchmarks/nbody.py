@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from equirelax.cli import main as equirelax
-from equirelax.report import format_table, summarize
+from equirelax.report import format_table, ordering, summarize
 from equirelax.tasks import TASKS
 
 STRATEGIES = "strict,cr,ace-equality,ace-resilient,rpp,augment,free"
@@ -39,6 +39,11 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/nbody"))
     parser.add_argument("--report", type=Path, default=Path("benchmarks/nbody.md"))
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from the results so far (e.g. of an interrupted run)",
+    )
     parser.add_argument("--option", action="append", default=[], help="passed to compare")
     return parser.parse_args()
 
@@ -46,7 +51,17 @@ def _arguments() -> argparse.Namespace:
 def main() -> int:
     args = _arguments()
     sections = []
+    machine = None
     for model in args.models.split(","):
+        if args.report_only:
+            path = args.out / model / "results.json"
+            if path.exists():
+                results = json.loads(path.read_text())
+                machine = results["machine"]
+                sections.append(_section(model, results, args))
+            else:
+                sections.append(f"\n## {model}\n\nNot run (no {path}).")
+            continue
         argv = [
             "compare", "nbody", "--full", "--model", model, "--strategies", args.strategies,
             "--seeds", str(args.seeds), "--epochs", str(args.epochs), "--device", args.device,
@@ -57,8 +72,11 @@ def main() -> int:
         if code:
             return code
         results = json.loads((args.out / model / "results.json").read_text())
-        sections.append(_section(model, results))
-    machine = results["machine"]
+        machine = results["machine"]
+        sections.append(_section(model, results, args))
+    if machine is None:
+        print("no results to report", file=sys.stderr)
+        return 1
     header = [
         "# N-body benchmark (charged 5-body, EGNN/SEGNN protocol)",
         "",
@@ -75,9 +93,16 @@ def main() -> int:
     return 0
 
 
-def _section(model: str, results: dict) -> str:
+def _section(model: str, results: dict, args: argparse.Namespace) -> str:
     rows = summarize(results["runs"])
     config = results["setup"]["config"]
+    planned = len(results["setup"]["strategies"]) * results["setup"]["seeds"]
+    done = len(results["runs"])
+    partial = (
+        f"**Partial: {done} of {planned} runs finished** (the rest were not run).\n\n"
+        if done < planned
+        else ""
+    )
     timing = ["| strategy | s / epoch | vs strict |", "|---|---|---|"] + [
         f"| {r['strategy']} | {r['seconds_per_epoch']:.3f} | {r['time_ratio']:.2f} |" for r in rows
     ]
@@ -88,10 +113,13 @@ def _section(model: str, results: dict) -> str:
             "",
             f"Command: `{results['command']}`",
             "",
+            partial,
             f"Training: {config['epochs']} epochs, batch {config['batch_size']}, "
             f"lr {config['lr']}, weight decay {config['weight_decay']}.",
             "",
             format_table(rows),
+            "",
+            ordering(rows),
             "",
             f"Published (full-length training): {PAPERS.get(model, 'none')}.",
             "",
