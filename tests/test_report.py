@@ -41,3 +41,16 @@ def test_without_test_metrics_the_validation_metric_ranks_and_no_strict_no_sente
     assert rows[0].get("best")
     assert math.isnan(rows[0]["time_ratio"])
     assert ordering(rows) == ""
+
+
+def test_a_failed_run_is_counted_and_left_out_of_the_statistics() -> None:
+    runs = [
+        _run("strict", 0, 1.0, 1.0),
+        _run("ace", 0, 2.0, 2.0),
+        {"strategy": "ace", "seed": 1, "final": {}, "error": "loss: non-finite value"},
+    ]
+    rows = {row["strategy"]: row for row in summarize(runs)}
+    assert rows["ace"]["test"] == (2.0, 0.0)
+    assert rows["ace"]["failed"] == 1
+    assert rows["ace"]["time_ratio"] == pytest.approx(2.0)
+    assert "| 2 (1 failed) |" in format_table(list(rows.values()))

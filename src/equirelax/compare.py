@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from equirelax import models, strategies
-from equirelax.engine import TrainConfig, train
+from equirelax.engine import NonFiniteLossError, TrainConfig, train
 from equirelax.relaxed import relax
 from equirelax.report import write_report
 from equirelax.tasks.base import Task
@@ -134,7 +134,9 @@ def compare(
 ) -> dict[str, Any]:
     """Run every (strategy, seed) and write the report into ``out_dir``.
 
-    Runs go to ``out_dir/runs/<label>/seed<k>``. With ``resume=True`` a run with a
+    Runs go to ``out_dir/runs/<label>/seed<k>``. A run whose loss becomes non-finite is
+    recorded with its ``error`` (and no metrics) and the comparison goes on; ``--resume``
+    retries it. With ``resume=True`` a run with a
     ``result.json`` is read back instead of trained again and an interrupted run continues
     from its checkpoint; ``resume`` refuses a directory made by a different configuration.
     Returns the content of ``results.json``.
@@ -174,18 +176,22 @@ def compare(
             _say(progress, f"[{i + 1}/{total}] {label} seed {seed}: finished earlier, read back")
         else:
             _say(progress, f"[{i + 1}/{total}] {label} seed {seed}")
-            record = run_one(
-                task,
-                model_name,
-                label,
-                seed=seed,
-                config=config,
-                out_dir=run_dir,
-                resume=resume,
-                progress=progress,
-                model_options=model_options,
-                strategy_options=(strategy_options or {}).get(label),
-            )
+            try:
+                record = run_one(
+                    task,
+                    model_name,
+                    label,
+                    seed=seed,
+                    config=config,
+                    out_dir=run_dir,
+                    resume=resume,
+                    progress=progress,
+                    model_options=model_options,
+                    strategy_options=(strategy_options or {}).get(label),
+                )
+            except NonFiniteLossError as error:  # one diverged run must not end the comparison
+                _say(progress, f"  {label} seed {seed} failed: {error}")
+                record = {"strategy": label, "seed": seed, "final": {}, "error": str(error)}
         results["runs"].append(record)
         write_report(results, root)
         _write_json(root / RESULTS_JSON, results)

@@ -50,11 +50,16 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"strategy": label, "seeds": len(group)}
         for key in ("test", "val", "val_projected", "equivariance_error"):
             row[key] = _mean_std([f.get(key, math.nan) for f in finals])
-        row["seconds_per_epoch"] = statistics.fmean(r["seconds_per_epoch"] for r in group)
+        finished = [r for r in group if "error" not in r]
+        row["failed"] = len(group) - len(finished)
+        row["seconds_per_epoch"] = (
+            statistics.fmean(r["seconds_per_epoch"] for r in finished) if finished else math.nan
+        )
         row["levels"] = finals[-1].get("levels", [])
         rows.append(row)
     strict = next((r for r in rows if r["strategy"] == "strict"), None)
-    primary = "test" if all("test" in run["final"] for run in runs) else "val"
+    finished = [run for run in runs if "error" not in run]
+    primary = "test" if finished and all("test" in run["final"] for run in finished) else "val"
     for row in rows:
         row["time_ratio"] = (
             row["seconds_per_epoch"] / strict["seconds_per_epoch"] if strict else math.nan
@@ -78,11 +83,12 @@ def format_table(rows: Sequence[dict[str, Any]], metric: str = "mse") -> str:
         mean, std = row[primary]
         value = f"{mean:.3e} ± {std:.1e}"
         name = row["strategy"]
+        seeds = f"{row['seeds']} ({row['failed']} failed)" if row["failed"] else row["seeds"]
         if row.get("best"):
             value, name = f"**{value}**", f"**{name}** ★"
         lines.append(
             f"| {name} | {value} | {row['val'][0]:.3e} | {row['equivariance_error'][0]:.1e} | "
-            f"{row['seconds_per_epoch']:.3f} | {row['time_ratio']:.2f} | {row['seeds']} |"
+            f"{row['seconds_per_epoch']:.3f} | {row['time_ratio']:.2f} | {seeds} |"
         )
     return "\n".join(lines)
 
@@ -142,7 +148,8 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> None:
     (out / RESULTS_MD).write_text("\n".join(lines) + "\n")
     histories = {run["strategy"]: [] for run in runs}
     for run in runs:
-        histories[run["strategy"]].append(_read_history(Path(run["history"])))
+        if "history" in run:
+            histories[run["strategy"]].append(_read_history(Path(run["history"])))
     _plot_curves(histories, metric, out / CURVES_PNG)
     _plot_levels(histories, out / LEVELS_PNG)
 
