@@ -21,6 +21,8 @@ from equirelax.groups import (
     FiniteGroup,
     Group,
     MatrixGroup,
+    Orthogonal,
+    SpecialOrthogonal,
     SymmetricGroup,
 )
 from equirelax.representations import DirectSum, Representation
@@ -58,9 +60,11 @@ GROUPS: dict[str, Callable[[], Group]] = {
     "O3": O3,
     "E-SO3": lambda: Euclidean(SO3()),
     "E-O2": lambda: Euclidean(O2()),
+    "SO4": lambda: SpecialOrthogonal(4),
+    "O5": lambda: Orthogonal(5),
 }
 FINITE = ["C1", "C5", "D1", "D4", "D6", "S4", "B3", "D4-matrices"]
-CONTINUOUS = ["SO2", "O2", "SO3", "O3", "E-SO3", "E-O2"]
+CONTINUOUS = ["SO2", "O2", "SO3", "O3", "E-SO3", "E-O2", "SO4", "O5"]
 ORDERS = {"C1": 1, "C5": 5, "D1": 2, "D4": 8, "D6": 12, "S4": 24, "B3": 48, "D4-matrices": 8}
 
 
@@ -117,7 +121,9 @@ def test_compose_broadcasts_a_batch_of_one(name: str) -> None:
 
 def test_non_abelian_groups_do_not_commute() -> None:
     """The axioms alone pass for a commutative fake; these groups must not commute."""
-    for name in ["D4", "D6", "S4", "B3", "D4-matrices", "O2", "SO3", "O3", "E-SO3", "E-O2"]:
+    for name in [
+        *["D4", "D6", "S4", "B3", "D4-matrices", "O2", "SO3", "O3", "E-SO3", "E-O2", "SO4", "O5"]
+    ]:
         group = GROUPS[name]()
         a, b = _sample(group, 64, 1), _sample(group, 64, 2)
         assert not group.equal(group.compose(a, b), group.compose(b, a)).all(), name
@@ -363,7 +369,7 @@ def test_l1_irrep_is_the_rotation_matrix() -> None:
 # ---------------------------------------------------------------------------------------------
 # Lie algebras
 
-LIE_DIMS = {"SO2": 1, "O2": 1, "SO3": 3, "O3": 3, "E-SO3": 6, "E-O2": 3}
+LIE_DIMS = {"SO2": 1, "O2": 1, "SO3": 3, "O3": 3, "E-SO3": 6, "E-O2": 3, "SO4": 6, "O5": 10}
 
 
 @pytest.mark.parametrize("name", CONTINUOUS)
@@ -378,7 +384,7 @@ def test_exp_of_lie_algebra_is_in_the_group(name: str) -> None:
     t = torch.tensor([-2.0, -0.3, 0.7, 3.0], dtype=F64)
     g = group.exp((t[:, None, None, None] * algebra).reshape(-1, m, m))
     group.check(g)
-    d = 3 if name.endswith("3") else 2
+    d = m - 1 if name.startswith("E") else m
     rot = g[:, :d, :d]
     assert torch.allclose(rot @ rot.transpose(-1, -2), _eye(g.shape[0], d), atol=ATOL)
     assert torch.allclose(torch.linalg.det(rot), torch.ones(g.shape[0], dtype=F64), atol=ATOL)
@@ -513,6 +519,34 @@ def test_ks_statistic_catches_a_non_haar_sampler() -> None:
     rot = _euler_zyz(alpha, beta, gamma)
     assert torch.allclose(rot @ rot.transpose(-1, -2), _eye(n, 3), atol=ATOL)
     assert _ks_statistic(_rotation_angles(rot), _haar_angle_cdf) > 3 * KS_BOUND
+
+
+@pytest.mark.parametrize("name", ["SO4", "O5"])
+def test_orthogonal_n_haar_moments(name: str) -> None:
+    """Haar moments of O(n) / SO(n), n >= 3: E[g] = 0, E[g_ij^2] = 1/n and E[tr(g)^2] = 1
+    (the defining representation is irreducible); O(n) has both determinants equally often."""
+    group, n = GROUPS[name](), 20000
+    g = group.sample(n, _gen(14), dtype=F64)
+    d = g.shape[-1]
+    assert torch.allclose(g @ g.transpose(-1, -2), _eye(n, d), atol=ATOL)
+    assert g.mean(dim=0).abs().max() < 0.03
+    assert (g.pow(2).mean(dim=0) - 1 / d).abs().max() < 0.01
+    trace = g.diagonal(dim1=-2, dim2=-1).sum(-1)
+    assert abs(float(trace.pow(2).mean()) - 1.0) < 0.05
+    det = torch.linalg.det(g)
+    if group.special:
+        assert torch.allclose(det, torch.ones(n, dtype=F64), atol=ATOL)
+    else:
+        assert abs(float((det > 0).double().mean()) - 0.5) < 0.02
+    # negative control: rotations near the identity fail the trace moment
+    near = group.exp(
+        0.1
+        * (
+            torch.randn(n, group.lie_algebra().shape[0], dtype=F64, generator=_gen(15))
+            @ group.lie_algebra().flatten(1)
+        ).reshape(n, d, d)
+    )
+    assert float(near.diagonal(dim1=-2, dim2=-1).sum(-1).pow(2).mean()) > 10
 
 
 def test_so2_and_o2_haar_sampling() -> None:

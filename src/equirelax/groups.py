@@ -11,6 +11,7 @@ group                       element tensor               meaning
 ``MatrixGroup(gens)``       ``(B, d, d)`` float64        a matrix of the generated finite group
 ``SO2()``, ``O2()``         ``(B, 2, 2)`` float          orthogonal matrices
 ``SO3()``, ``O3()``         ``(B, 3, 3)`` float          orthogonal matrices
+``SO(n)``, ``O(n)``         ``(B, n, n)`` float          orthogonal matrices, any ``n >= 2``
 ``Euclidean(base)``         ``(B, d+1, d+1)`` float      homogeneous ``[[R, t], [0, 1]]``
 ==========================  ===========================  ===========================================
 
@@ -46,6 +47,8 @@ __all__ = [
     "FiniteGroup",
     "Group",
     "MatrixGroup",
+    "Orthogonal",
+    "SpecialOrthogonal",
     "SymmetricGroup",
 ]
 
@@ -497,7 +500,7 @@ class _MatrixLieGroup(Group):
 
 
 class _OrthogonalGroup(_MatrixLieGroup):
-    """Shared code of SO(d) and O(d), d in {2, 3}: elements are ``(B, d, d)`` matrices."""
+    """Shared code of SO(d) and O(d): elements are ``(B, d, d)`` matrices."""
 
     d: int
     special: bool
@@ -621,6 +624,50 @@ class O3(SO3):
         return -torch.eye(3, dtype=torch.float64).unsqueeze(0)
 
 
+class SpecialOrthogonal(_OrthogonalGroup):
+    """Rotations SO(n) of ``R^n`` for any ``n >= 2`` (the EMLP group ``SO(n)``).
+
+    Haar samples: the QR decomposition of a Gaussian matrix with the signs of ``R``'s diagonal
+    moved into ``Q`` (Mezzadri 2007), then one column flipped where the determinant is -1. The
+    Lie-algebra basis is ``E_ij - E_ji`` for ``i < j``. For ``n = 3`` prefer :class:`SO3`, which
+    also has e3nn's irreducible representations.
+    """
+
+    special = True
+
+    def __init__(self, n: int) -> None:
+        self.d = check_positive_int("n", n)
+        if n < 2:
+            raise ValueError(f"n: expected a dimension >= 2, received {n}")
+
+    def _draw(self, n: int, generator: torch.Generator | None) -> Tensor:
+        q = _haar_orthogonal(n, self.d, generator)
+        flip = torch.linalg.det(q) < 0
+        q[flip, :, 0] = -q[flip, :, 0]
+        return q
+
+    def lie_algebra(self) -> Tensor:
+        return _antisymmetric_basis(self.d)
+
+
+class Orthogonal(SpecialOrthogonal):
+    """Rotations and reflections O(n) of ``R^n`` for any ``n >= 2`` (e.g. EMLP's ``O(5)``).
+
+    Haar samples as in :class:`SpecialOrthogonal` without the determinant fix; the discrete
+    generator is the reflection ``diag(-1, 1, ..., 1)``.
+    """
+
+    special = False
+
+    def _draw(self, n: int, generator: torch.Generator | None) -> Tensor:
+        return _haar_orthogonal(n, self.d, generator)
+
+    def discrete_generators(self) -> Tensor:
+        reflection = torch.eye(self.d, dtype=torch.float64)
+        reflection[0, 0] = -1.0
+        return reflection.unsqueeze(0)
+
+
 class Euclidean(_MatrixLieGroup):
     """The Euclidean group ``E(d) = R^d x| O(d)`` (or ``SE(d)`` with a special ``base``).
 
@@ -630,7 +677,9 @@ class Euclidean(_MatrixLieGroup):
 
     def __init__(self, base: _OrthogonalGroup, translation_scale: float = 1.0) -> None:
         if not isinstance(base, _OrthogonalGroup):
-            raise TypeError(f"base: expected SO2(), O2(), SO3() or O3(), received {base!r}")
+            raise TypeError(
+                f"base: expected SO2(), O2(), SO3(), O3(), SO(n) or O(n), received {base!r}"
+            )
         self.base = base
         self.d = base.d
         self.translation_scale = float(translation_scale)
@@ -811,6 +860,24 @@ def _wigner_d(l: int, rotation: Tensor) -> Tensor:  # noqa: E741 (l is the degre
 
 def _generator_device(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
+
+
+def _haar_orthogonal(n: int, d: int, generator: torch.Generator | None) -> Tensor:
+    """``n`` Haar-distributed ``(d, d)`` orthogonal matrices in float64 (QR with sign fix)."""
+    gauss = torch.randn(
+        n, d, d, generator=generator, dtype=torch.float64, device=_generator_device(generator)
+    )
+    q, r = torch.linalg.qr(gauss)
+    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+
+
+def _antisymmetric_basis(d: int) -> Tensor:
+    """The basis ``E_ij - E_ji`` (``i < j``) of so(d), float64, ``(d (d - 1) / 2, d, d)``."""
+    pairs = list(itertools.combinations(range(d), 2))
+    out = torch.zeros(len(pairs), d, d, dtype=torch.float64)
+    for k, (i, j) in enumerate(pairs):
+        out[k, i, j], out[k, j, i] = -1.0, 1.0
+    return out
 
 
 def _rotation_2d(theta: Tensor) -> Tensor:
