@@ -112,7 +112,9 @@ def test_tasks_lists_names_and_symmetry(capsys: pytest.CaptureFixture[str]) -> N
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["compare", "maze"], "task: expected one of nbody, received 'maze'"),
+        (["compare", "maze"], "task: expected one of nbody, inertia"),
+        (["compare", "gap-dial", "--task-option", "delta=-1"], "delta"),
+        (["compare", "gap-dial", "--task-option", "colour=1"], "colour"),
         (["train", "nbody", "--model", "resnet"], "--model: expected one of egnn, segnn, mlp"),
         (["compare", "nbody", "--strategies", "strict,magic"], "strategy: expected one of strict"),
         (["train", "nbody", "--strategy", "magic"], "received 'magic'"),

@@ -94,6 +94,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="model constructor option (repeatable), e.g. hidden_features=32",
     )
+    parser.add_argument(
+        "--task-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="task builder option (repeatable), e.g. delta=0.5 for gap-dial",
+    )
     parser.add_argument("--out", type=Path, help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted job")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -181,7 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_options = dict(args.model_option)
     words = sys.argv[1:] if argv is None else argv
     command = "equirelax " + " ".join(shlex.quote(word) for word in words)
-    task = info.builder(**task_options)
+    task_options.update(dict(args.task_option))
+    try:
+        task = info.builder(**task_options)
+    except (TypeError, ValueError) as error:
+        parser.error(f"--task-option: task {args.task!r} refused its options: {error}")
     recorded_task_options = {k: v for k, v in task_options.items() if k != "progress"}
     try:
         if args.command == "train":
@@ -265,13 +277,22 @@ def _strategy_options(
 
 
 def _list_tasks() -> None:
-    print(f"{'task':<10} {'symmetry':<12} {'models':<16} description")
-    for name, info in TASKS.items():
-        sizes = info.full["task"]
+    rows = [
+        (name, info.symmetry, ",".join(info.models), info.description, info.full["task"])
+        for name, info in TASKS.items()
+    ]
+    width_name = max(len("task"), *(len(r[0]) for r in rows))
+    width_symmetry = max(len("symmetry"), *(len(r[1]) for r in rows))
+    width_models = max(len("models"), *(len(r[2]) for r in rows))
+    print(
+        f"{'task':<{width_name}} {'symmetry':<{width_symmetry}} {'models':<{width_models}} "
+        "description"
+    )
+    for name, symmetry, names, description, sizes in rows:
         splits = "/".join(str(sizes.get(f"{s}_size", "-")) for s in ("train", "val", "test"))
         print(
-            f"{name:<10} {info.symmetry:<12} {','.join(info.models):<16} {info.description}; "
-            f"full splits {splits}"
+            f"{name:<{width_name}} {symmetry:<{width_symmetry}} {names:<{width_models}} "
+            f"{description}; full splits {splits}"
         )
     print(f"\nmodels: {', '.join(f'{k} ({v.description})' for k, v in models.MODELS.items())}")
     print(f"strategies: {', '.join(STRATEGY_PRESETS)}")

@@ -41,6 +41,7 @@ __all__ = [
     "assert_equivariant",
     "equivariance_error",
     "equivariant_basis",
+    "haar_elements",
     "invariance_error",
     "layer_equivariance_errors",
     "lie_derivative",
@@ -86,14 +87,21 @@ def _check_inputs(x: Any) -> None:
         check_finite(name, part)
 
 
-def _elements(
-    action_in: Action, num_samples: int, generator: torch.Generator | None, device: Any
+def haar_elements(
+    action: Action,
+    num_samples: int,
+    generator: torch.Generator | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> Tensor:
-    group = action_in.group
+    """The elements a check or a group average runs over: every element of a finite group
+    (up to 4096), else ``num_samples`` Haar samples drawn with ``generator``."""
+    group = action.group
     if isinstance(group, FiniteGroup) and group.order <= 4096:
         return group.elements(device=device)
     check_positive_int("num_samples", num_samples)
-    return group.sample(num_samples, generator, device=device, dtype=torch.float64)
+    return group.sample(num_samples, generator, device=device, dtype=dtype)
 
 
 @torch.no_grad()
@@ -133,7 +141,9 @@ def equivariance_error(
         if isinstance(f, nn.Module):
             f = copy.deepcopy(f).to(dtype)
     device = (x[0] if isinstance(x, (tuple, list)) else x).device
-    g = elements if elements is not None else _elements(action_in, num_samples, generator, device)
+    g = elements
+    if g is None:
+        g = haar_elements(action_in, num_samples, generator, device=device)
     g = action_in.group.check(g, "elements")
     if g.is_floating_point():
         g = g.to(dtype or float_dtype(x))
@@ -466,8 +476,8 @@ def _assert_within_level_bound(
         )
     if kwargs.get("elements") is None:
         device = (x[0] if isinstance(x, (tuple, list)) else x).device
-        kwargs["elements"] = _elements(
-            action_in, kwargs.pop("num_samples", 16), kwargs.pop("generator", None), device
+        kwargs["elements"] = haar_elements(
+            action_in, kwargs.pop("num_samples", 16), kwargs.pop("generator", None), device=device
         )
     assert_equivariant(module.equivariant, x, action_in, action_out, atol=atol, **kwargs)
     err = equivariance_error(module, x, action_in, action_out, **kwargs)

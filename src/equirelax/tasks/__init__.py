@@ -7,14 +7,32 @@ builds one.
 from equirelax.tasks.base import Split, Task, mean_squared_error
 from equirelax.tasks.nbody import nbody_task, simulate
 from equirelax.tasks.registry import TASKS, TaskInfo, get
+from equirelax.tasks.synthetic import (
+    gap_dial_function,
+    gap_dial_task,
+    inertia_task,
+    inertia_tensor,
+    modified_inertia_task,
+    modified_inertia_tensor,
+    o5_function,
+    o5_task,
+)
 
 __all__ = [
     "TASKS",
     "Split",
     "Task",
     "TaskInfo",
+    "gap_dial_function",
+    "gap_dial_task",
     "get",
+    "inertia_task",
+    "inertia_tensor",
     "mean_squared_error",
+    "modified_inertia_task",
+    "modified_inertia_tensor",
     "nbody_task",
+    "o5_function",
+    "o5_task",
     "simulate",
 ]

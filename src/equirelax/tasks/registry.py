@@ -13,6 +13,12 @@ from typing import Any
 from equirelax.tasks.base import Task
 from equirelax.tasks.nbody import SYMMETRY as NBODY_SYMMETRY
 from equirelax.tasks.nbody import nbody_task
+from equirelax.tasks.synthetic import (
+    gap_dial_task,
+    inertia_task,
+    modified_inertia_task,
+    o5_task,
+)
 
 __all__ = ["TASKS", "TaskInfo", "get"]
 
@@ -47,6 +53,26 @@ class TaskInfo:
     reference: dict[str, float] = field(default_factory=dict)
 
 
+# Presets of the EMLP synthetic tasks (Finzi et al. 2021, arXiv:2104.09459): 1000 training
+# samples, the N of the reference numbers; the full run measures the test MSE on 5000 samples.
+_SYNTHETIC_QUICK: dict[str, dict[str, Any]] = {
+    "task": {"train_size": 1000, "val_size": 500, "test_size": 1000},
+    "train": {"epochs": 100, "batch_size": 100, "lr": 3e-3, "lr_schedule": "cosine"},
+}
+_SYNTHETIC_FULL: dict[str, dict[str, Any]] = {
+    "task": {"train_size": 1000, "val_size": 1000, "test_size": 5000},
+    "train": {"epochs": 500, "batch_size": 500, "lr": 3e-3, "lr_schedule": "cosine"},
+}
+
+
+def _synthetic_presets() -> dict[str, dict[str, dict[str, Any]]]:
+    """Fresh copies of the synthetic presets (callers may change their dictionaries)."""
+    return {
+        name: {part: dict(options) for part, options in preset.items()}
+        for name, preset in (("quick", _SYNTHETIC_QUICK), ("full", _SYNTHETIC_FULL))
+    }
+
+
 TASKS: dict[str, TaskInfo] = {
     "nbody": TaskInfo(
         builder=nbody_task,
@@ -77,6 +103,44 @@ TASKS: dict[str, TaskInfo] = {
             },
         },
         reference={"egnn": 7.1e-3, "segnn": 5.6e-3, "segnn+cr": 4.9e-3, "segnn+ace": 3.8e-3},
+    ),
+    "inertia": TaskInfo(
+        builder=inertia_task,
+        symmetry="O(3)",
+        description="5 point masses -> inertia tensor (EMLP Inertia, arXiv:2104.09459), MSE",
+        models=("emlp", "mlp"),
+        **_synthetic_presets(),
+        reference={"emlp": 0.136, "mlp": 3.24},
+    ),
+    "modified-inertia": TaskInfo(
+        builder=modified_inertia_task,
+        symmetry="O(3), broken to O(2) about z",
+        description=(
+            "5 point masses -> I + 0.3 (I e_z) e_z^T (EMLP ModifiedInertia, arXiv:2104.09459): "
+            "approximate O(3) symmetry, MSE"
+        ),
+        models=("emlp", "mlp"),
+        **_synthetic_presets(),
+    ),
+    "o5": TaskInfo(
+        builder=o5_task,
+        symmetry="O(5)",
+        description=(
+            "x1, x2 in R^5 -> sin|x1| - |x2|^3/2 + cos(x1, x2), standardised "
+            "(EMLP O5Synthetic, arXiv:2104.09459), MSE"
+        ),
+        models=("emlp", "mlp"),
+        **_synthetic_presets(),
+    ),
+    "gap-dial": TaskInfo(
+        builder=gap_dial_task,
+        symmetry="O(3) + delta * breaking",
+        description=(
+            "x1, x2 in R^3 -> (x1.x2) x1 + x2 + delta (x1.e_z) e_z: a known symmetry gap "
+            "2 delta^2 / 9 in MSE (task option delta, default 0), MSE"
+        ),
+        models=("emlp", "mlp"),
+        **_synthetic_presets(),
     ),
 }
 
