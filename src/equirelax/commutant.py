@@ -61,7 +61,9 @@ def intertwiner_basis(*pairs: tuple[Tensor, Tensor]) -> Tensor:
     if not rows:
         return torch.eye(d_out * d_in, dtype=torch.float64).reshape(-1, d_out, d_in)
     constraints = torch.cat([r.reshape(-1, d_out * d_in) for r in rows])
-    _, sing, vh = torch.linalg.svd(constraints, full_matrices=True)
+    # a tall constraint matrix (the usual case) has its whole null space in the reduced SVD
+    wide = constraints.shape[0] < constraints.shape[1]
+    _, sing, vh = torch.linalg.svd(constraints, full_matrices=wide)
     rank = int((sing > _NULL_TOLERANCE * max(1.0, float(sing.max()))).sum())
     return vh[rank:].reshape(-1, d_out, d_in).contiguous()
 

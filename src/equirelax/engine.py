@@ -142,7 +142,9 @@ def train(
         action_out=task.action_out,
         epochs=config.epochs,
         generator=generator,
+        loss_fn=task.loss,
     )
+    train_inputs, train_targets = strategy.split_training_data(train_inputs, train_targets)
     _build_lazy_branches(model, train_inputs)
     parameters = [p for p in (*model.parameters(), *strategy.parameters()) if p.requires_grad]
     optimiser = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)

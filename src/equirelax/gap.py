@@ -39,13 +39,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from equirelax._batches import call, index, parts, repeat
+from equirelax._batches import call, index, parts, repeat, repeat_batched
 from equirelax._checks import batch_size, check_finite, check_positive_int
 from equirelax.actions import Action, check_action_pair
 from equirelax.metrics import haar_elements
 from equirelax.tasks.base import mean_squared_error
 
-__all__ = ["SymmetryGap", "group_average", "symmetry_gap"]
+__all__ = ["SymmetryGap", "group_average", "per_sample_loss", "symmetry_gap"]
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 _SHARES = 21  # the grid of c in [0, 1] the calibration half searches
@@ -60,13 +60,15 @@ def group_average(
     elements: Tensor | None = None,
     num_elements: int = 32,
     generator: torch.Generator | None = None,
+    kwargs: dict[str, Any] | None = None,
 ) -> Any:
     """The Haar projection ``P_G f(x) = mean_g A_out(g)^-1 f(A_in(g) x)`` on a batch ``x``.
 
     ``elements`` default: every element of a finite group, else ``num_elements`` Haar samples
     (the same elements for every sample, so ``P_G f`` is a fixed function of ``x``). One batched
     call of ``f`` on ``K * B`` moved inputs. Tuple inputs and outputs follow their
-    :class:`~equirelax.actions.DirectSumAction`.
+    :class:`~equirelax.actions.DirectSumAction`. ``kwargs`` are held fixed (per-sample tensors
+    among them are repeated with the batch), as for a layer's edge attributes.
     """
     action_out = check_action_pair(action_in, action_out)
     tensors = parts(x)
@@ -80,7 +82,8 @@ def group_average(
         g = g.to(device=device, dtype=dtype)
     batch, k = batch_size(x), g.shape[0]
     g_rep = g.repeat_interleave(batch, dim=0)  # element-major, like repeat()
-    moved = call(f, action_in(g_rep, repeat(x, k)))
+    fixed = repeat_batched(kwargs or {}, batch, k)
+    moved = f(*parts(action_in(g_rep, repeat(x, k))), **fixed)
     back = action_out(action_in.group.inverse(g_rep), moved)
     return _mean_over_copies(back, k, batch)
 
@@ -221,9 +224,9 @@ def symmetry_gap(
         shares = torch.linspace(0.0, 1.0, _SHARES, dtype=y.dtype, device=y.device)
         # (n, shares): the loss of P_G f + c (f - P_G f) per sample and share c
         risks = torch.stack(
-            [_per_sample(loss, _mix(averaged, raw, float(c)), y) for c in shares], dim=1
+            [per_sample_loss(loss, _mix(averaged, raw, float(c)), y) for c in shares], dim=1
         )
-        scale_rows = _per_sample(loss, y.mean(dim=0, keepdim=True).expand_as(y), y)
+        scale_rows = per_sample_loss(loss, y.mean(dim=0, keepdim=True).expand_as(y), y)
     half = y.shape[0] // 2
     calibration, evaluation = risks[:half], risks[half:]
     best = int(calibration.mean(dim=0).argmin())
@@ -258,8 +261,9 @@ def _mix(averaged: Any, raw: Any, share: float) -> Any:
     return averaged + share * (raw - averaged)
 
 
-def _per_sample(loss: Loss, outputs: Any, targets: Tensor) -> Tensor:
-    """``loss`` of each sample separately, ``(B,)`` (``loss`` is a mean over its batch)."""
+def per_sample_loss(loss: Loss, outputs: Any, targets: Tensor) -> Tensor:
+    """``loss`` of each sample separately, ``(B,)`` (``loss`` is a mean over its batch), by
+    ``torch.func.vmap`` over the sample axis."""
     return torch.func.vmap(lambda o, t: loss(o.unsqueeze(0), t.unsqueeze(0)))(outputs, targets)
 
 

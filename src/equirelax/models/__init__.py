@@ -7,7 +7,13 @@ name        what it is                                                  relaxati
                                                                         on raw coordinates
 ``segnn``   SEGNN-like steerable network, e3nn tensor products, l <= 1  dense map on the
                                                                         flattened features
-``mlp``     plain MLP on the flattened system (no symmetry)             none
+``emlp``    EMLP (arXiv 2104.09459) on flat features: equivariant       dense map per
+            linear + bilinear maps and gates, 3 blocks, hidden          equivariant linear
+            ``32 T0 + 16 V (+ 4 T2 for d <= 3)``; tasks whose actions   map
+            are ``RepresentationAction`` s
+``mlp``     plain SiLU MLP: on the flattened system for particle tasks  none
+            (``NBodyMLP``), on the features for flat-tensor tasks
+            (``MLP``, 256 hidden)
 ==========  ==========================================================  ====================
 
 Each builder returns the *equivariant* model; :func:`equirelax.relax` adds the free branches
@@ -21,15 +27,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from equirelax._batches import index, parts
+from equirelax._checks import describe
+from equirelax.actions import Action, RepresentationAction, TrivialAction
 from equirelax.models._particles import check_particle_inputs
 from equirelax.models.egnn import NBodyEGNN
+from equirelax.models.emlp import EMLP, MLP
 from equirelax.models.mlp import NBodyMLP
+from equirelax.representations import Representation
 from equirelax.tasks.base import Task
 
-__all__ = ["MODELS", "ModelInfo", "NBodyEGNN", "NBodyMLP", "build"]
+__all__ = ["EMLP", "MLP", "MODELS", "ModelInfo", "NBodyEGNN", "NBodyMLP", "build"]
 
 
 @dataclass(frozen=True)
@@ -66,13 +76,59 @@ def _segnn(task: Task, **options: Any) -> nn.Module:
     return NBodySEGNN(**options)
 
 
+def _flat_split(task: Task, model: str) -> tuple[Tensor, Tensor]:
+    """The training inputs and targets of a flat-tensor task, ``(N, d_in)`` and ``(N, d_out)``;
+    a clear error for any other task."""
+    inputs, targets = task.train
+    if not isinstance(inputs, Tensor) or inputs.ndim != 2 or targets.ndim != 2:
+        raise ValueError(
+            f"task: model {model!r} needs flat (N, d_in) tensor inputs and (N, d_out) targets, "
+            f"received task {task.name!r} with inputs {describe(inputs)} and targets "
+            f"{describe(targets)}"
+        )
+    return inputs, targets
+
+
+def _representation(action: Action | None, width: int, task: Task, which: str) -> Representation:
+    """The representation of a task's ``RepresentationAction`` on flat features (a trivial
+    action on ``width`` features: ``width`` scalars)."""
+    if isinstance(action, TrivialAction) and type(action).act is TrivialAction.act:
+        return width * action.group.trivial_representation()
+    linear = isinstance(action, RepresentationAction) and type(action).act is (
+        RepresentationAction.act
+    )
+    if not linear or action.dim not in (-1, 1):  # type: ignore[union-attr]
+        raise ValueError(
+            f"task: model 'emlp' needs {which} to be a RepresentationAction on the last axis "
+            f"of flat features, received {action!r} for task {task.name!r}"
+        )
+    rep = action.representation  # type: ignore[union-attr]
+    if rep.dim != width:
+        raise ValueError(
+            f"task: the {which} representation of task {task.name!r} has dimension {rep.dim}, "
+            f"but its data has {width} features"
+        )
+    return rep
+
+
+def _emlp(task: Task, **options: Any) -> nn.Module:
+    inputs, targets = _flat_split(task, "emlp")
+    rep_in = _representation(task.action_in, inputs.shape[1], task, "action_in")
+    rep_out = _representation(task.action_out, targets.shape[1], task, "action_out")
+    return EMLP(rep_in, rep_out, **options)
+
+
 def _mlp(task: Task, **options: Any) -> nn.Module:
+    if isinstance(task.train[0], Tensor):
+        inputs, targets = _flat_split(task, "mlp")
+        return MLP(inputs.shape[1], targets.shape[1], **options)
     return NBodyMLP(num_particles=_particles(task, "mlp"), **options)
 
 
 MODELS: dict[str, ModelInfo] = {
     "egnn": ModelInfo(_egnn, "EGNN (Satorras et al. 2021), E(3)-equivariant", True),
     "segnn": ModelInfo(_segnn, "SEGNN-like steerable network (e3nn), E(3)-equivariant", True),
+    "emlp": ModelInfo(_emlp, "equivariant MLP (Finzi et al. 2021) on representations", True),
     "mlp": ModelInfo(_mlp, "plain MLP, no symmetry", False),
 }
 

@@ -1,8 +1,9 @@
-"""Equivariant building blocks: linear maps between representations, nonlinearities,
+"""Equivariant building blocks: linear and bilinear maps between representations, nonlinearities,
 vector neurons, EGNN layers, group convolutions and steerable layers on e3nn irreps (SEGNN).
 Each exposes ``action_in`` / ``action_out`` where its actions are fixed, so
 :func:`equirelax.assert_equivariant` can check it without further arguments."""
 
+from equirelax.nn.bilinear import EquivariantBilinear
 from equirelax.nn.egnn import EGNN, EGNNLayer
 from equirelax.nn.group_conv import GroupConv2d, GroupPool, LiftingConv2d
 from equirelax.nn.linear import EquivariantLinear
@@ -13,6 +14,7 @@ from equirelax.nn.vector_neurons import VNLeakyReLU, VNLinear
 __all__ = [
     "EGNN",
     "EGNNLayer",
+    "EquivariantBilinear",
     "EquivariantLinear",
     "GatedNonlinearity",
     "GroupConv2d",

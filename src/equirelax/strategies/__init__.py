@@ -10,6 +10,8 @@ name                    what it does                                            
 ``rpp``                 level 1, strong L2 prior on free branches, weak on the rest   as trained
 ``penalty``             loss + beta * sampled equivariance error of the whole model   as trained
 ``ace``                 per-layer learnable levels under constraints (cooper-optim)   see ACE
+``recm``                per-layer levels moved by a recurrent rule from held-out      as trained
+                        benefit of asymmetry (equirelax's own formulation of RECM)
 ======================  ============================================================  =========
 
 See :mod:`equirelax.strategies.base` for the interface a training loop calls.
@@ -24,12 +26,14 @@ from equirelax.strategies.augment import Augment
 from equirelax.strategies.base import Strategy
 from equirelax.strategies.cr import CR
 from equirelax.strategies.penalty import EquivariancePenalty
+from equirelax.strategies.recm import RECM
 from equirelax.strategies.rpp import RPP
 from equirelax.strategies.strict import Free, Strict
 
 __all__ = [
     "ACE",
     "CR",
+    "RECM",
     "RPP",
     "STRATEGIES",
     "Augment",
@@ -41,7 +45,7 @@ __all__ = [
 ]
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Strict, Free, Augment, CR, RPP, EquivariancePenalty, ACE)
+    cls.name: cls for cls in (Strict, Free, Augment, CR, RPP, EquivariancePenalty, ACE, RECM)
 }
 
 

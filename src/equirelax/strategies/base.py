@@ -2,7 +2,8 @@
 
 A :class:`Strategy` plugs into any training loop through a handful of calls::
 
-    model = strategy.attach(model, action_in=..., action_out=..., epochs=E)
+    model = strategy.attach(model, action_in=..., action_out=..., epochs=E, loss_fn=loss_fn)
+    train_inputs, train_targets = strategy.split_training_data(train_inputs, train_targets)
     optimiser = torch.optim.Adam([*model.parameters(), *strategy.parameters()], lr=1e-3)
     for epoch in range(E):
         strategy.on_epoch_start(epoch)
@@ -19,11 +20,14 @@ A :class:`Strategy` plugs into any training loop through a handful of calls::
 
 ``attach`` must come before the optimiser is built: it may turn levels into parameters
 (ACE) or add parameters of its own (ACE's slacks, returned by :meth:`Strategy.parameters`).
+``split_training_data`` lets a strategy keep part of the training data for itself (RECM's
+held-out probe set); the default keeps everything for training.
 Every hook has a do-nothing default, so a strategy overrides only what it changes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -55,6 +59,7 @@ class Strategy:
         self.action_in: Action | None = None
         self.action_out: Action | None = None
         self.epochs: int | None = None
+        self.loss_fn: Callable[[Any, Tensor], Tensor] | None = None
         self.generator = torch.Generator()
 
     def attach(
@@ -65,13 +70,16 @@ class Strategy:
         action_out: Action | None = None,
         epochs: int | None = None,
         generator: torch.Generator | None = None,
+        loss_fn: Callable[[Any, Tensor], Tensor] | None = None,
     ) -> nn.Module:
         """Prepare ``model`` for this strategy and return the model to train.
 
         ``action_in`` / ``action_out`` are the task's actions on model inputs and outputs
         (needed by strategies that move data: augmentation, the equivariance penalty);
         ``epochs`` the planned length of training (needed by schedules); ``generator`` the
-        random stream for the strategy's own sampling (seeded by the training engine).
+        random stream for the strategy's own sampling (seeded by the training engine);
+        ``loss_fn`` the task loss ``(outputs, targets) -> scalar`` (needed by strategies that
+        evaluate the loss themselves, such as RECM).
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, received {type(model).__name__}")
@@ -90,6 +98,9 @@ class Strategy:
         )
         if generator is not None:
             self.generator = generator
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn: expected a callable or None, received {loss_fn!r}")
+        self.loss_fn = loss_fn
         if self.fixed_level is not None:
             set_levels(model, self.fixed_level)
         return model
@@ -97,6 +108,11 @@ class Strategy:
     def parameters(self) -> list[nn.Parameter]:
         """Extra primal parameters the optimiser must own (e.g. ACE's slacks)."""
         return []
+
+    def split_training_data(self, inputs: Any, targets: Tensor) -> tuple[Any, Tensor]:
+        """Return the part of the training data to train on; a strategy may keep the rest
+        for itself (called once, after :meth:`attach`). Default: everything is trained on."""
+        return inputs, targets
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called before the first step of ``epoch`` (0-based)."""

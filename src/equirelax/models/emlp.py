@@ -1,0 +1,225 @@
+"""Equivariant MLP (EMLP; Finzi, Welling, Wilson 2021, arXiv 2104.09459) and its plain-MLP baseline.
+
+One EMLP block maps features in ``rho_prev`` to features in the hidden representation
+``rho_h = s T0 + rho_gated`` (``s`` scalars, ``k`` copies of non-scalar blocks)::
+
+    z = L(x)                      L: rho_prev -> (s + k) T0 + rho_gated   (EquivariantLinear)
+    z = z + B(z)                  B: equivariant bilinear map of rank rho_mid (EquivariantBilinear)
+    h = [silu(z_s), sigmoid(z_gate_i) z_i]                                 (GatedNonlinearity)
+
+``EMLP`` stacks ``num_layers`` blocks and ends with an :class:`~equirelax.nn.EquivariantLinear`
+to ``rho_out``. Every linear map (the block maps, the three maps inside each bilinear layer and
+the head) is relaxable by :func:`equirelax.relax`, which gives each a dense free branch.
+
+``MLP`` is the no-symmetry baseline on the same flat tensors.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import Tensor, nn
+
+from equirelax._checks import check_dim, check_ndim, check_positive_int, check_tensor
+from equirelax.actions import RepresentationAction
+from equirelax.groups import Group
+from equirelax.nn import EquivariantBilinear, EquivariantLinear, GatedNonlinearity
+from equirelax.representations import DirectSum, Representation
+
+__all__ = ["EMLP", "MLP", "EMLPBlock", "default_hidden", "default_mid"]
+
+_MAX_T2_DIM = 3  # the default hidden representation holds T2 = V (x) V copies only for d <= 3
+
+
+def default_hidden(group: Group) -> Representation:
+    """The default hidden representation of :class:`EMLP` for ``group``.
+
+    ``32 T0 + 16 V`` with ``V`` the group's standard representation, plus ``4 T2``
+    (``T2 = V (x) V``) when the group acts on ``R^d`` with ``d <= 3`` (``O(3)``: 32 + 48 + 36
+    = 116 dimensions; ``O(5)``: 32 + 80 = 112). Larger ``T2`` blocks are left out for their
+    cost; pass ``hidden`` explicitly to include them (e.g. for a matrix output in ``O(5)``).
+    """
+    scalar, vector = group.trivial_representation(), group.standard_representation()
+    hidden = 32 * scalar + 16 * vector
+    d = getattr(group, "d", None)
+    if d is not None and d <= _MAX_T2_DIM:
+        hidden = hidden + 4 * vector.tensor(vector)
+    return hidden
+
+
+def default_mid(group: Group) -> Representation:
+    """The default rank representation of the bilinear maps: ``8 T0 + 8 V`` (never ``T2``,
+    whose tensor square would make the bases of the bilinear output map expensive)."""
+    return 8 * group.trivial_representation() + 8 * group.standard_representation()
+
+
+def _is_scalar(representation: Representation) -> bool:
+    """Whether ``representation`` is the trivial one-dimensional representation (its
+    discrete generators act as 1 and its Lie algebra as 0), whatever its key."""
+    if representation.dim != 1:
+        return False
+    gens = representation.discrete_generators()
+    algebra = representation.lie_algebra()
+    return bool(torch.all(gens == 1.0)) and bool(torch.all(algebra == 0.0))
+
+
+class EMLPBlock(nn.Module):
+    """``h = gate(z + B(z))`` with ``z = L(x)`` (see the module docstring).
+
+    The output representation is ``s T0 + rho_gated``: the scalar blocks of ``hidden`` first,
+    then its other blocks in their order.
+    """
+
+    def __init__(
+        self,
+        representation_in: Representation,
+        hidden: Representation,
+        mid: Representation,
+    ) -> None:
+        super().__init__()
+        scalars = sum(m for m, r in hidden.blocks if _is_scalar(r))
+        gated = [(m, r) for m, r in hidden.blocks if not _is_scalar(r)]
+        if not gated:
+            raise ValueError(
+                f"hidden: expected at least one non-scalar block to gate, received {hidden.key}"
+            )
+        self.gate = GatedNonlinearity(scalars, DirectSum(gated))
+        preactivation = self.gate.representation_in
+        self.linear = EquivariantLinear(representation_in, preactivation)
+        self.bilinear = EquivariantBilinear(preactivation, preactivation, mid)
+        self.representation_in = representation_in
+        self.representation_out = self.gate.representation_out
+        self.action_in = RepresentationAction(representation_in)
+        self.action_out = RepresentationAction(self.representation_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.linear(x)
+        return self.gate(z + self.bilinear(z))
+
+
+class EMLP(nn.Module):
+    """Equivariant MLP: ``num_layers`` :class:`EMLPBlock` s and a final equivariant linear map.
+
+    Maps flat features ``(B, d_in)`` in ``representation_in`` to ``(B, d_out)`` in
+    ``representation_out`` and is equivariant to their group; ``action_in`` / ``action_out``
+    are the corresponding :class:`~equirelax.actions.RepresentationAction` s.
+
+    Parameters
+    ----------
+    representation_in, representation_out:
+        Representations of one group, e.g. ``5 T0 + 5 V`` (masses, positions) and ``V (x) V``
+        (the inertia tensor, row-major) for ``O(3)``.
+    hidden:
+        Hidden representation of every block; must hold at least one non-scalar block (the
+        gated features). ``None``: :func:`default_hidden` (``32 T0 + 16 V + 4 T2`` for
+        ``d <= 3``, ``32 T0 + 16 V`` otherwise).
+    num_layers:
+        Number of blocks.
+    mid:
+        Rank representation of the bilinear maps. ``None``: :func:`default_mid`
+        (``8 T0 + 8 V``).
+
+    Examples
+    --------
+    >>> from equirelax.groups import O3
+    >>> V, T0 = O3().standard_representation(), O3().trivial_representation()
+    >>> model = EMLP(5 * T0 + 5 * V, V.tensor(V), num_layers=2)
+    >>> model(torch.randn(4, 20)).shape
+    torch.Size([4, 9])
+    """
+
+    def __init__(
+        self,
+        representation_in: Representation,
+        representation_out: Representation,
+        hidden: Representation | None = None,
+        num_layers: int = 3,
+        mid: Representation | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(representation_in, Representation):
+            raise TypeError(
+                f"representation_in: expected a Representation, received {representation_in!r}"
+            )
+        group = representation_in.group
+        hidden = default_hidden(group) if hidden is None else hidden
+        mid = default_mid(group) if mid is None else mid
+        for name, rep in (
+            ("representation_out", representation_out),
+            ("hidden", hidden),
+            ("mid", mid),
+        ):
+            if not isinstance(rep, Representation):
+                raise TypeError(f"{name}: expected a Representation or None, received {rep!r}")
+            if rep.group != group:
+                raise ValueError(
+                    f"{name}: expected a representation of {group} like representation_in, "
+                    f"received one of {rep.group}"
+                )
+        check_positive_int("num_layers", num_layers)
+        self.representation_in = representation_in
+        self.representation_out = representation_out
+        self.hidden = hidden
+        self.mid = mid
+        self.action_in = RepresentationAction(representation_in)
+        self.action_out = RepresentationAction(representation_out)
+        self.in_features = representation_in.dim
+        self.out_features = representation_out.dim
+        blocks: list[EMLPBlock] = []
+        rep = representation_in
+        for _ in range(num_layers):
+            blocks.append(EMLPBlock(rep, hidden, mid))
+            rep = blocks[-1].representation_out
+        self.blocks = nn.Sequential(*blocks)
+        self.head = EquivariantLinear(rep, representation_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_tensor("x", x)
+        check_ndim("x", x, 2)
+        check_dim("x", x, -1, self.in_features)
+        return self.head(self.blocks(x))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.representation_in.key} -> {self.representation_out.key}, "
+            f"hidden={self.hidden.key}, mid={self.mid.key}"
+        )
+
+
+class MLP(nn.Module):
+    """A plain SiLU MLP on flat tensors ``(B, in_features) -> (B, out_features)``: the
+    baseline with no symmetry (it has no equivariant layer to relax).
+
+    Parameters
+    ----------
+    in_features, out_features:
+        Input and output widths.
+    hidden_features, num_layers:
+        Width and number of hidden layers.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_features: int = 256,
+        num_layers: int = 3,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        hidden = check_positive_int("hidden_features", hidden_features)
+        depth = check_positive_int("num_layers", num_layers)
+        widths = [in_features] + [hidden] * depth
+        layers: list[nn.Module] = []
+        for a, b in itertools.pairwise(widths):
+            layers += [nn.Linear(a, b), nn.SiLU()]
+        layers.append(nn.Linear(hidden, out_features))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_tensor("x", x)
+        check_ndim("x", x, 2)
+        check_dim("x", x, -1, self.in_features)
+        return self.mlp(x)

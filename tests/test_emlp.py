@@ -1,0 +1,295 @@
+"""The equivariant MLP (EMLP, arXiv 2104.09459) and its bilinear layer: equivariance in float64
+for O(3), SO(3) and O(5), what the bilinear map can represent, relaxation and projection, input
+checks, the registry, and a quick fit of the O(3) inertia function."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import equirelax
+from equirelax import metrics, models
+from equirelax.actions import (
+    DirectSumAction,
+    PointAction,
+    RepresentationAction,
+    TrivialAction,
+    VectorAction,
+)
+from equirelax.groups import O3, SO3, Euclidean, Orthogonal
+from equirelax.models import EMLP, MLP
+from equirelax.models.emlp import EMLPBlock, default_hidden, default_mid
+from equirelax.nn import EquivariantBilinear
+from equirelax.tasks import Task
+
+TOL = 1e-10  # relative equivariance error in float64
+
+
+@pytest.fixture(autouse=True)
+def _float64_bases():
+    """Build every layer under float64 defaults: the equivariant bases are stored in the default
+    dtype when a layer is built, and float32-rounded bases are equivariant only to ~1e-8."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def _reps(group):
+    """``(T0, V, T2)`` of an orthogonal group."""
+    scalar, vector = group.trivial_representation(), group.standard_representation()
+    return scalar, vector, vector.tensor(vector)
+
+
+def _inertia_reps():
+    """The inertia task: 5 masses then 5 positions -> the 3x3 tensor, row-major."""
+    scalar, vector, tensor = _reps(O3())
+    return 5 * scalar + 5 * vector, tensor
+
+
+CASES = {
+    "O3-inertia": _inertia_reps,
+    "O5-invariant": lambda: (2 * _reps(Orthogonal(5))[1], _reps(Orthogonal(5))[0]),
+    "SO3-vector": lambda: (2 * _reps(SO3())[0] + 3 * _reps(SO3())[1], _reps(SO3())[1]),
+}
+
+
+def _randomise_biases(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Nonzero invariant biases (they start at 0), so that the bias bases are tested too."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "bias_basis" in name:
+                p.copy_(0.3 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+
+
+def _inputs(dim: int, batch: int = 8, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, dim, generator=gen, dtype=torch.float64)
+
+
+def _error(model, x, action_in=None, action_out=None) -> metrics.EquivarianceError:
+    gen = torch.Generator().manual_seed(1)
+    return metrics.equivariance_error(
+        model,
+        x,
+        action_in or model.action_in,
+        action_out or model.action_out,
+        num_samples=8,
+        generator=gen,
+    )
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bilinear_is_equivariant_in_float64(case: str) -> None:
+    rep_in, rep_out = CASES[case]()
+    torch.manual_seed(0)
+    layer = EquivariantBilinear(rep_in, rep_out, default_mid(rep_in.group)).double()
+    _randomise_biases(layer, torch.Generator().manual_seed(2))
+    err = _error(layer, _inputs(rep_in.dim))
+    assert err.output_norm > 0.1
+    assert err.max < TOL, err
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_emlp_is_equivariant_in_float64(case: str) -> None:
+    rep_in, rep_out = CASES[case]()
+    torch.manual_seed(0)
+    model = EMLP(rep_in, rep_out).double()
+    _randomise_biases(model, torch.Generator().manual_seed(2))
+    x = _inputs(rep_in.dim)
+    assert model(x).shape == (8, rep_out.dim)
+    err = metrics.assert_equivariant(
+        model, x, num_samples=8, generator=torch.Generator().manual_seed(1), atol=1e-9
+    )
+    assert err.output_norm > 1e-3
+    assert err.max < TOL, err
+
+
+def test_default_representations_follow_the_group() -> None:
+    scalar, vector, tensor = _reps(O3())
+    assert default_hidden(O3()) == 32 * scalar + 16 * vector + 4 * tensor
+    assert default_hidden(O3()).dim == 116
+    o5_scalar, o5_vector, _ = _reps(Orthogonal(5))
+    assert default_hidden(Orthogonal(5)) == 32 * o5_scalar + 16 * o5_vector
+    assert default_mid(O3()) == 8 * scalar + 8 * vector
+    # The block output puts the scalars first, whatever the order of the hidden blocks.
+    block = EMLPBlock(2 * vector, vector + 3 * scalar, scalar + vector)
+    assert block.representation_out == 3 * scalar + vector
+
+
+def _fit_weights(layer: EquivariantBilinear, x: torch.Tensor, target: torch.Tensor) -> float:
+    """Relative residual of the best output map ``L_c`` (in its equivariant weight space, with
+    ``L_a, L_b`` fixed) for ``target``: the least-squares problem is linear in ``W_c``."""
+    with torch.no_grad():
+        features = layer.outer(layer.left(x), layer.right(x))  # (N, d_outer)
+    projector = layer.out.projector
+    # An orthonormal basis B_k of the equivariant weights, as the range of the projector.
+    eigenvalues, eigenvectors = torch.linalg.eigh(projector.matrix())
+    basis = eigenvectors[:, eigenvalues > 0.5].T.reshape(-1, layer.out_features, features.shape[1])
+    design = torch.einsum("kij,nj->nik", basis, features).reshape(-1, basis.shape[0])
+    coefficients = torch.linalg.lstsq(design, target.reshape(-1, 1)).solution
+    residual = design @ coefficients - target.reshape(-1, 1)
+    return float(residual.norm() / target.norm())
+
+
+@pytest.mark.parametrize("group", [O3(), Orthogonal(5)], ids=str)
+def test_bilinear_represents_squared_norms_and_outer_products(group) -> None:
+    """Linear maps and gates cannot form ``|v|^2`` or ``v v^T``; the bilinear layer can.
+
+    For O(5) only ``|v|^2``: the basis of ``Hom(T2, T2)`` (625 unknowns) takes seconds to
+    compute, which the default hidden representation of O(5) avoids too."""
+    scalar, vector, tensor = _reps(group)
+    with_tensor = group.d <= 3
+    torch.manual_seed(0)
+    rep_out = scalar + tensor if with_tensor else scalar
+    layer = EquivariantBilinear(vector, rep_out, vector, bias=False).double()
+    v = _inputs(group.d, batch=20)
+    target = v.pow(2).sum(1, keepdim=True)
+    if with_tensor:
+        target = torch.cat([target, torch.einsum("ni,nj->nij", v, v).flatten(1)], 1)
+    assert _fit_weights(layer, v, target) < 1e-10
+    # A linear function of v has no such fit: the best one leaves most of the target.
+    linear_fit = torch.linalg.lstsq(v, target).solution
+    assert float((v @ linear_fit - target).norm() / target.norm()) > 0.5
+
+
+def test_bilinear_without_biases_is_homogeneous_of_degree_two() -> None:
+    rep_in, rep_out = _inertia_reps()
+    torch.manual_seed(0)
+    layer = EquivariantBilinear(rep_in, rep_out, default_mid(O3()), bias=False).double()
+    x = _inputs(rep_in.dim)
+    with torch.no_grad():
+        y, y2 = layer(x), layer(2 * x)
+    torch.testing.assert_close(y2, 4 * y, rtol=1e-12, atol=1e-12)
+    assert float((y2 - 2 * y).norm()) > 0.1 * float(y.norm())  # not linear
+
+
+def test_relaxed_emlp_breaks_equivariance_and_projection_restores_it() -> None:
+    rep_in, rep_out = _inertia_reps()
+    torch.manual_seed(0)
+    model = EMLP(rep_in, rep_out, num_layers=2).double()
+    relaxed = equirelax.relax(model)
+    # Per block: the linear map and the three maps of the bilinear layer; then the head.
+    assert len(equirelax.relaxed_layers(relaxed)) == 2 * 4 + 1
+    x = _inputs(rep_in.dim)
+    broken = _error(relaxed, x, model.action_in, model.action_out)
+    assert broken.max > 1e-2
+    projected = equirelax.project(relaxed)
+    assert not equirelax.relaxed_layers(projected)
+    assert _error(projected, x).max < TOL
+    torch.testing.assert_close(projected(x), model(x))  # the same equivariant weights
+    lie = metrics.lie_derivative(projected, x, projected.action_in, projected.action_out)
+    assert lie.shape == (3, 8, rep_out.dim)
+    assert float(lie.detach().abs().max()) < 1e-9
+    lie_relaxed = metrics.lie_derivative(relaxed, x, model.action_in, model.action_out)
+    assert float(lie_relaxed.detach().abs().max()) > 1e-3
+
+
+def test_emlp_and_mlp_check_their_inputs() -> None:
+    rep_in, rep_out = _inertia_reps()
+    model = EMLP(rep_in, rep_out, num_layers=1)
+    with pytest.raises(ValueError, match="x: expected size 20 along dimension -1"):
+        model(torch.zeros(4, 19))
+    with pytest.raises(ValueError, match="x: expected a tensor with 2 dimensions"):
+        model(torch.zeros(4, 2, 20))
+    with pytest.raises(TypeError, match=r"x: expected a torch\.Tensor"):
+        model([[0.0] * 20])
+    layer = EquivariantBilinear(rep_in, rep_out, default_mid(O3()))
+    with pytest.raises(ValueError, match="x: expected size 20 along dimension -1"):
+        layer(torch.zeros(4, 3))
+    mlp = MLP(20, 9, hidden_features=8)
+    assert mlp(torch.zeros(4, 20)).shape == (4, 9)
+    with pytest.raises(ValueError, match="x: expected size 20 along dimension -1"):
+        mlp(torch.zeros(4, 21))
+    with pytest.raises(ValueError, match="hidden_features: expected a positive int"):
+        MLP(20, 9, hidden_features=0)
+
+
+def test_emlp_rejects_bad_representations() -> None:
+    rep_in, rep_out = _inertia_reps()
+    scalar = O3().trivial_representation()
+    with pytest.raises(ValueError, match="num_layers: expected a positive int"):
+        EMLP(rep_in, rep_out, num_layers=0)
+    with pytest.raises(ValueError, match=r"hidden: expected a representation of O\(3\)"):
+        EMLP(rep_in, rep_out, hidden=4 * Orthogonal(5).standard_representation())
+    with pytest.raises(ValueError, match="hidden: expected at least one non-scalar block"):
+        EMLP(rep_in, rep_out, hidden=8 * scalar)
+    with pytest.raises(TypeError, match="mid: expected a Representation or None"):
+        EMLP(rep_in, rep_out, mid="8x0e")
+    with pytest.raises(ValueError, match=r"representation_out: expected a representation of"):
+        EquivariantBilinear(rep_in, SO3().standard_representation(), scalar)
+
+
+def _flat_task(action_in, action_out, d_in: int, d_out: int) -> Task:
+    split = (torch.zeros(4, d_in), torch.zeros(4, d_out))
+    return Task("flat", train=split, val=split, action_in=action_in, action_out=action_out)
+
+
+def test_registry_builds_emlp_and_mlp_for_flat_tasks_and_refuses_others() -> None:
+    rep_in, rep_out = _inertia_reps()
+    task = _flat_task(RepresentationAction(rep_in), RepresentationAction(rep_out), 20, 9)
+    model = models.build("emlp", task, num_layers=1)
+    assert isinstance(model, EMLP)
+    assert model.representation_in == rep_in
+    assert model.representation_out == rep_out
+    assert models.MODELS["emlp"].equivariant
+    mlp = models.build("mlp", task, hidden_features=16)
+    assert isinstance(mlp, MLP)
+    assert (mlp.in_features, mlp.out_features) == (20, 9)
+    # An invariant task (trivial output action): as many scalar outputs as target features.
+    invariant = _flat_task(VectorAction(O3()), TrivialAction(O3()), 3, 2)
+    assert models.build("emlp", invariant, num_layers=1).representation_out.dim == 2
+
+    points = Euclidean(O3())
+    affine = _flat_task(PointAction(points), PointAction(points), 3, 3)
+    with pytest.raises(ValueError, match="task: model 'emlp' needs action_in to be a Repr"):
+        models.build("emlp", affine)
+    x = (torch.zeros(4, 5, 3), torch.zeros(4, 5, 3), torch.zeros(4, 5, 1))
+    particles = Task(
+        "particles",
+        train=(x, x[0]),
+        val=(x, x[0]),
+        action_in=DirectSumAction(PointAction(points), VectorAction(points), TrivialAction(points)),
+        action_out=PointAction(points),
+    )
+    with pytest.raises(ValueError, match=r"task: model 'emlp' needs flat \(N, d_in\) tensor"):
+        models.build("emlp", particles)
+    assert models.build("mlp", particles).num_particles == 5  # the particle MLP, as before
+
+
+def _inertia_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum_i m_i (|r_i|^2 I - r_i r_i^T)`` for 5 masses (softplus of normals) and 5 positions."""
+    masses = torch.nn.functional.softplus(torch.randn(n, 5, generator=generator))
+    positions = torch.randn(n, 5, 3, generator=generator)
+    eye = torch.eye(3)
+    tensor = torch.einsum(
+        "ni,nijk->njk",
+        masses,
+        positions.pow(2).sum(-1)[..., None, None] * eye
+        - torch.einsum("nij,nik->nijk", positions, positions),
+    )
+    return torch.cat([masses, positions.flatten(1)], 1), tensor.flatten(1)
+
+
+@pytest.mark.slow
+def test_small_emlp_fits_the_inertia_function() -> None:
+    """100 full-batch Adam steps on 300 systems (about 4 s on one CPU thread) bring the test
+    MSE far below that of predicting 0."""
+    gen = torch.Generator().manual_seed(0)
+    x_train, y_train = _inertia_data(300, gen)
+    x_test, y_test = _inertia_data(300, gen)
+    rep_in, rep_out = _inertia_reps()
+    scalar, vector, tensor = _reps(O3())
+    torch.manual_seed(0)
+    model = EMLP(rep_in, rep_out, hidden=16 * scalar + 16 * vector + 2 * tensor, num_layers=2,
+                 mid=8 * scalar + 8 * vector)  # fmt: skip
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        optimiser.zero_grad()
+        loss = torch.mean((model(x_train) - y_train) ** 2)
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        test_mse = float(torch.mean((model(x_test) - y_test) ** 2))
+    baseline = float(torch.mean(y_test**2))  # predicting 0
+    assert test_mse < 0.1 * baseline, (test_mse, baseline)
