@@ -141,3 +141,19 @@ def test_console_entry_point_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "nbody" in result.stdout
+
+
+def test_compare_runs_the_emlp_tasks_with_task_options_and_recm(tmp_path: Path) -> None:
+    argv = [
+        "compare", "gap-dial", "--task-option", "delta=0.5", "--strategies", "strict,recm",
+        "--train-size", "60", "--val-size", "16", "--test-size", "16", "--epochs", "2",
+        "--batch-size", "20", "--model-option", "num_layers=1", "--quiet", "--out",
+        str(tmp_path),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["setup"]["task_options"]["delta"] == 0.5
+    assert results["setup"]["model"] == "emlp"
+    runs = {run["strategy"]: run for run in results["runs"]}
+    assert runs["strict"]["final"]["equivariance_error"] < 1e-4  # projected E-MLP
+    assert "recm" in (tmp_path / "results.md").read_text()

@@ -4,13 +4,14 @@ The public surface: groups and actions (:mod:`equirelax.groups`, :mod:`equirelax
 :mod:`equirelax.representations`), the relaxed layer (:class:`Relaxed`, :func:`relax`,
 :func:`relaxed_layers`), projection (:func:`project`), strategies and the training engine
 (:mod:`equirelax.strategies`, :func:`train`), tasks (:mod:`equirelax.tasks`), measurements
-(:mod:`equirelax.metrics`, :func:`assert_equivariant`) and equivariant building
-blocks (:mod:`equirelax.nn`).
+(:mod:`equirelax.metrics`, :func:`assert_equivariant`, the symmetry gap :mod:`equirelax.gap`)
+and equivariant building blocks (:mod:`equirelax.nn`).
 """
 
 from equirelax import (
     actions,
     free_branches,
+    gap,
     groups,
     metrics,
     nn,
@@ -39,6 +40,7 @@ __all__ = [
     "assert_equivariant",
     "equivariance_error",
     "free_branches",
+    "gap",
     "groups",
     "invariance_error",
     "metrics",
