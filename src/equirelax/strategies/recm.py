@@ -46,9 +46,9 @@ Properties (tested in ``tests/test_recm.py``):
   mean). The map from ``(l, r)`` to the new level is a contraction in ``l`` (factor
   ``1 - alpha``) and Lipschitz in ``r`` (constant ``alpha * gain * beta``).
 
-The cost is ``1 + 2 n`` forward passes of a probe batch per probe for ``n`` relaxed layers
-(``1 + n`` when every level is above ``probe_level``); ``every`` bounds it, and
-``benchmarks/symmetry.md`` reports it as a step-time ratio.
+The cost per probe is one forward pass, without gradients, of ``1 + 2 n`` stacked copies of
+the probe batch for ``n`` relaxed layers (a hook on layer ``i`` shifts only its own two copies);
+``every`` bounds it, and ``benchmarks/symmetry.md`` reports it as a step-time ratio.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from equirelax._batches import call, index, parts
+from equirelax._batches import call, index, parts, repeat
 from equirelax._checks import batch_size, check_positive_int
 from equirelax.commutant import EquivariantProjector
 from equirelax.free_branches import DenseFreeBranch
@@ -224,32 +224,54 @@ class RECM(Strategy):
         rows = rows.to(targets.device)
         x, y = index(inputs, rows), targets[rows]
         model = self.model
+        levels = [float(layer.level) for layer in self.layers.values()]
+        probes = [max(level, self.probe_level) for level in levels]
+        # copy 0: the model as it is; copy 2i + 1: layer i's asymmetric part removed;
+        # copy 2i + 2: layer i's asymmetric part at its probe level. One batched forward pass.
+        shifts = [(2 * i + 1, 2 * i + 2, -level, probe - level)
+                  for i, (level, probe) in enumerate(zip(levels, probes, strict=True))]  # fmt: skip
+        copies, count = 1 + 2 * len(self.layers), batch_size(x)
+        handles = [
+            layer.register_forward_hook(
+                self._shift_hook(name, layer, count, *shift), with_kwargs=True
+            )
+            for (name, layer), shift in zip(self.layers.items(), shifts, strict=True)
+        ]
         was_training = model.training
         model.eval()
         try:
-            with _Capture(self.layers) as captured:
-                base = per_sample_loss(loss_fn, call(model, x), y)
-            scale = _target_scale(loss_fn, y) or float(base.mean())
-            means, errors = [], []
-            for name, layer in self.layers.items():
-                level = float(layer.level)
-                probe = max(level, self.probe_level)
-                asym = [
-                    self._asymmetric_part(name, layer, args, kwargs)
-                    for args, kwargs in captured.calls[name]
-                ]
-                removed = _loss_with_shift(model, layer, asym, -level, x, y, loss_fn)
-                kept = (
-                    base
-                    if probe == level
-                    else _loss_with_shift(model, layer, asym, probe - level, x, y, loss_fn)
-                )
-                r = (removed - kept).double() / (probe * max(scale, 1e-30))
-                means.append(r.mean())
-                errors.append(r.var() / r.numel() if r.numel() > 1 else r.new_zeros(()))
+            outputs = call(model, repeat(x, copies))
         finally:
+            for handle in handles:
+                handle.remove()
             model.train(was_training)
-        return torch.stack(means), torch.stack(errors)
+        losses = per_sample_loss(loss_fn, outputs, repeat(y, copies)).reshape(copies, count)
+        scale = _target_scale(loss_fn, y) or float(losses[0].mean())
+        removed, kept = losses[1::2].double(), losses[2::2].double()
+        rates = torch.tensor(probes, dtype=torch.float64, device=removed.device).unsqueeze(1)
+        r = (removed - kept) / (rates * max(scale, 1e-30))
+        errors = r.var(dim=1) / count if count > 1 else torch.zeros_like(r[:, 0])
+        return r.mean(dim=1).cpu(), errors.cpu()
+
+    def _shift_hook(
+        self, name: str, layer: Relaxed, count: int, first: int, second: int,
+        first_shift: float, second_shift: float,
+    ) -> Callable[..., Any]:  # fmt: skip
+        """A forward hook adding ``shift * a`` to the rows of copies ``first`` and ``second``
+        (adjacent) of the layer's output, ``a`` computed from those rows' own inputs."""
+
+        def hook(_module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            total = batch_size(args[0] if len(args) == 1 else tuple(args))
+            rows = torch.arange(first * count, (second + 1) * count, device=_device(output))
+            mine = tuple(index(args, rows)) if len(args) > 1 else (args[0][rows],)
+            fixed = {k: _rows(v, rows, total) for k, v in kwargs.items()}
+            asym = self._asymmetric_part(name, layer, mine, fixed)
+            weights = torch.cat(
+                [torch.full((count,), first_shift), torch.full((count,), second_shift)]
+            )
+            return _add_rows(output, rows, asym, weights)
+
+        return hook
 
     @torch.no_grad()
     def update(self, benefit: Tensor, error: Tensor) -> None:
@@ -388,49 +410,23 @@ def _target_scale(loss_fn: Callable[[Any, Tensor], Tensor], targets: Tensor) -> 
     return value if math.isfinite(value) and value > 0 else None
 
 
-class _Capture:
-    """Forward pre-hooks recording each relaxed layer's inputs during one forward pass."""
-
-    def __init__(self, layers: dict[str, Relaxed]) -> None:
-        self.layers = layers
-        self.calls: dict[str, list[tuple[tuple, dict]]] = {name: [] for name in layers}
-        self.handles: list[Any] = []
-
-    def __enter__(self) -> _Capture:
-        for name, layer in self.layers.items():
-            self.handles.append(layer.register_forward_pre_hook(self._hook(name), with_kwargs=True))
-        return self
-
-    def _hook(self, name: str) -> Callable[..., None]:
-        def record(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-            self.calls[name].append((args, kwargs))
-
-        return record
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
+def _device(output: Any) -> torch.device:
+    return parts(output)[0].device
 
 
-def _loss_with_shift(
-    model: nn.Module,
-    layer: Relaxed,
-    asymmetric: list[Any],
-    shift: float,
-    x: Any,
-    y: Tensor,
-    loss_fn: Callable[[Any, Tensor], Tensor],
-) -> Tensor:
-    """The per-sample probe losses with ``shift * a`` added to each call of ``layer``'s
-    output."""
-    calls = iter(asymmetric)
+def _rows(value: Any, rows: Tensor, total: int) -> Any:
+    """The ``rows`` of a per-sample keyword tensor (leading size ``total``); others as they are."""
+    if isinstance(value, Tensor) and value.ndim and value.shape[0] == total:
+        return value[rows]
+    return value
 
-    def add(_module: nn.Module, _args: tuple, output: Any) -> Any:
-        return _combine(output, next(calls), shift)
 
-    handle = layer.register_forward_hook(add)
-    try:
-        return per_sample_loss(loss_fn, call(model, x), y)
-    finally:
-        handle.remove()
+def _add_rows(output: Any, rows: Tensor, asym: Any, weights: Tensor) -> Any:
+    """``output`` with ``weights[j] * asym[j]`` added to row ``rows[j]`` (tensors or tuples)."""
+    if isinstance(output, (tuple, list)):
+        return type(output)(
+            _add_rows(o, rows, a, weights) for o, a in zip(output, asym, strict=True)
+        )
+    scale = weights.to(device=output.device, dtype=output.dtype)
+    scale = scale.reshape(-1, *([1] * (output.ndim - 1)))
+    return output.index_add(0, rows, scale * asym)
