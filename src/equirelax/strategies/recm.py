@@ -107,8 +107,8 @@ class RECM(Strategy):
     def __init__(
         self,
         *,
-        every: int = 2,
-        probe_size: int = 128,
+        every: int = 4,
+        probe_size: int = 64,
         holdout: float = 0.1,
         beta: float = 0.1,
         alpha: float = 0.1,
