@@ -54,6 +54,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -237,31 +238,11 @@ def inertia_task(
     """
     sizes, seed = _check_common(train_size, val_size, test_size, seed, progress)
     k = check_positive_int("num_masses", num_masses)
-    target = functools.partial(_inertia_targets, num_masses=k, strength=0.0)
-    splits = _splits(sizes, seed, 4 * k, target, prepare=functools.partial(_softplus_masses, k=k))
-    group = O3()
-    vector, scalar = group.standard_representation(), group.trivial_representation()
-    return Task(
-        name="inertia",
-        train=splits["train"],
-        val=splits["val"],
-        test=splits.get("test"),
-        action_in=RepresentationAction(k * scalar + k * vector),
-        action_out=RepresentationAction(vector.tensor(vector)),
-        metric_name="mse",
-        description=(
-            f"Predict the inertia tensor (9 entries) of {k} point masses from their masses and "
-            f"positions; exactly O(3)-equivariant ({REFERENCE}, Inertia)."
-        ),
-        extra={
-            "symmetry": "O(3)",
-            "num_masses": k,
-            "seed": seed,
-            "sizes": sizes,
-            "reference": REFERENCE,
-            "target_function": target,
-        },
+    description = (
+        f"Predict the inertia tensor (9 entries) of {k} point masses from their masses and "
+        f"positions; exactly O(3)-equivariant ({REFERENCE}, Inertia)."
     )
+    return _inertia_like("inertia", sizes, seed, k, 0.0, description, {})
 
 
 def modified_inertia_task(
@@ -296,28 +277,42 @@ def modified_inertia_task(
     sizes, seed = _check_common(train_size, val_size, test_size, seed, progress)
     k = check_positive_int("num_masses", num_masses)
     strength = check_non_negative("strength", strength)
+    description = (
+        f"Predict I + {strength:g} (I e_z) e_z^T from {k} point masses (I: the inertia "
+        f"tensor); declared O(3), symmetric only about the z axis ({REFERENCE}, "
+        "ModifiedInertia)."
+    )
+    extra = {"exact_symmetry": AXIS_SYMMETRY, "strength": strength, "axis": (0.0, 0.0, 1.0)}
+    return _inertia_like("modified-inertia", sizes, seed, k, strength, description, extra)
+
+
+def _inertia_like(
+    name: str,
+    sizes: dict[str, int],
+    seed: int,
+    k: int,
+    strength: float,
+    description: str,
+    extra: dict[str, Any],
+) -> Task:
+    """The inertia and modified-inertia tasks: same inputs and O(3) actions, target
+    ``I + strength (I e_z) e_z^T``."""
     target = functools.partial(_inertia_targets, num_masses=k, strength=strength)
     splits = _splits(sizes, seed, 4 * k, target, prepare=functools.partial(_softplus_masses, k=k))
     group = O3()
     vector, scalar = group.standard_representation(), group.trivial_representation()
     return Task(
-        name="modified-inertia",
+        name=name,
         train=splits["train"],
         val=splits["val"],
         test=splits.get("test"),
         action_in=RepresentationAction(k * scalar + k * vector),
         action_out=RepresentationAction(vector.tensor(vector)),
         metric_name="mse",
-        description=(
-            f"Predict I + {strength:g} (I e_z) e_z^T from {k} point masses (I: the inertia "
-            f"tensor); declared O(3), symmetric only about the z axis ({REFERENCE}, "
-            "ModifiedInertia)."
-        ),
+        description=description,
         extra={
             "symmetry": "O(3)",
-            "exact_symmetry": AXIS_SYMMETRY,
-            "strength": strength,
-            "axis": (0.0, 0.0, 1.0),
+            **extra,
             "num_masses": k,
             "seed": seed,
             "sizes": sizes,
