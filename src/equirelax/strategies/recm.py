@@ -102,7 +102,6 @@ class RECM(Strategy):
     """
 
     name: ClassVar[str] = "recm"
-    needs_actions: ClassVar[bool] = False
 
     def __init__(
         self,
