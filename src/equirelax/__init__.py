@@ -4,12 +4,14 @@ The public surface: groups and actions (:mod:`equirelax.groups`, :mod:`equirelax
 :mod:`equirelax.representations`), the relaxed layer (:class:`Relaxed`, :func:`relax`,
 :func:`relaxed_layers`), projection (:func:`project`), strategies and the training engine
 (:mod:`equirelax.strategies`, :func:`train`), tasks (:mod:`equirelax.tasks`), measurements
-(:mod:`equirelax.metrics`, :func:`assert_equivariant`, the symmetry gap :mod:`equirelax.gap`)
-and equivariant building blocks (:mod:`equirelax.nn`).
+(:mod:`equirelax.metrics`, :func:`assert_equivariant`, the symmetry gap :mod:`equirelax.gap`),
+equivariant building blocks (:mod:`equirelax.nn`) and canonicalization of any predictor
+(:mod:`equirelax.canonical`).
 """
 
 from equirelax import (
     actions,
+    canonical,
     free_branches,
     gap,
     groups,
@@ -38,6 +40,7 @@ __all__ = [
     "TrainResult",
     "actions",
     "assert_equivariant",
+    "canonical",
     "equivariance_error",
     "free_branches",
     "gap",

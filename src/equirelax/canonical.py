@@ -1,0 +1,314 @@
+"""Equivariant adaptation by canonicalization (Kaba et al. 2023; Mondal et al., NeurIPS 2023,
+arXiv 2310.01647), with the canonicalization prior.
+
+A canonicalizer ``c`` is a small *equivariant* network that maps an input ``x`` to a group
+element, with ``c(g x) = g c(x)``. Any predictor ``p`` (e.g. a pretrained, unconstrained
+network) then gives
+
+* an invariant model ``f(x) = p(c(x)^-1 x)``, and
+* an equivariant model ``f(x) = c(x) . p(c(x)^-1 x)`` for an output action ``.``,
+
+exactly, whatever ``p`` is: ``c(g x)^-1 g x = c(x)^-1 g^-1 g x = c(x)^-1 x``. The
+*canonicalization prior* (Mondal et al.) adds ``lambda_prior * prior`` to the loss so that the
+canonicalizer maps the data's usual pose to the identity, where a pretrained predictor works
+best: cross-entropy to the identity (or any given distribution over the elements) for discrete
+groups, ``||R - I||_F^2`` for continuous ones. ``lambda_prior = 100`` by default.
+
+Canonicalizers here:
+
+* :class:`ImageCanonicalizer`: C_n / D_n on images. A group CNN (lifting and group
+  convolutions) gives one logit per group element; the element is the argmax. In training the
+  canonical image is ``sum_g w_g (g^-1 x)`` with the straight-through weights
+  ``w = onehot(argmax) + s - stop_gradient(s)``, ``s = softmax(logits / beta)`` (or hard
+  Gumbel-softmax with ``gumbel=True``), so the forward pass uses the hard choice and gradients
+  reach the canonicalizer through ``s``.
+* :class:`PointCloudCanonicalizer`: SO(3), O(3) and E(3) on point clouds ``(B, N, 3)``.
+  Vector-neuron layers on the centred points give equivariant vectors; Gram-Schmidt and a cross
+  product turn them into a rotation (O(3): the handedness from a third vector); the centroid is
+  the translation.
+
+Ties (inputs with a non-trivial stabiliser have equal logits at ``h`` and ``s h``) are broken by
+taking the first maximal logit in the order of ``group.elements()``. Invariant outputs are
+exact under ties too (both choices give the same canonical input); equivariant outputs on
+exactly symmetric inputs are equivariant only up to the stabiliser.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from equirelax._checks import check_positive_int, check_tensor
+from equirelax.actions import Action, ImageAction, PointAction
+from equirelax.groups import O3, SO3, CyclicGroup, DihedralGroup, Euclidean, FiniteGroup, Group
+from equirelax.nn import GroupConv2d, LiftingConv2d, VNLeakyReLU, VNLinear
+
+__all__ = [
+    "Canonicalization",
+    "Canonicalized",
+    "ImageCanonicalizer",
+    "PointCloudCanonicalizer",
+]
+
+
+class Canonicalization(NamedTuple):
+    """What a canonicalizer or a :class:`Canonicalized` model returns.
+
+    Attributes
+    ----------
+    output:
+        The canonical input ``c(x)^-1 x`` (canonicalizer) or the model's output (wrapper).
+    elements:
+        The chosen group elements ``c(x)``, one per sample.
+    prior:
+        The (unweighted) canonicalization prior, a scalar: cross-entropy to the prior
+        distribution (discrete) or ``mean ||R - I||_F^2`` (continuous).
+    """
+
+    output: Any
+    elements: Tensor
+    prior: Tensor
+
+
+class ImageCanonicalizer(nn.Module):
+    """A C_n / D_n canonicalizer for images ``(B, C, H, W)`` (see the module docstring).
+
+    Parameters
+    ----------
+    group:
+        ``CyclicGroup(n)`` or ``DihedralGroup(n)`` (exact for n in {1, 2, 4}; other angles
+        rotate by interpolation).
+    in_channels:
+        Image channels.
+    hidden:
+        Channels of the group CNN.
+    kernel_size:
+        Odd filter size of its two layers.
+    beta:
+        Softmax temperature of the straight-through weights and of the prior.
+    gumbel:
+        Use hard Gumbel-softmax samples in training instead of the argmax.
+    prior_distribution:
+        Target distribution over ``group.elements()`` for the prior; default: all mass on the
+        identity.
+    """
+
+    def __init__(
+        self,
+        group: FiniteGroup,
+        in_channels: int = 1,
+        *,
+        hidden: int = 8,
+        kernel_size: int = 5,
+        beta: float = 1.0,
+        gumbel: bool = False,
+        prior_distribution: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(group, (CyclicGroup, DihedralGroup)):
+            raise ValueError(
+                f"group: expected CyclicGroup(n) or DihedralGroup(n), received {group!r}"
+            )
+        if not beta > 0:
+            raise ValueError(f"beta: expected a positive temperature, received {beta!r}")
+        self.group = group
+        self.action = ImageAction(group)
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.beta, self.gumbel = float(beta), bool(gumbel)
+        hidden = check_positive_int("hidden", hidden)
+        self.lift = LiftingConv2d(in_channels, hidden, kernel_size, group)
+        self.conv = GroupConv2d(hidden, 1, kernel_size, group)
+        order = group.order
+        if prior_distribution is None:
+            prior_distribution = torch.zeros(order)
+            prior_distribution[int(group.index(group.identity(1))[0])] = 1.0
+        prior_distribution = check_tensor("prior_distribution", prior_distribution).double()
+        if (
+            prior_distribution.shape != (order,)
+            or (prior_distribution < 0).any()
+            or abs(float(prior_distribution.sum()) - 1.0) > 1e-6
+        ):
+            raise ValueError(
+                f"prior_distribution: expected {order} non-negative probabilities summing to 1 "
+                f"over {group}.elements(), received {prior_distribution.tolist()}"
+            )
+        self.register_buffer("prior_distribution", prior_distribution.float())
+        self.register_buffer("elements", group.elements(), persistent=False)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """One logit per group element, ``(B, |G|)``; ``logits(g x)[h] = logits(x)[g^-1 h]``."""
+        self._check(x)
+        features = self.conv(F.relu(self.lift(x)))  # (B, 1, |G|, H, W), regular fibre
+        return features.mean(dim=(1, 3, 4))
+
+    def forward(self, x: Tensor) -> Canonicalization:
+        """``(c(x)^-1 x, c(x), prior)`` (see the module docstring for the training path)."""
+        logits = self.logits(x)
+        soft = torch.softmax(logits / self.beta, dim=-1)
+        if self.training and self.gumbel:
+            weights = F.gumbel_softmax(logits / self.beta, tau=1.0, hard=True)
+        else:
+            hard = F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(soft)
+            weights = hard + soft - soft.detach()
+        chosen = self.elements[weights.detach().argmax(dim=-1)]
+        order, batch = self.group.order, x.shape[0]
+        inverses = self.group.inverse(self.elements).repeat_interleave(batch, dim=0)
+        moved = self.action(inverses, x.repeat(order, 1, 1, 1)).reshape(order, *x.shape)
+        canonical = torch.einsum("bg,gb...->b...", weights.to(x.dtype), moved)
+        target = self.prior_distribution.to(logits.dtype)
+        prior = -(target * torch.log_softmax(logits / self.beta, dim=-1)).sum(-1).mean()
+        return Canonicalization(canonical, chosen, prior)
+
+    def _check(self, x: object) -> None:
+        x = check_tensor("x", x)
+        if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-1] != x.shape[-2]:
+            raise ValueError(
+                f"x: expected square images (B, {self.in_channels}, H, H), received shape "
+                f"{tuple(x.shape)}"
+            )
+
+
+class PointCloudCanonicalizer(nn.Module):
+    """An SO(3) / O(3) / E(3) canonicalizer for point clouds ``(B, N, 3)``.
+
+    Each (centred) point ``p_n`` enters with the equivariant channels ``(p_n, M p_n, M^2 p_n)``,
+    ``M = 3 sum_n p_n p_n^T / tr(sum_n p_n p_n^T)`` (a point alone spans one direction, and
+    channel-mixing vector-neuron layers would keep every feature parallel to it). Vector-neuron
+    layers, pooled over points with the invariant weights ``||v_n||``, give ``k`` equivariant
+    vectors (``k = 2`` for rotations, 3 with reflections). Gram-Schmidt on the first two and
+    their cross product give ``R`` with ``R(Q x) = Q R(x)``; with reflections the cross product
+    takes the sign of its inner product with the third vector (that sign flips with
+    ``det Q``, so ``R`` follows reflections too). For ``Euclidean(...)`` groups the element is
+    ``[[R, t], [0, 1]]`` with ``t`` the centroid. Inputs whose second-moment matrix has
+    repeated eigenvalues (e.g. symmetric shapes) can give a degenerate frame, which raises.
+
+    Parameters
+    ----------
+    group:
+        ``SO3()``, ``O3()``, ``Euclidean(SO3())`` or ``Euclidean(O3())``.
+    hidden:
+        Vector-neuron channels.
+    eps:
+        Smallest norm accepted in Gram-Schmidt (degenerate frames raise, not divide by 0).
+    """
+
+    def __init__(self, group: Group, *, hidden: int = 16, eps: float = 1e-9) -> None:
+        super().__init__()
+        base = group.base if isinstance(group, Euclidean) else group
+        if not isinstance(base, SO3) or base.d != 3:
+            raise ValueError(
+                "group: expected SO3(), O3(), Euclidean(SO3()) or Euclidean(O3()), "
+                f"received {group!r}"
+            )
+        self.group = group
+        self.translations = isinstance(group, Euclidean)
+        self.reflections = isinstance(base, O3)
+        self.action = PointAction(group)
+        self.eps = float(eps)
+        hidden = check_positive_int("hidden", hidden)
+        vectors = 3 if self.reflections else 2
+        self.net = nn.Sequential(
+            VNLinear(3, hidden), VNLeakyReLU(hidden), VNLinear(hidden, hidden),
+            VNLeakyReLU(hidden), VNLinear(hidden, vectors),
+        )  # fmt: skip
+
+    def frame(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(R, centroid)``: ``R (B, 3, 3)`` with columns the Gram-Schmidt frame."""
+        x = check_tensor("x", x)
+        if x.ndim != 3 or x.shape[-1] != 3 or x.shape[1] < 1:
+            raise ValueError(f"x: expected point clouds (B, N, 3), received shape {tuple(x.shape)}")
+        centroid = x.mean(dim=1)
+        centred = x - centroid.unsqueeze(1) if self.translations else x
+        moment = centred.transpose(1, 2) @ centred  # (B, 3, 3), equivariant: Q M Q^T
+        trace = moment.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None, None]
+        moment = 3 * moment / trace.clamp_min(self.eps)  # mean eigenvalue 1
+        once = centred @ moment  # rows p_n^T M = (M p_n)^T (M is symmetric)
+        channels = [centred, once, once @ moment]
+        features = torch.stack([c.transpose(1, 2) for c in channels], dim=1)  # (B, 3, 3, N)
+        per_point = self.net(features)  # (B, k, 3, N)
+        # norm-weighted mean over points: a plain mean of centred, nearly linear features
+        # nearly cancels (sum_n (p_n - centroid) = 0) and leaves an ill-conditioned frame
+        vectors = (per_point * per_point.norm(dim=2, keepdim=True)).mean(dim=-1)  # (B, k, 3)
+        first = self._unit(vectors[:, 0])
+        second = self._unit(vectors[:, 1] - (vectors[:, 1] * first).sum(-1, keepdim=True) * first)
+        third = torch.linalg.cross(first, second)
+        if self.reflections:  # O(3): the handedness follows a third equivariant vector
+            third = third * torch.sign((vectors[:, 2] * third).sum(-1, keepdim=True))
+        return torch.stack([first, second, third], dim=-1), centroid
+
+    def _unit(self, v: Tensor) -> Tensor:
+        norm = v.norm(dim=-1, keepdim=True)
+        if bool((norm <= self.eps).any()):
+            raise ValueError(
+                "x: the canonicalizer's vectors are degenerate (norm <= eps) for some input: "
+                "the frame is undefined (e.g. all points at their centroid)"
+            )
+        return v / norm
+
+    def forward(self, x: Tensor) -> Canonicalization:
+        """``(c(x)^-1 x, c(x), mean ||R - I||_F^2)``."""
+        rotation, centroid = self.frame(x)
+        element = Euclidean.from_parts(rotation, centroid) if self.translations else rotation
+        canonical = self.action(self.group.inverse(element), x)
+        eye = torch.eye(3, dtype=rotation.dtype, device=rotation.device)
+        prior = (rotation - eye).square().sum(dim=(-2, -1)).mean()
+        return Canonicalization(canonical, element, prior)
+
+
+class Canonicalized(nn.Module):
+    """``f(x) = p(c(x)^-1 x)`` (invariant) or ``c(x) . p(c(x)^-1 x)`` (equivariant).
+
+    Parameters
+    ----------
+    canonicalizer:
+        An :class:`ImageCanonicalizer`, a :class:`PointCloudCanonicalizer`, or any module
+        returning a :class:`Canonicalization` of its input.
+    predictor:
+        Any module on canonical inputs (e.g. a pretrained network).
+    output_action:
+        ``None`` for invariant outputs, else the action of the canonicalizer's group on the
+        predictor's outputs.
+    prior_weight:
+        ``lambda_prior``: the returned ``prior`` is ``prior_weight`` times the canonicalizer's
+        prior, ready to be added to the task loss.
+
+    ``forward`` returns a :class:`Canonicalization` (``output``, ``elements``, ``prior``):
+    everything is returned, nothing is kept on the module between calls.
+    """
+
+    def __init__(
+        self,
+        canonicalizer: nn.Module,
+        predictor: nn.Module,
+        output_action: Action | None = None,
+        *,
+        prior_weight: float = 100.0,
+    ) -> None:
+        super().__init__()
+        group = getattr(canonicalizer, "group", None)
+        if output_action is not None:
+            if not isinstance(output_action, Action):
+                raise TypeError(
+                    f"output_action: expected an Action or None, received {output_action!r}"
+                )
+            if group is not None and output_action.group != group:
+                raise ValueError(
+                    f"output_action: expected an action of the canonicalizer's group {group}, "
+                    f"received one of {output_action.group}"
+                )
+        if not prior_weight >= 0:
+            raise ValueError(f"prior_weight: expected >= 0, received {prior_weight!r}")
+        self.canonicalizer = canonicalizer
+        self.predictor = predictor
+        self.output_action = output_action
+        self.prior_weight = float(prior_weight)
+
+    def forward(self, x: Tensor) -> Canonicalization:
+        canonical, elements, prior = self.canonicalizer(x)
+        out = self.predictor(canonical)
+        if self.output_action is not None:
+            out = self.output_action(elements, out)
+        return Canonicalization(out, elements, self.prior_weight * prior)
