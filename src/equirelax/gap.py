@@ -223,8 +223,10 @@ def symmetry_gap(
         averaged = group_average(predictor, x, action_in, action_out, elements=elements)
         shares = torch.linspace(0.0, 1.0, _SHARES, dtype=y.dtype, device=y.device)
         # (n, shares): the loss of P_G f + c (f - P_G f) per sample and share c
+        asymmetric = combine(raw, averaged, -1.0)
         risks = torch.stack(
-            [per_sample_loss(loss, _mix(averaged, raw, float(c)), y) for c in shares], dim=1
+            [per_sample_loss(loss, combine(averaged, asymmetric, float(c)), y) for c in shares],
+            dim=1,
         )
         scale_rows = per_sample_loss(loss, y.mean(dim=0, keepdim=True).expand_as(y), y)
     half = y.shape[0] // 2
@@ -254,11 +256,11 @@ def symmetry_gap(
     )
 
 
-def _mix(averaged: Any, raw: Any, share: float) -> Any:
-    """``P_G f + share * (f - P_G f)`` for tensor or tuple outputs."""
-    if isinstance(raw, (tuple, list)):
-        return type(raw)(_mix(a, r, share) for a, r in zip(averaged, raw, strict=True))
-    return averaged + share * (raw - averaged)
+def combine(a: Any, b: Any, weight: float) -> Any:
+    """``a + weight * b`` for tensors or tuples of tensors (outputs of tuple-valued maps)."""
+    if isinstance(a, (tuple, list)):
+        return type(a)(combine(p, q, weight) for p, q in zip(a, b, strict=True))
+    return a + weight * b
 
 
 def per_sample_loss(loss: Loss, outputs: Any, targets: Tensor) -> Tensor:

@@ -61,10 +61,10 @@ import torch
 from torch import Tensor, nn
 
 from equirelax._batches import call, index, parts, repeat
-from equirelax._checks import batch_size, check_positive_int
+from equirelax._checks import batch_size, check_non_negative, check_positive_int
 from equirelax.commutant import EquivariantProjector
 from equirelax.free_branches import DenseFreeBranch
-from equirelax.gap import group_average, per_sample_loss
+from equirelax.gap import combine, group_average, per_sample_loss
 from equirelax.metrics import haar_elements
 from equirelax.relaxed import Relaxed
 from equirelax.strategies.base import Strategy, require_relaxed, set_levels
@@ -121,31 +121,23 @@ class RECM(Strategy):
         self.every = check_positive_int("every", every)
         self.probe_size = check_positive_int("probe_size", probe_size)
         self.num_elements = check_positive_int("num_elements", num_elements)
-        for name, value, low, high in (
-            ("holdout", holdout, 0.0, 1.0),
-            ("beta", beta, 0.0, 1.0),
-            ("alpha", alpha, 0.0, 1.0),
-            ("probe_level", probe_level, 0.0, 1.0),
+        for name, value, closed in (
+            ("holdout", holdout, False),
+            ("beta", beta, True),
+            ("alpha", alpha, True),
+            ("probe_level", probe_level, True),
         ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not low < value <= high
-            ):
-                raise ValueError(
-                    f"{name}: expected a number in ({low}, {high}], received {value!r}"
-                )
-        if holdout >= 1.0:
-            raise ValueError(f"holdout: expected a share below 1, received {holdout!r}")
-        for name, value in (("gain", gain), ("z", z)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name}: expected a non-negative number, received {value!r}")
+            inside = 0.0 < value <= 1.0 if closed else 0.0 < value < 1.0
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not inside:
+                interval = "(0, 1]" if closed else "(0, 1)"
+                raise ValueError(f"{name}: expected a number in {interval}, received {value!r}")
         if not 0.0 <= initial_level <= 1.0:
             raise ValueError(
                 f"initial_level: expected a number in [0, 1], received {initial_level!r}"
             )
         self.holdout, self.beta, self.alpha = float(holdout), float(beta), float(alpha)
-        self.gain, self.z, self.probe_level = float(gain), float(z), float(probe_level)
+        self.gain, self.z = check_non_negative("gain", gain), check_non_negative("z", z)
+        self.probe_level = float(probe_level)
         self.initial_level = float(initial_level)
         self.layers: dict[str, Relaxed] = {}
         self._probe: tuple[Any, Tensor] | None = None
@@ -344,7 +336,7 @@ class RECM(Strategy):
         averaged = group_average(
             free, x, layer.action_in, layer.action_out, elements=elements, kwargs=kwargs
         )
-        return _combine(u, averaged, -1.0)
+        return combine(u, averaged, -1.0)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -391,13 +383,6 @@ def _exact_projectors(layer: Relaxed) -> tuple[EquivariantProjector, Equivariant
         return None
     trivial = rep_out.group.trivial_representation()
     return EquivariantProjector(rep_in, rep_out), EquivariantProjector(trivial, rep_out)
-
-
-def _combine(a: Any, b: Any, weight: float) -> Any:
-    """``a + weight * b`` for tensors or tuples of tensors."""
-    if isinstance(a, (tuple, list)):
-        return type(a)(_combine(p, q, weight) for p, q in zip(a, b, strict=True))
-    return a + weight * b
 
 
 def _target_scale(loss_fn: Callable[[Any, Tensor], Tensor], targets: Tensor) -> float | None:

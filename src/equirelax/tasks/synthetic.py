@@ -301,24 +301,14 @@ def _inertia_like(
     splits = _splits(sizes, seed, 4 * k, target, prepare=functools.partial(_softplus_masses, k=k))
     group = O3()
     vector, scalar = group.standard_representation(), group.trivial_representation()
-    return Task(
-        name=name,
-        train=splits["train"],
-        val=splits["val"],
-        test=splits.get("test"),
-        action_in=RepresentationAction(k * scalar + k * vector),
-        action_out=RepresentationAction(vector.tensor(vector)),
-        metric_name="mse",
-        description=description,
-        extra={
-            "symmetry": "O(3)",
-            **extra,
-            "num_masses": k,
-            "seed": seed,
-            "sizes": sizes,
-            "reference": REFERENCE,
-            "target_function": target,
-        },
+    return _task(
+        name,
+        splits,
+        RepresentationAction(k * scalar + k * vector),
+        RepresentationAction(vector.tensor(vector)),
+        description,
+        target,
+        {"symmetry": "O(3)", **extra, "num_masses": k, "seed": seed, "sizes": sizes},
     )
 
 
@@ -364,27 +354,15 @@ def o5_task(
     target = functools.partial(_o5_targets, mean=mean, std=std)
     splits = _splits(sizes, seed, 10, target)
     group = Orthogonal(5)
-    return Task(
-        name="o5",
-        train=splits["train"],
-        val=splits["val"],
-        test=splits.get("test"),
-        action_in=RepresentationAction(2 * group.standard_representation()),
-        action_out=RepresentationAction(group.trivial_representation()),
-        metric_name="mse",
-        description=(
-            "Predict sin|x1| - |x2|^3 / 2 + cos(x1, x2) (standardised) from x1, x2 in R^5; "
-            f"exactly O(5)-invariant ({REFERENCE}, O5Synthetic)."
-        ),
-        extra={
-            "symmetry": "O(5)",
-            "target_mean": mean,
-            "target_std": std,
-            "seed": seed,
-            "sizes": sizes,
-            "reference": REFERENCE,
-            "target_function": target,
-        },
+    return _task(
+        "o5",
+        splits,
+        RepresentationAction(2 * group.standard_representation()),
+        RepresentationAction(group.trivial_representation()),
+        "Predict sin|x1| - |x2|^3 / 2 + cos(x1, x2) (standardised) from x1, x2 in R^5; "
+        f"exactly O(5)-invariant ({REFERENCE}, O5Synthetic).",
+        target,
+        {"symmetry": "O(5)", "target_mean": mean, "target_std": std, "seed": seed, "sizes": sizes},
     )
 
 
@@ -430,19 +408,15 @@ def gap_dial_task(
     vector = group.standard_representation()
     gap = 2.0 * delta**2 / 3.0
     energy = 24.0 + delta**2
-    return Task(
-        name="gap-dial",
-        train=splits["train"],
-        val=splits["val"],
-        test=splits.get("test"),
-        action_in=RepresentationAction(2 * vector),
-        action_out=RepresentationAction(vector),
-        metric_name="mse",
-        description=(
-            f"Predict (x1 . x2) x1 + x2 + {delta:g} (x1 . e_z) e_z from x1, x2 in R^3: O(3) "
-            f"broken by a known amount (gap {gap / 3.0:.3g} in MSE)."
-        ),
-        extra={
+    return _task(
+        "gap-dial",
+        splits,
+        RepresentationAction(2 * vector),
+        RepresentationAction(vector),
+        f"Predict (x1 . x2) x1 + x2 + {delta:g} (x1 . e_z) e_z from x1, x2 in R^3: O(3) "
+        f"broken by a known amount (gap {gap / 3.0:.3g} in MSE).",
+        target,
+        {
             "symmetry": "O(3) + delta * breaking",
             "exact_symmetry": "O(3)" if delta == 0 else AXIS_SYMMETRY,
             "delta": delta,
@@ -453,8 +427,30 @@ def gap_dial_task(
             "relative_gap": math.sqrt(gap / energy),
             "seed": seed,
             "sizes": sizes,
-            "target_function": target,
         },
+    )
+
+
+def _task(
+    name: str,
+    splits: dict[str, Split],
+    action_in: RepresentationAction,
+    action_out: RepresentationAction,
+    description: str,
+    target: _TargetMap,
+    extra: dict[str, Any],
+) -> Task:
+    """A synthetic MSE task from its splits; ``extra`` gains the reference and the target map."""
+    return Task(
+        name=name,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits.get("test"),
+        action_in=action_in,
+        action_out=action_out,
+        metric_name="mse",
+        description=description,
+        extra={**extra, "reference": REFERENCE, "target_function": target},
     )
 
 
