@@ -8,10 +8,24 @@ import pytest
 import torch
 from torch import nn
 
-from equirelax.actions import ImageAction, PointAction, TrivialAction
-from equirelax.canonical import Canonicalized, ImageCanonicalizer, PointCloudCanonicalizer
+from equirelax.actions import (
+    DirectSumAction,
+    ImageAction,
+    PointAction,
+    TrivialAction,
+    VectorAction,
+)
+from equirelax.canonical import (
+    Canonicalized,
+    ImageCanonicalizer,
+    PointCloudCanonicalizer,
+    split_output,
+)
+from equirelax.engine import train
 from equirelax.groups import O3, SO3, CyclicGroup, DihedralGroup, Euclidean
 from equirelax.metrics import equivariance_error
+from equirelax.strategies import Free
+from equirelax.tasks import Task
 
 F64 = torch.float64
 GEN = torch.Generator().manual_seed(0)
@@ -168,3 +182,64 @@ def test_bad_inputs_and_groups_are_rejected() -> None:
         PointCloudCanonicalizer(SO3())(torch.randn(2, 5, 2))
     with pytest.raises(ValueError, match="degenerate"):
         PointCloudCanonicalizer(Euclidean(SO3()))(torch.ones(2, 5, 3))
+
+
+class _ConstantLogits(nn.Module):
+    """A predictor that ignores its input: the task loss gives the canonicalizer no gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], 3)
+
+
+@pytest.mark.parametrize("prior_weight", [0.0, 10.0])
+def test_training_engine_adds_the_weighted_prior_to_the_objective(prior_weight) -> None:
+    group = CyclicGroup(4)
+    images = torch.randn(40, 1, 9, 9, generator=GEN)
+    labels = torch.randint(0, 3, (40,), generator=GEN)
+    task = Task("images", train=(images, labels), val=(images, labels),
+                action_in=ImageAction(group), loss=nn.functional.cross_entropy)  # fmt: skip
+    torch.manual_seed(0)
+    canon = ImageCanonicalizer(group, 1)
+    model = Canonicalized(canon, _ConstantLogits(), prior_weight=prior_weight)
+    before = {k: v.clone() for k, v in canon.state_dict().items()}
+    prior_before = float(canon(images).prior.detach())
+    train(model, Free(), task, epochs=10, batch_size=20, lr=3e-2, progress=False)
+    moved = max(float((canon.state_dict()[k] - v).abs().max()) for k, v in before.items())
+    if prior_weight == 0:  # the loss alone does not reach the canonicalizer
+        assert moved == 0.0
+    else:  # the prior does, and training lowers it
+        assert moved > 1e-3
+        assert float(canon(images).prior.detach()) < prior_before - 0.5
+
+
+def test_split_output_separates_a_canonicalization_from_plain_outputs() -> None:
+    canon = ImageCanonicalizer(CyclicGroup(4), 1)
+    model = Canonicalized(canon, nn.Flatten(), prior_weight=3.0)
+    x = torch.randn(2, 1, 5, 5)
+    output, prior = split_output(model(x))
+    assert output.shape == (2, 25)
+    assert torch.allclose(prior, 3.0 * canon(x).prior)
+    plain = torch.ones(2)
+    assert split_output(plain) == (plain, None)
+
+
+def test_point_canonicalizer_moves_every_input_tensor_with_its_action() -> None:
+    e3 = Euclidean(O3())
+    action = DirectSumAction(PointAction(e3), VectorAction(e3), TrivialAction(e3))
+    canon = PointCloudCanonicalizer(e3, input_action=action).double()
+    positions = torch.randn(3, 6, 3, dtype=F64, generator=GEN)
+    velocities = torch.randn(3, 6, 3, dtype=F64, generator=GEN)
+    charges = torch.randn(3, 6, 1, dtype=F64, generator=GEN)
+    (p, v, q), element, _ = canon(positions, velocities, charges)
+    rotation = element[:, :3, :3]
+    assert torch.allclose(p, (positions - positions.mean(1, keepdim=True)) @ rotation, atol=1e-12)
+    assert torch.allclose(v, velocities @ rotation, atol=1e-12)  # no translation on velocities
+    assert torch.equal(q, charges)
+    with pytest.raises(ValueError, match="input_action: expected an Action of"):
+        PointCloudCanonicalizer(e3, input_action=PointAction(SO3()))
+    with pytest.raises(ValueError, match="inputs: expected one point cloud"):
+        PointCloudCanonicalizer(e3)(positions, velocities)

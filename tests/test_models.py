@@ -108,7 +108,7 @@ def test_registry_builds_models_and_rejects_other_tasks() -> None:
                 action_out=ACTION_OUT)  # fmt: skip
     assert isinstance(models.build("egnn", task, hidden_features=8), NBodyEGNN)
     assert models.build("mlp", task).num_particles == 5
-    expected = r"model: expected one of \['egnn', 'emlp', 'mlp', 'segnn'\]"
+    expected = r"model: expected one of \['canon-mlp', 'egnn', 'emlp', 'mlp', 'segnn'\]"
     with pytest.raises(ValueError, match=expected):
         models.build("resnet", task)
     other = Task("vectors", train=(torch.zeros(4, 3), torch.zeros(4, 3)),
@@ -116,3 +116,19 @@ def test_registry_builds_models_and_rejects_other_tasks() -> None:
                  action_in=VectorAction(O3()), action_out=VectorAction(O3()))  # fmt: skip
     with pytest.raises(ValueError, match="task: model 'egnn' needs"):
         models.build("egnn", other)
+
+
+def test_canonicalized_mlp_is_exactly_e3_equivariant_but_not_permutation_equivariant() -> None:
+    x = _systems(batch=4, dtype=torch.float32)
+    task = Task("particles", train=(x, x[0]), val=(x, x[0]), action_in=ACTION_IN,
+                action_out=ACTION_OUT)  # fmt: skip
+    torch.manual_seed(0)
+    model = models.build("canon-mlp", task, hidden_features=32).double()
+    assert model.prior_weight == 0.0  # trained from scratch: no pose to prefer by default
+    output = model(*_systems()).output
+    assert (output - _systems()[0]).abs().max() > 1e-2  # it predicts a real displacement
+    only_output = equirelax.canonical.TaskOutput(model)
+    assert _error(only_output) < 1e-10
+    assert _error(only_output, PERMUTE_IN, PERMUTE) > 1e-3  # the flattening orders particles
+    with pytest.raises(ValueError, match="inputs: expected several tensors"):
+        model.canonicalizer(x[0])

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from equirelax._batches import call
 from equirelax._checks import check_positive_int, check_tensor
 from equirelax.actions import Action, ImageAction, PointAction
 from equirelax.groups import O3, SO3, CyclicGroup, DihedralGroup, Euclidean, FiniteGroup, Group
@@ -51,6 +52,8 @@ __all__ = [
     "Canonicalized",
     "ImageCanonicalizer",
     "PointCloudCanonicalizer",
+    "TaskOutput",
+    "split_output",
 ]
 
 
@@ -193,9 +196,21 @@ class PointCloudCanonicalizer(nn.Module):
         Vector-neuron channels.
     eps:
         Smallest norm accepted in Gram-Schmidt (degenerate frames raise, not divide by 0).
+    input_action:
+        For inputs made of several tensors (e.g. positions, velocities, charges): the group's
+        action on all of them. The frame is computed from the first (the point cloud) and
+        ``c(x)^-1`` is applied to every tensor with this action. Default: one point cloud,
+        moved by ``PointAction(group)``.
     """
 
-    def __init__(self, group: Group, *, hidden: int = 16, eps: float = 1e-9) -> None:
+    def __init__(
+        self,
+        group: Group,
+        *,
+        hidden: int = 16,
+        eps: float = 1e-9,
+        input_action: Action | None = None,
+    ) -> None:
         super().__init__()
         base = group.base if isinstance(group, Euclidean) else group
         if not isinstance(base, SO3) or base.d != 3:
@@ -206,7 +221,14 @@ class PointCloudCanonicalizer(nn.Module):
         self.group = group
         self.translations = isinstance(group, Euclidean)
         self.reflections = isinstance(base, O3)
-        self.action = PointAction(group)
+        if input_action is not None and (
+            not isinstance(input_action, Action) or input_action.group != group
+        ):
+            raise ValueError(
+                f"input_action: expected an Action of {group} or None, received {input_action!r}"
+            )
+        self.action = input_action if input_action is not None else PointAction(group)
+        self.several_inputs = input_action is not None
         self.eps = float(eps)
         hidden = check_positive_int("hidden", hidden)
         vectors = 3 if self.reflections else 2
@@ -248,11 +270,19 @@ class PointCloudCanonicalizer(nn.Module):
             )
         return v / norm
 
-    def forward(self, x: Tensor) -> Canonicalization:
-        """``(c(x)^-1 x, c(x), mean ||R - I||_F^2)``."""
+    def forward(self, x: Tensor, *rest: Tensor) -> Canonicalization:
+        """``(c(x)^-1 x, c(x), mean ||R - I||_F^2)``; with ``rest`` (and an ``input_action``
+        for all of them), the canonical input is the tuple ``c(x)^-1 (x, *rest)``."""
+        if bool(rest) != self.several_inputs:
+            expected = "several tensors" if self.several_inputs else "one point cloud"
+            raise ValueError(
+                f"inputs: expected {expected} (input_action={self.action!r}), "
+                f"received {1 + len(rest)} tensors"
+            )
         rotation, centroid = self.frame(x)
         element = Euclidean.from_parts(rotation, centroid) if self.translations else rotation
-        canonical = self.action(self.group.inverse(element), x)
+        inputs = (x, *rest) if rest else x
+        canonical = self.action(self.group.inverse(element), inputs)
         eye = torch.eye(3, dtype=rotation.dtype, device=rotation.device)
         prior = (rotation - eye).square().sum(dim=(-2, -1)).mean()
         return Canonicalization(canonical, element, prior)
@@ -275,8 +305,11 @@ class Canonicalized(nn.Module):
         ``lambda_prior``: the returned ``prior`` is ``prior_weight`` times the canonicalizer's
         prior, ready to be added to the task loss.
 
-    ``forward`` returns a :class:`Canonicalization` (``output``, ``elements``, ``prior``):
-    everything is returned, nothing is kept on the module between calls.
+    ``forward(*inputs)`` returns a :class:`Canonicalization` (``output``, ``elements``,
+    ``prior``): everything is returned, nothing is kept on the module between calls. A canonical
+    input that is a tuple is unpacked into the predictor's positional arguments.
+    :func:`equirelax.train` accepts such a model: the task loss and metric see ``output`` and
+    the weighted prior is added to the objective.
     """
 
     def __init__(
@@ -306,9 +339,29 @@ class Canonicalized(nn.Module):
         self.output_action = output_action
         self.prior_weight = float(prior_weight)
 
-    def forward(self, x: Tensor) -> Canonicalization:
-        canonical, elements, prior = self.canonicalizer(x)
-        out = self.predictor(canonical)
+    def forward(self, *inputs: Tensor) -> Canonicalization:
+        canonical, elements, prior = self.canonicalizer(*inputs)
+        out = call(self.predictor, canonical)
         if self.output_action is not None:
             out = self.output_action(elements, out)
         return Canonicalization(out, elements, self.prior_weight * prior)
+
+
+def split_output(outputs: Any) -> tuple[Any, Tensor | None]:
+    """``(output, prior)`` of a model's return value: a :class:`Canonicalization` gives its
+    output and (weighted) prior, anything else is the output itself with no prior."""
+    if isinstance(outputs, Canonicalization):
+        return outputs.output, outputs.prior
+    return outputs, None
+
+
+class TaskOutput(nn.Module):
+    """``model`` seen by a task's loss, metric and equivariance checks: the ``output`` of a
+    :class:`Canonicalization`, any other return value as it is."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: Any) -> Any:
+        return split_output(self.model(*inputs))[0]

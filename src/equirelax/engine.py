@@ -8,6 +8,9 @@ What one call does:
   step (the last good checkpoint is kept);
 * evaluates the relaxed model and its projection every epoch, and the equivariance error of
   the model the strategy evaluates;
+* accepts models that return a :class:`~equirelax.canonical.Canonicalization` (a
+  :class:`~equirelax.canonical.Canonicalized` model): the loss, metric and equivariance error
+  see its ``output`` and its weighted prior is added to the objective;
 * appends one JSON line per epoch to ``out_dir/metrics.jsonl`` and writes
   ``out_dir/checkpoint.pt`` atomically (model, optimiser, scheduler, strategy state with
   multipliers and slacks, RNG states, epoch); ``resume=True`` continues from it and gives the
@@ -38,6 +41,7 @@ from tqdm.auto import tqdm
 
 from equirelax._batches import call, index
 from equirelax._checks import batch_size, check_choice, check_positive_int
+from equirelax.canonical import TaskOutput, split_output
 from equirelax.metrics import equivariance_error
 from equirelax.projection import project
 from equirelax.relaxed import relaxed_layers
@@ -232,10 +236,12 @@ def _run_epoch(
         mine = batch[rank::world]
         x, y = index(inputs, mine), targets[mine]
         x, y = strategy.transform_batch(x, y)
-        outputs = call(wrapped, x)
+        outputs, prior = split_output(call(wrapped, x))
         local = task.loss(outputs, y)
         share = mine.numel() * world / batch.numel()
         objective = strategy.loss(local * share, model, x, outputs)
+        if prior is not None:
+            objective = objective + prior * share
         batch_loss, objective_value = _global_mean(
             torch.stack([local.detach() * share, objective.detach()]), world
         )
@@ -288,7 +294,7 @@ def _evaluate(
     sample = index(inputs, torch.arange(min(config.equivariance_samples, batch_size(inputs))))
     evaluated.eval()
     error = equivariance_error(
-        evaluated,
+        TaskOutput(evaluated),
         sample,
         task.action_in,
         task.action_out,
@@ -310,7 +316,8 @@ def _metric(model: nn.Module, task: Task, split: Split, config: TrainConfig, dev
     assert task.metric is not None
     for start in range(0, count, config.eval_batch_size):
         rows = torch.arange(start, min(start + config.eval_batch_size, count))
-        value = task.metric(call(model, index(inputs, rows)), targets[rows])
+        outputs, _ = split_output(call(model, index(inputs, rows)))
+        value = task.metric(outputs, targets[rows])
         total += float(value) * rows.numel()
     model.train(was_training)
     return total / count

@@ -20,6 +20,7 @@ __all__ = [
     "LEVELS_PNG",
     "RESULTS_MD",
     "format_table",
+    "mean_std",
     "ordering",
     "summarize",
     "write_report",
@@ -30,7 +31,9 @@ CURVES_PNG = "curves.png"
 LEVELS_PNG = "levels.png"
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the finite values (``nan`` if there are none;
+    standard deviation 0 for one value)."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return math.nan, math.nan
@@ -49,7 +52,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         finals = [run["final"] for run in group]
         row: dict[str, Any] = {"strategy": label, "seeds": len(group)}
         for key in ("test", "val", "val_projected", "equivariance_error"):
-            row[key] = _mean_std([f.get(key, math.nan) for f in finals])
+            row[key] = mean_std([f.get(key, math.nan) for f in finals])
         finished = [r for r in group if "error" not in r]
         row["failed"] = len(group) - len(finished)
         row["seconds_per_epoch"] = (

@@ -14,6 +14,11 @@ name        what it is                                                  relaxati
 ``mlp``     plain SiLU MLP: on the flattened system for particle tasks  none
             (``NBodyMLP``), on the features for flat-tensor tasks
             (``MLP``, 256 hidden)
+``canon-``  the particle MLP made E(3)-equivariant by canonicalization  none (exactly
+``mlp``     (Kaba et al. 2023): a vector-neuron canonicalizer gives a   equivariant, not
+            frame and centroid from the positions; ``c(x) MLP(c(x)^-1   permutation-
+            x)``; option ``prior_weight`` (default 0: trained from      equivariant)
+            scratch, there is no pose to prefer)
 ==========  ==========================================================  ====================
 
 Each builder returns the *equivariant* model; :func:`equirelax.relax` adds the free branches
@@ -32,6 +37,7 @@ from torch import Tensor, nn
 from equirelax._batches import index, parts
 from equirelax._checks import describe
 from equirelax.actions import Action, RepresentationAction, TrivialAction
+from equirelax.canonical import Canonicalized, PointCloudCanonicalizer
 from equirelax.models._particles import check_particle_inputs
 from equirelax.models.egnn import NBodyEGNN
 from equirelax.models.emlp import EMLP, MLP
@@ -125,11 +131,25 @@ def _mlp(task: Task, **options: Any) -> nn.Module:
     return NBodyMLP(num_particles=_particles(task, "mlp"), **options)
 
 
+def _canon_mlp(
+    task: Task, *, prior_weight: float = 0.0, canonicalizer_hidden: int = 16, **options: Any
+) -> nn.Module:
+    num_particles = _particles(task, "canon-mlp")
+    canonicalizer = PointCloudCanonicalizer(
+        task.action_in.group, hidden=canonicalizer_hidden, input_action=task.action_in
+    )
+    predictor = NBodyMLP(num_particles=num_particles, **options)
+    return Canonicalized(canonicalizer, predictor, task.action_out, prior_weight=prior_weight)
+
+
 MODELS: dict[str, ModelInfo] = {
     "egnn": ModelInfo(_egnn, "EGNN (Satorras et al. 2021), E(3)-equivariant", True),
     "segnn": ModelInfo(_segnn, "SEGNN-like steerable network (e3nn), E(3)-equivariant", True),
     "emlp": ModelInfo(_emlp, "equivariant MLP (Finzi et al. 2021) on representations", True),
     "mlp": ModelInfo(_mlp, "plain MLP, no symmetry", False),
+    "canon-mlp": ModelInfo(
+        _canon_mlp, "particle MLP canonicalized by a learned E(3) frame, E(3)-equivariant", True
+    ),
 }
 
 

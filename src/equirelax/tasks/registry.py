@@ -96,7 +96,7 @@ TASKS: dict[str, TaskInfo] = {
             "charged 5-body system (EGNN/SEGNN protocol): positions and velocities at frame 30 "
             "-> positions at frame 40, MSE"
         ),
-        models=("egnn", "segnn", "mlp"),
+        models=("egnn", "segnn", "mlp", "canon-mlp"),
         quick={
             "task": {"train_size": 200, "val_size": 200, "test_size": 500},
             "train": {"epochs": 60, "batch_size": 50, "lr": 1e-3, "lr_schedule": "cosine"},
