@@ -131,11 +131,29 @@ def test_seeded_runs_repeat_and_seeds_differ():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("epochs", 0), ("batch_size", -1), ("lr", 0.0), ("lr_schedule", "step"), ("seed", 0.5)],
-)
+    [("epochs", 0), ("batch_size", -1), ("lr", 0.0), ("lr_schedule", "step"), ("seed", 0.5),
+     ("lr_scale", {"layer": 0.0}), ("lr_scale", ["layer"])],
+)  # fmt: skip
 def test_bad_config_is_rejected_by_name(field, value):
     with pytest.raises((ValueError, TypeError), match=field):
         TrainConfig(**{field: value})
+
+
+def test_lr_scale_gives_matching_parameters_their_own_learning_rate():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 4), torch.nn.Linear(4, 3))
+    model[0].bias.requires_grad_(False)  # frozen parameters are left out of the optimiser
+    before = [p.detach().clone() for p in model.parameters()]
+    config = TrainConfig(epochs=1, batch_size=50, lr=1e-3, lr_scale={"1.": 10.0, "1.weight": 100.0})
+    equirelax.train(model, Free(), vector_task(), config, progress=False)
+    after = list(model.parameters())
+    steps = [float((p.detach() - b).abs().max()) for p, b in zip(after, before, strict=True)]
+    # Adam moves a coordinate by about lr per step: lr 1e-3 for layer 0's weight, 1e-2 for
+    # layer 1's bias (prefix "1."), 0.1 for its weight (the longer prefix "1.weight" wins)
+    assert steps[1] == 0.0
+    assert 5 * steps[0] < steps[3] < 0.2 * steps[2]
+    with pytest.raises(ValueError, match=r"lr_scale: expected prefixes .* \['head.'\]"):
+        equirelax.train(model, Free(), vector_task(), config, lr_scale={"head.": 2.0})
 
 
 def test_bad_arguments_are_rejected():

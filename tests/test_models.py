@@ -108,7 +108,7 @@ def test_registry_builds_models_and_rejects_other_tasks() -> None:
                 action_out=ACTION_OUT)  # fmt: skip
     assert isinstance(models.build("egnn", task, hidden_features=8), NBodyEGNN)
     assert models.build("mlp", task).num_particles == 5
-    expected = r"model: expected one of \['canon-mlp', 'egnn', 'emlp', 'mlp', 'segnn'\]"
+    expected = r"model: expected one of \['canon-mlp', 'cnn', 'egnn', 'emlp', 'mlp', 'segnn'\]"
     with pytest.raises(ValueError, match=expected):
         models.build("resnet", task)
     other = Task("vectors", train=(torch.zeros(4, 3), torch.zeros(4, 3)),

@@ -1,4 +1,4 @@
-"""The ``equirelax`` command line: ``tasks``, ``train`` and ``compare``.
+"""The ``equirelax`` command line: ``tasks``, ``train``, ``compare`` and ``adapt``.
 
 Examples
 --------
@@ -10,6 +10,9 @@ Examples
     The published protocol.
 ``equirelax train nbody --model egnn --strategy cr --option weight=0.1 --epochs 20``
     One run.
+``equirelax adapt mnist --group c8``
+    Pretrain a CNN on upright digits (or load ``--predictor PATH``), then fine-tune it at equal
+    budget with and without canonicalization and report upright, C4- and C8-averaged accuracy.
 
 Every run writes ``metrics.jsonl`` and an atomic ``checkpoint.pt``; ``--resume`` continues.
 """
@@ -28,6 +31,7 @@ from typing import Any
 import torch
 
 from equirelax import models
+from equirelax.adapt import ARMS, adapt, format_adapt_table, pretrain
 from equirelax.compare import DEFAULT_STRATEGIES, STRATEGY_PRESETS, compare, run_one
 from equirelax.engine import TrainConfig
 from equirelax.report import format_table, ordering, summarize
@@ -72,7 +76,7 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None:
     parser.add_argument("task", help=f"one of: {', '.join(TASKS)}")
     parser.add_argument("--model", help="model name (default: the task's first model)")
     parser.add_argument("--full", action="store_true", help="the published protocol")
@@ -103,7 +107,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="task builder option (repeatable), e.g. delta=0.5 for gap-dial",
     )
     parser.add_argument("--out", type=Path, help="output directory")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted job")
+    if resume:
+        parser.add_argument("--resume", action="store_true", help="continue an interrupted job")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -146,6 +151,48 @@ def _parser() -> argparse.ArgumentParser:
         metavar="STRATEGY.KEY=VALUE",
         help="strategy option (repeatable), e.g. cr.weight=0.1",
     )
+
+    adapt = commands.add_parser(
+        "adapt",
+        help="make a pretrained classifier rotation-invariant by canonicalization",
+        description=(
+            "Fine-tune a predictor pretrained on upright images at equal budget in each arm "
+            f"({', '.join(ARMS)}) and report upright, C4- and C8-averaged test accuracy and the "
+            "fraction of upright images canonicalized to the identity (Mondal et al. 2023). "
+            "The training options set the fine-tuning budget."
+        ),
+    )
+    _add_common(adapt, resume=False)
+    adapt.set_defaults(subparser=adapt)
+    adapt.add_argument(
+        "--predictor",
+        type=Path,
+        help="state dict of the task's model: loaded if the file exists, else the model is "
+        "pretrained on upright images and saved there (default OUT/predictor.pt)",
+    )
+    adapt.add_argument("--group", default="c8", help="canonicalizer group: cN or dN (default c8)")
+    adapt.add_argument(
+        "--arms", default=",".join(ARMS), help=f"comma-separated arms from: {', '.join(ARMS)}"
+    )
+    adapt.add_argument("--seeds", type=_positive_int, default=1, help="fine-tuning seeds per arm")
+    adapt.add_argument("--pretrain-epochs", type=_positive_int, help="epochs of pretraining")
+    adapt.add_argument(
+        "--prior-weight", type=_non_negative_float, default=100.0, help="lambda_prior"
+    )
+    adapt.add_argument(
+        "--canonicalizer-lr-scale",
+        type=_positive_float,
+        default=10.0,
+        help="the canonicalizer's learning rate as a multiple of --lr (default 10)",
+    )
+    adapt.add_argument(
+        "--canonicalizer-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ImageCanonicalizer option (repeatable), e.g. hidden=16 or beta=0.5",
+    )
     return parser
 
 
@@ -157,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _list_tasks()
         return 0
     parser = args.subparser
+    if args.command == "adapt":
+        return _adapt(parser, args, sys.argv[1:] if argv is None else list(argv))
     if args.task not in TASKS:
         parser.error(f"task: expected one of {', '.join(TASKS)}, received {args.task!r}")
     info = TASKS[args.task]
@@ -244,12 +293,104 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _labels(parser: argparse.ArgumentParser, text: str) -> list[str]:
+def _adapt(parser: argparse.ArgumentParser, args: argparse.Namespace, words: list[str]) -> int:
+    """``equirelax adapt``: pretrain or load the predictor, run the arms, print the table."""
+    if args.task not in TASKS or "adapt" not in TASKS[args.task].quick:
+        adaptable = [name for name, info in TASKS.items() if "adapt" in info.quick]
+        parser.error(f"task: expected one of {', '.join(adaptable)}, received {args.task!r}")
+    info = TASKS[args.task]
+    model = args.model or info.models[0]
+    if model not in info.models:
+        parser.error(
+            f"--model: expected one of {', '.join(info.models)} for task {args.task!r}, "
+            f"received {model!r}"
+        )
+    arms = _labels(parser, args.arms, "--arms")
+    for arm in arms:
+        if arm not in ARMS:
+            parser.error(f"--arms: expected names from {', '.join(ARMS)}, received {arm!r}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device: {args.device!r} requested but no CUDA device is available")
+    preset = info.full if args.full else info.quick
+    task_options = {**preset["task"], "progress": not args.quiet}
+    for split in ("train", "val", "test"):
+        size = getattr(args, f"{split}_size")
+        if size is not None:
+            task_options[f"{split}_size"] = size
+    task_options.update(dict(args.task_option))
+    task_options["group"] = args.group
+    try:
+        task = info.builder(**task_options)
+    except ImportError as error:
+        print(f"equirelax adapt: error: {error}", file=sys.stderr)
+        return 2
+    except (TypeError, ValueError) as error:
+        parser.error(f"--task-option: task {args.task!r} refused its options: {error}")
+    overrides = {
+        name: getattr(args, name)
+        for name in ("epochs", "batch_size", "lr", "weight_decay", "lr_schedule")
+        if getattr(args, name) is not None
+    }
+    finetune = TrainConfig(**{**preset["adapt"], **overrides, "device": args.device})
+    pretrain_epochs = {"epochs": args.pretrain_epochs} if args.pretrain_epochs else {}
+    pretraining = TrainConfig(**{**preset["train"], **pretrain_epochs, "device": args.device})
+    out = args.out or Path("runs") / f"adapt-{args.task}-{model}"
+    predictor_path = args.predictor or out / "predictor.pt"
+    try:
+        torch.manual_seed(0)
+        predictor = models.build(model, task, **dict(args.model_option))
+        if predictor_path.exists():
+            state = torch.load(predictor_path, map_location="cpu", weights_only=True)
+            try:
+                predictor.load_state_dict(state)
+            except RuntimeError as error:
+                raise ValueError(
+                    f"--predictor: {predictor_path} is not a state dict of model {model!r} "
+                    f"with options {dict(args.model_option)} ({error})"
+                ) from None
+            print(f"loaded the predictor from {predictor_path}")
+        else:
+            print(
+                f"pretraining {model} on upright {args.task} images ({pretraining.epochs} epochs)"
+            )
+            predictor = pretrain(
+                task, predictor, pretraining, out_dir=out / "pretrain", progress=not args.quiet
+            )
+            predictor_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(predictor.state_dict(), predictor_path)
+            print(f"saved the predictor to {predictor_path}")
+        records = adapt(
+            task,
+            predictor,
+            args.group,
+            arms=arms,
+            seeds=args.seeds,
+            config=finetune,
+            prior_weight=args.prior_weight,
+            canonicalizer_options=dict(args.canonicalizer_option),
+            canonicalizer_lr_scale=args.canonicalizer_lr_scale,
+            out_dir=out,
+            progress=not args.quiet,
+        )
+    except (TypeError, ValueError) as error:
+        print(f"equirelax adapt: error: {error}", file=sys.stderr)
+        return 2
+    table = format_adapt_table(records)
+    (out / "results.md").write_text(
+        f"`equirelax {' '.join(shlex.quote(w) for w in words)}`\n\n{table}\n"
+    )
+    print()
+    print(table)
+    print(f"\nwrote {out}/results.json, results.md")
+    return 0
+
+
+def _labels(parser: argparse.ArgumentParser, text: str, option: str = "--strategies") -> list[str]:
     labels = [label.strip() for label in text.split(",") if label.strip()]
     if not labels:
-        parser.error(f"--strategies: expected comma-separated labels, received {text!r}")
+        parser.error(f"{option}: expected comma-separated labels, received {text!r}")
     if len(set(labels)) != len(labels):
-        parser.error(f"--strategies: expected distinct labels, received {text!r}")
+        parser.error(f"{option}: expected distinct labels, received {text!r}")
     return labels
 
 

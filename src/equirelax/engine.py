@@ -61,7 +61,13 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters of :func:`train` (all plain values, stored in checkpoints)."""
+    """Hyperparameters of :func:`train` (all plain values, stored in checkpoints).
+
+    ``lr_scale`` maps parameter-name prefixes to learning-rate multipliers, e.g.
+    ``{"canonicalizer.": 10.0}`` trains a :class:`~equirelax.canonical.Canonicalized` model's
+    canonicalizer 10 times faster than its predictor (the longest matching prefix wins; other
+    parameters use ``lr``).
+    """
 
     epochs: int = 10
     batch_size: int = 100
@@ -69,6 +75,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
     max_grad_norm: float | None = None
+    lr_scale: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     eval_batch_size: int = 1000
     equivariance_samples: int = 32
@@ -84,6 +91,14 @@ class TrainConfig:
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay: expected >= 0, received {self.weight_decay!r}")
         check_choice("lr_schedule", self.lr_schedule, _LR_SCHEDULES)
+        if not isinstance(self.lr_scale, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and v > 0 and math.isfinite(v)
+            for k, v in self.lr_scale.items()
+        ):
+            raise ValueError(
+                "lr_scale: expected a dict of parameter-name prefix -> positive multiplier, "
+                f"received {self.lr_scale!r}"
+            )
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(
                 f"max_grad_norm: expected a positive number or None, "
@@ -150,8 +165,9 @@ def train(
     )
     train_inputs, train_targets = strategy.split_training_data(train_inputs, train_targets)
     _build_lazy_branches(model, train_inputs)
-    parameters = [p for p in (*model.parameters(), *strategy.parameters()) if p.requires_grad]
-    optimiser = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    optimiser = torch.optim.Adam(
+        _parameter_groups(model, strategy, config), lr=config.lr, weight_decay=config.weight_decay
+    )
     steps_per_epoch = math.ceil(batch_size(train_inputs) / config.batch_size)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.epochs * steps_per_epoch)
@@ -267,6 +283,32 @@ def _run_epoch(
         bar.update(1)
         bar.set_postfix(_postfix(epoch, batch_loss, strategy), refresh=False)
     return total / seen
+
+
+def _parameter_groups(
+    model: nn.Module, strategy: Strategy, config: TrainConfig
+) -> list[dict[str, Any]]:
+    """Adam parameter groups: one per learning rate of ``config.lr_scale`` (the longest
+    matching name prefix), trainable parameters only; the strategy's own at ``lr``."""
+    groups: dict[float, list[nn.Parameter]] = {1.0: []}
+    unmatched = set(config.lr_scale)
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        prefixes = [prefix for prefix in config.lr_scale if name.startswith(prefix)]
+        prefix = max(prefixes, key=len, default=None)
+        unmatched.discard(prefix)
+        scale = config.lr_scale[prefix] if prefix is not None else 1.0
+        groups.setdefault(float(scale), []).append(parameter)
+    if unmatched:
+        raise ValueError(
+            f"lr_scale: expected prefixes of the model's trainable parameter names, received "
+            f"{sorted(unmatched)} matching none"
+        )
+    groups[1.0] += [p for p in strategy.parameters() if p.requires_grad]
+    return [
+        {"params": params, "lr": config.lr * scale} for scale, params in groups.items() if params
+    ]
 
 
 def _postfix(epoch: int, loss: float, strategy: Strategy) -> dict[str, str]:

