@@ -6,11 +6,12 @@ The public surface: groups and actions (:mod:`equirelax.groups`, :mod:`equirelax
 (:mod:`equirelax.strategies`, :func:`train`), tasks (:mod:`equirelax.tasks`), measurements
 (:mod:`equirelax.metrics`, :func:`assert_equivariant`, the symmetry gap :mod:`equirelax.gap`),
 equivariant building blocks (:mod:`equirelax.nn`) and canonicalization of any predictor
-(:mod:`equirelax.canonical`).
+(:mod:`equirelax.canonical`, with the adaptation protocol in :mod:`equirelax.adapt`).
 """
 
 from equirelax import (
     actions,
+    adapt,
     canonical,
     free_branches,
     gap,
@@ -39,6 +40,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "actions",
+    "adapt",
     "assert_equivariant",
     "canonical",
     "equivariance_error",

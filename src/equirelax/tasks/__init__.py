@@ -5,6 +5,14 @@ builds one.
 """
 
 from equirelax.tasks.base import Split, Task, mean_squared_error
+from equirelax.tasks.images import (
+    classification_error,
+    cross_entropy,
+    fashion_mnist_task,
+    glyphs_task,
+    mnist_task,
+    parse_planar_group,
+)
 from equirelax.tasks.nbody import nbody_task, simulate
 from equirelax.tasks.registry import TASKS, TaskInfo, get
 from equirelax.tasks.synthetic import (
@@ -23,16 +31,22 @@ __all__ = [
     "Split",
     "Task",
     "TaskInfo",
+    "classification_error",
+    "cross_entropy",
+    "fashion_mnist_task",
     "gap_dial_function",
     "gap_dial_task",
     "get",
+    "glyphs_task",
     "inertia_task",
     "inertia_tensor",
     "mean_squared_error",
+    "mnist_task",
     "modified_inertia_task",
     "modified_inertia_tensor",
     "nbody_task",
     "o5_function",
     "o5_task",
+    "parse_planar_group",
     "simulate",
 ]
