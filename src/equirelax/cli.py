@@ -35,7 +35,7 @@ from equirelax.adapt import ARMS, adapt, format_adapt_table, pretrain
 from equirelax.compare import DEFAULT_STRATEGIES, STRATEGY_PRESETS, compare, run_one
 from equirelax.engine import TrainConfig
 from equirelax.report import format_table, ordering, summarize
-from equirelax.tasks.registry import TASKS
+from equirelax.tasks.registry import TASKS, TaskInfo
 
 __all__ = ["main"]
 
@@ -209,14 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.task not in TASKS:
         parser.error(f"task: expected one of {', '.join(TASKS)}, received {args.task!r}")
     info = TASKS[args.task]
-    model = args.model or info.models[0]
-    if model not in info.models:
-        parser.error(
-            f"--model: expected one of {', '.join(info.models)} for task {args.task!r}, "
-            f"received {model!r}"
-        )
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device: {args.device!r} requested but no CUDA device is available")
+    model = _model_and_device(parser, args, info)
     labels = [args.strategy] if args.command == "train" else _labels(parser, args.strategies)
     for label in labels:
         if label not in STRATEGY_PRESETS:
@@ -224,21 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"strategy: expected one of {', '.join(STRATEGY_PRESETS)}, received {label!r}"
             )
     preset = info.full if args.full else info.quick
-    task_options = {**preset["task"], "progress": not args.quiet}
-    for split in ("train", "val", "test"):
-        size = getattr(args, f"{split}_size")
-        if size is not None:
-            task_options[f"{split}_size"] = size
-    overrides = {
-        name: getattr(args, name)
-        for name in ("epochs", "batch_size", "lr", "weight_decay", "lr_schedule")
-        if getattr(args, name) is not None
-    }
-    config = TrainConfig(**{**preset["train"], **overrides, "device": args.device})
+    task_options = _task_options(args, preset)
+    config = TrainConfig(**{**preset["train"], **_overrides(args), "device": args.device})
     model_options = dict(args.model_option)
     words = sys.argv[1:] if argv is None else argv
     command = "equirelax " + " ".join(shlex.quote(word) for word in words)
-    task_options.update(dict(args.task_option))
     try:
         task = info.builder(**task_options)
     except (TypeError, ValueError) as error:
@@ -293,32 +276,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _adapt(parser: argparse.ArgumentParser, args: argparse.Namespace, words: list[str]) -> int:
-    """``equirelax adapt``: pretrain or load the predictor, run the arms, print the table."""
-    if args.task not in TASKS or "adapt" not in TASKS[args.task].quick:
-        adaptable = [name for name, info in TASKS.items() if "adapt" in info.quick]
-        parser.error(f"task: expected one of {', '.join(adaptable)}, received {args.task!r}")
-    info = TASKS[args.task]
+def _model_and_device(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, info: TaskInfo
+) -> str:
+    """The model name (default: the task's first) after checking it and ``--device``."""
     model = args.model or info.models[0]
     if model not in info.models:
         parser.error(
             f"--model: expected one of {', '.join(info.models)} for task {args.task!r}, "
             f"received {model!r}"
         )
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device: {args.device!r} requested but no CUDA device is available")
+    return model
+
+
+def _task_options(args: argparse.Namespace, preset: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The preset's task options with the split sizes and ``--task-option`` s given."""
+    options = {**preset["task"], "progress": not args.quiet}
+    for split in ("train", "val", "test"):
+        size = getattr(args, f"{split}_size")
+        if size is not None:
+            options[f"{split}_size"] = size
+    return {**options, **dict(args.task_option)}
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields given on the command line."""
+    return {
+        name: getattr(args, name)
+        for name in ("epochs", "batch_size", "lr", "weight_decay", "lr_schedule")
+        if getattr(args, name) is not None
+    }
+
+
+def _adapt(parser: argparse.ArgumentParser, args: argparse.Namespace, words: list[str]) -> int:
+    """``equirelax adapt``: pretrain or load the predictor, run the arms, print the table."""
+    if args.task not in TASKS or "adapt" not in TASKS[args.task].quick:
+        adaptable = [name for name, info in TASKS.items() if "adapt" in info.quick]
+        parser.error(f"task: expected one of {', '.join(adaptable)}, received {args.task!r}")
+    info = TASKS[args.task]
+    model = _model_and_device(parser, args, info)
     arms = _labels(parser, args.arms, "--arms")
     for arm in arms:
         if arm not in ARMS:
             parser.error(f"--arms: expected names from {', '.join(ARMS)}, received {arm!r}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device: {args.device!r} requested but no CUDA device is available")
     preset = info.full if args.full else info.quick
-    task_options = {**preset["task"], "progress": not args.quiet}
-    for split in ("train", "val", "test"):
-        size = getattr(args, f"{split}_size")
-        if size is not None:
-            task_options[f"{split}_size"] = size
-    task_options.update(dict(args.task_option))
-    task_options["group"] = args.group
+    task_options = {**_task_options(args, preset), "group": args.group}
     try:
         task = info.builder(**task_options)
     except ImportError as error:
@@ -326,12 +330,7 @@ def _adapt(parser: argparse.ArgumentParser, args: argparse.Namespace, words: lis
         return 2
     except (TypeError, ValueError) as error:
         parser.error(f"--task-option: task {args.task!r} refused its options: {error}")
-    overrides = {
-        name: getattr(args, name)
-        for name in ("epochs", "batch_size", "lr", "weight_decay", "lr_schedule")
-        if getattr(args, name) is not None
-    }
-    finetune = TrainConfig(**{**preset["adapt"], **overrides, "device": args.device})
+    finetune = TrainConfig(**{**preset["adapt"], **_overrides(args), "device": args.device})
     pretrain_epochs = {"epochs": args.pretrain_epochs} if args.pretrain_epochs else {}
     pretraining = TrainConfig(**{**preset["train"], **pretrain_epochs, "device": args.device})
     out = args.out or Path("runs") / f"adapt-{args.task}-{model}"
