@@ -105,20 +105,26 @@ def rotated_accuracy(
 
 
 @torch.no_grad()
-def identity_fraction(model: Canonicalized, inputs: torch.Tensor) -> float:
+def identity_fraction(
+    model: Canonicalized, inputs: torch.Tensor, *, eval_batch_size: int = 500
+) -> float:
     """The fraction of ``inputs`` whose canonicalizing element is the identity (evaluation
     mode, i.e. the argmax choice)."""
     if not isinstance(model, Canonicalized):
         raise TypeError(f"model: expected a Canonicalized model, received {type(model).__name__}")
+    check_positive_int("eval_batch_size", eval_batch_size)
     canonicalizer = model.canonicalizer
     was_training = canonicalizer.training
     canonicalizer.eval()
     group = canonicalizer.group
     device = next(iter(canonicalizer.parameters())).device
-    elements = canonicalizer(inputs.to(device)).elements
     identity = group.index(group.identity(1, device=device))
+    hits = 0
+    for start in range(0, len(inputs), eval_batch_size):
+        elements = canonicalizer(inputs[start : start + eval_batch_size].to(device)).elements
+        hits += int((group.index(elements) == identity).sum())
     canonicalizer.train(was_training)
-    return float((group.index(elements) == identity).float().mean())
+    return hits / len(inputs)
 
 
 def _arm_model(
