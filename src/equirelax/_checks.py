@@ -110,3 +110,20 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name}: expected one of {tuple(choices)}, received {value!r}")
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value``; raise unless it is a bool."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, received {value!r}")
+    return value
+
+
+def check_split_sizes(train_size: object, val_size: object, test_size: object) -> dict[str, int]:
+    """``{"train": ..., "val": ..., "test": ...}``: positive train and validation sizes, a test
+    size >= 0 (0: no test split)."""
+    return {
+        "train": check_positive_int("train_size", train_size),
+        "val": check_positive_int("val_size", val_size),
+        "test": check_int("test_size", test_size, minimum=0),
+    }

@@ -1,4 +1,4 @@
-"""The ``equirelax`` command line: ``tasks``, ``train``, ``compare`` and ``adapt``.
+"""The ``equirelax`` command line: ``tasks``, ``train``, ``compare``, ``adapt`` and ``break``.
 
 Examples
 --------
@@ -13,6 +13,9 @@ Examples
 ``equirelax adapt mnist --group c8``
     Pretrain a CNN on upright digits (or load ``--predictor PATH``), then fine-tune it at equal
     budget with and without canonicalization and report upright, C4- and C8-averaged accuracy.
+``equirelax break polygon --seeds 3``
+    Train the strict, noise-injected and relaxed-equivariant arms of a symmetry-breaking task
+    and report failure rates, losses and the relaxed-equivariance checks.
 
 Every run writes ``metrics.jsonl`` and an atomic ``checkpoint.pt``; ``--resume`` continues.
 """
@@ -32,6 +35,9 @@ import torch
 
 from equirelax import models
 from equirelax.adapt import ARMS, adapt, format_adapt_table, pretrain
+from equirelax.breaking.compare import ARMS as BREAKING_ARMS
+from equirelax.breaking.compare import compare_breaking, format_breaking_table
+from equirelax.breaking.objects import TIE_BREAKS
 from equirelax.compare import DEFAULT_STRATEGIES, STRATEGY_PRESETS, compare, run_one
 from equirelax.engine import TrainConfig
 from equirelax.report import format_table, ordering, summarize
@@ -193,6 +199,31 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="ImageCanonicalizer option (repeatable), e.g. hidden=16 or beta=0.5",
     )
+
+    breaking = commands.add_parser(
+        "break",
+        help="strict vs noise injection vs relaxed equivariance on a symmetry-breaking task",
+        description=(
+            "Train the task's model in each arm (strict: equivariant; noise: noise injection; "
+            "relaxed: a symmetry-breaking object) and report the test failure rate and loss, "
+            "and on the first test inputs the fractions that pass the relaxed-equivariance "
+            "checker and that keep their stabiliser (Kaba & Ravanbakhsh 2023)."
+        ),
+    )
+    _add_common(breaking, resume=False)
+    breaking.set_defaults(subparser=breaking)
+    breaking.add_argument(
+        "--arms",
+        default=",".join(BREAKING_ARMS),
+        help=f"comma-separated arms from: {', '.join(BREAKING_ARMS)}",
+    )
+    breaking.add_argument("--seeds", type=_positive_int, default=3, help="seeds per arm")
+    breaking.add_argument(
+        "--tie-break", choices=TIE_BREAKS, default="first", help="the relaxed arm's tie breaking"
+    )
+    breaking.add_argument(
+        "--check-samples", type=_positive_int, help="test inputs checked (default: the preset)"
+    )
     return parser
 
 
@@ -206,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = args.subparser
     if args.command == "adapt":
         return _adapt(parser, args, sys.argv[1:] if argv is None else list(argv))
+    if args.command == "break":
+        return _break(parser, args, sys.argv[1:] if argv is None else list(argv))
     if args.task not in TASKS:
         parser.error(f"task: expected one of {', '.join(TASKS)}, received {args.task!r}")
     info = TASKS[args.task]
@@ -375,6 +408,51 @@ def _adapt(parser: argparse.ArgumentParser, args: argparse.Namespace, words: lis
         print(f"equirelax adapt: error: {error}", file=sys.stderr)
         return 2
     table = format_adapt_table(records)
+    (out / "results.md").write_text(
+        f"`equirelax {' '.join(shlex.quote(w) for w in words)}`\n\n{table}\n"
+    )
+    print()
+    print(table)
+    print(f"\nwrote {out}/results.json, results.md")
+    return 0
+
+
+def _break(parser: argparse.ArgumentParser, args: argparse.Namespace, words: list[str]) -> int:
+    """``equirelax break``: train every arm of the task's model, print the table."""
+    breakable = [name for name, info in TASKS.items() if "break" in info.quick]
+    if args.task not in breakable:
+        parser.error(f"task: expected one of {', '.join(breakable)}, received {args.task!r}")
+    info = TASKS[args.task]
+    model = _model_and_device(parser, args, info)
+    arms = _labels(parser, args.arms, "--arms")
+    for arm in arms:
+        if arm not in BREAKING_ARMS:
+            parser.error(
+                f"--arms: expected names from {', '.join(BREAKING_ARMS)}, received {arm!r}"
+            )
+    preset = info.full if args.full else info.quick
+    try:
+        task = info.builder(**_task_options(args, preset))
+    except (TypeError, ValueError) as error:
+        parser.error(f"--task-option: task {args.task!r} refused its options: {error}")
+    config = TrainConfig(**{**preset["train"], **_overrides(args), "device": args.device})
+    out = args.out or Path("runs") / f"break-{args.task}-{model}"
+    try:
+        records = compare_breaking(
+            task,
+            model,
+            arms,
+            seeds=args.seeds,
+            config=config,
+            model_options={"tie_break": args.tie_break, **dict(args.model_option)},
+            check_samples=args.check_samples or preset["break"]["check_samples"],
+            out_dir=out,
+            progress=not args.quiet,
+        )
+    except (TypeError, ValueError) as error:
+        print(f"equirelax break: error: {error}", file=sys.stderr)
+        return 2
+    table = format_breaking_table(records)
     (out / "results.md").write_text(
         f"`equirelax {' '.join(shlex.quote(w) for w in words)}`\n\n{table}\n"
     )

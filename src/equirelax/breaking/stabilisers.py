@@ -224,6 +224,8 @@ class RelaxedEquivarianceReport:
         ``|G_x|`` per sample ``(B,)``.
     num_elements:
         How many group elements were tested per sample.
+    sample_holds:
+        ``(B,)`` bool: the coset condition holds for every tested element on that sample.
     """
 
     holds: bool
@@ -231,6 +233,7 @@ class RelaxedEquivarianceReport:
     max_distance: float
     stabiliser_orders: Tensor
     num_elements: int
+    sample_holds: Tensor
     num_violations: int = 0
     violations: list[tuple[int, Tensor]] = field(default_factory=list)
 
@@ -320,7 +323,7 @@ def is_relaxed_equivariant(
         pulled.append(_flat(back).reshape(g.shape[0], batch, -1))
     pulled_all = torch.cat(pulled)  # (K, B, D)
 
-    worst, equivariant, bad = 0.0, True, []
+    worst, equivariant, bad, per_sample = 0.0, True, [], []
     count = 0
     for b in range(batch):
         h = stabs[b]
@@ -332,6 +335,7 @@ def is_relaxed_equivariant(
         worst = max(worst, float(nearest.max()))
         failing = torch.nonzero(nearest > atol).flatten()
         count += failing.numel()
+        per_sample.append(failing.numel() == 0)
         bad.extend((b, tested[i]) for i in failing[: max(0, 20 - len(bad))].tolist())
     return RelaxedEquivarianceReport(
         holds=count == 0,
@@ -339,6 +343,7 @@ def is_relaxed_equivariant(
         max_distance=worst,
         stabiliser_orders=torch.tensor([s.shape[0] for s in stabs]),
         num_elements=k,
+        sample_holds=torch.tensor(per_sample),
         num_violations=count,
         violations=bad,
     )

