@@ -7,8 +7,9 @@ the fraction that satisfies the coset condition of relaxed equivariance, and the
 output keeps the input's stabiliser (the equivariant limit, where no symmetric input can be
 solved). The checks read ``task.extra["relaxed_check"]``: a dict with ``action_in`` and
 ``action_out`` (finite-group actions), optionally ``elements`` (the elements to test; default
-all), ``stabilisers`` (a function of the inputs giving ``G_x`` per sample), ``as_set`` and
-``atol``.
+all), ``stabilisers`` (a function of the inputs giving ``G_x`` per sample), ``prepare`` (a
+function applied to the float64 inputs first, e.g. to turn them so that their stabiliser lies
+in the finite group), ``as_set`` and ``atol``.
 
 Not imported by :mod:`equirelax.breaking` (it needs the engine and the model registry).
 """
@@ -66,6 +67,8 @@ def symmetry_checks(model: nn.Module, task: Task, inputs: Any) -> dict[str, floa
         )
     model64 = copy.deepcopy(model).double().eval()
     x = tuple(p.double() for p in inputs) if isinstance(inputs, tuple) else inputs.double()
+    if spec.get("prepare"):
+        x = spec["prepare"](x)
     action_in, action_out = spec["action_in"], spec["action_out"]
     stabilisers = spec["stabilisers"](x) if spec.get("stabilisers") else None
     options = {"atol": spec.get("atol", 1e-5), "as_set": spec.get("as_set", False)}

@@ -189,7 +189,7 @@ def _polygon_net(task: Task, **options: Any) -> nn.Module:
     inputs = task.train[0]
     ok = isinstance(inputs, tuple) and len(inputs) == 2 and inputs[0].ndim == 3
     _breaking_inputs(task, "polygon-net", "(points (N, m, 2), mask (N, m))", ok)
-    return PolygonPointer(**options)
+    return PolygonPointer(inputs[0].shape[1], **options)
 
 
 def _colouring_gnn(task: Task, **options: Any) -> nn.Module:

@@ -54,7 +54,7 @@ from equirelax.actions import (
     VectorAction,
 )
 from equirelax.breaking.stabilisers import graph_automorphisms
-from equirelax.groups import O2, CyclicGroup, SymmetricGroup
+from equirelax.groups import O2, DihedralGroup, SymmetricGroup
 from equirelax.tasks.base import Split, Task
 
 __all__ = [
@@ -202,17 +202,34 @@ def polygon_task(
 
 def _polygon_check(polygons: tuple[int, ...]) -> dict[str, Any]:
     """The finite actions of the symmetry checks (:func:`equirelax.breaking.compare.
-    symmetry_checks`): rotations by multiples of ``2 pi / L`` (``L`` the least common multiple
-    of the polygon sizes, so ``C_k`` of every ``k``-gon is inside), points compared as sets."""
-    group = CyclicGroup(math.lcm(*polygons))
+    symmetry_checks`): ``D_L`` (``L`` the least common multiple of the polygon sizes), on
+    inputs first turned so that their first real point lies on the positive x-axis; then
+    ``D_L`` contains the whole stabiliser ``D_k`` of every regular ``k``-gon. Points are
+    compared as sets."""
+    group = DihedralGroup(math.lcm(*polygons))
     return {
         "action_in": DirectSumAction(PointAction(group), TrivialAction(group)),
         "action_out": VectorAction(group),
+        "prepare": _align_first_vertex,
         "as_set": True,
         # Answers are unit vectors. Float32 vertices are symmetric only to ~1e-7, and training
         # a strict model amplifies that: outputs up to 7e-3 on 5-gons were measured.
         "atol": 1e-2,
     }
+
+
+def _align_first_vertex(inputs: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Turn each point set about the origin so that its first real point lies on the positive
+    x-axis (a rotation: the task's inputs are rotated uniformly anyway)."""
+    points, mask = inputs
+    first = torch.gather(points, 1, mask.argmax(dim=1)[:, None, None].expand(-1, 1, 2))[:, 0]
+    angle = torch.atan2(first[:, 1], first[:, 0])
+    cos, sin = torch.cos(-angle)[:, None], torch.sin(-angle)[:, None]
+    turned = torch.stack(
+        [cos * points[..., 0] - sin * points[..., 1], sin * points[..., 0] + cos * points[..., 1]],
+        dim=-1,
+    )
+    return turned, mask
 
 
 def _polygon_split(
