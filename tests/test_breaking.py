@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -318,3 +319,11 @@ def test_large_graphs_use_searched_stabilisers_and_sampled_elements() -> None:
     )  # fmt: skip
     assert report.holds
     assert report.stabiliser_orders.tolist() == [24]
+
+
+def test_readme_symmetry_breaking_example_runs() -> None:
+    """The README's example, executed as written."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = [b.split("```")[0] for b in readme.split("```python\n")[1:]]
+    (example,) = [b for b in blocks if "is_relaxed_equivariant" in b]
+    exec(compile(example, "README.md", "exec"), {})
