@@ -84,3 +84,11 @@ class Task:
                 )
         if self.metric is None:
             self.metric = self.loss
+
+    @classmethod
+    def from_splits(cls, name: str, splits: dict[str, Split], **fields: Any) -> Task:
+        """A task from ``{"train": ..., "val": ..., "test": ...}`` (``test`` optional) and the
+        other fields."""
+        return cls(
+            name=name, train=splits["train"], val=splits["val"], test=splits.get("test"), **fields
+        )

@@ -750,11 +750,9 @@ def _task(
     extra: dict[str, Any],
 ) -> Task:
     """A symmetry-breaking task: failure-rate metric, the reference in ``extra``."""
-    return Task(
-        name=name,
-        train=splits["train"],
-        val=splits["val"],
-        test=splits.get("test"),
+    return Task.from_splits(
+        name,
+        splits,
         action_in=action_in,
         action_out=action_out,
         loss=loss,

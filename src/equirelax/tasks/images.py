@@ -436,11 +436,9 @@ def _task(
     extra: dict[str, Any],
 ) -> Task:
     """An invariant 10-class image task: image action in, trivial action out."""
-    return Task(
-        name=name,
-        train=splits["train"],
-        val=splits["val"],
-        test=splits.get("test"),
+    return Task.from_splits(
+        name,
+        splits,
         action_in=ImageAction(group),
         action_out=None,
         loss=cross_entropy,

@@ -441,11 +441,9 @@ def _task(
     extra: dict[str, Any],
 ) -> Task:
     """A synthetic MSE task from its splits; ``extra`` gains the reference and the target map."""
-    return Task(
-        name=name,
-        train=splits["train"],
-        val=splits["val"],
-        test=splits.get("test"),
+    return Task.from_splits(
+        name,
+        splits,
         action_in=action_in,
         action_out=action_out,
         metric_name="mse",
