@@ -350,10 +350,7 @@ def _adapt(parser: argparse.ArgumentParser, args: argparse.Namespace, words: lis
         parser.error(f"task: expected one of {', '.join(adaptable)}, received {args.task!r}")
     info = TASKS[args.task]
     model = _model_and_device(parser, args, info)
-    arms = _labels(parser, args.arms, "--arms")
-    for arm in arms:
-        if arm not in ARMS:
-            parser.error(f"--arms: expected names from {', '.join(ARMS)}, received {arm!r}")
+    arms = _arms(parser, args.arms, ARMS)
     preset = info.full if args.full else info.quick
     task_options = {**_task_options(args, preset), "group": args.group}
     try:
@@ -408,12 +405,7 @@ def _adapt(parser: argparse.ArgumentParser, args: argparse.Namespace, words: lis
         print(f"equirelax adapt: error: {error}", file=sys.stderr)
         return 2
     table = format_adapt_table(records)
-    (out / "results.md").write_text(
-        f"`equirelax {' '.join(shlex.quote(w) for w in words)}`\n\n{table}\n"
-    )
-    print()
-    print(table)
-    print(f"\nwrote {out}/results.json, results.md")
+    _write_table(out, words, table)
     return 0
 
 
@@ -424,12 +416,7 @@ def _break(parser: argparse.ArgumentParser, args: argparse.Namespace, words: lis
         parser.error(f"task: expected one of {', '.join(breakable)}, received {args.task!r}")
     info = TASKS[args.task]
     model = _model_and_device(parser, args, info)
-    arms = _labels(parser, args.arms, "--arms")
-    for arm in arms:
-        if arm not in BREAKING_ARMS:
-            parser.error(
-                f"--arms: expected names from {', '.join(BREAKING_ARMS)}, received {arm!r}"
-            )
+    arms = _arms(parser, args.arms, BREAKING_ARMS)
     preset = info.full if args.full else info.quick
     try:
         task = info.builder(**_task_options(args, preset))
@@ -453,13 +440,27 @@ def _break(parser: argparse.ArgumentParser, args: argparse.Namespace, words: lis
         print(f"equirelax break: error: {error}", file=sys.stderr)
         return 2
     table = format_breaking_table(records)
+    _write_table(out, words, table)
+    return 0
+
+
+def _arms(parser: argparse.ArgumentParser, text: str, valid: Sequence[str]) -> list[str]:
+    """The ``--arms`` labels, each checked against ``valid``."""
+    arms = _labels(parser, text, "--arms")
+    for arm in arms:
+        if arm not in valid:
+            parser.error(f"--arms: expected names from {', '.join(valid)}, received {arm!r}")
+    return arms
+
+
+def _write_table(out: Path, words: list[str], table: str) -> None:
+    """Write ``out/results.md`` (the command, then ``table``) and print the table."""
     (out / "results.md").write_text(
         f"`equirelax {' '.join(shlex.quote(w) for w in words)}`\n\n{table}\n"
     )
     print()
     print(table)
     print(f"\nwrote {out}/results.json, results.md")
-    return 0
 
 
 def _labels(parser: argparse.ArgumentParser, text: str, option: str = "--strategies") -> list[str]:
