@@ -29,6 +29,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from equirelax.relaxed import relaxed_layers
 from equirelax.strategies.base import Strategy
 from equirelax.tasks.base import Split, Task
 
-__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
+__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "split_means", "train"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -348,21 +349,36 @@ def _evaluate(
     return record
 
 
-@torch.no_grad()
 def _metric(model: nn.Module, task: Task, split: Split, config: TrainConfig, device: Any) -> float:
     """The task metric over a split, averaged over samples (evaluation mode, batched)."""
+    assert task.metric is not None
+    return split_means(model, split, [task.metric], config.eval_batch_size, device)[0]
+
+
+@torch.no_grad()
+def split_means(
+    model: nn.Module,
+    split: Split,
+    functions: Sequence[Callable[[Tensor, Tensor], Tensor]],
+    eval_batch_size: int = 1000,
+    device: Any = None,
+) -> list[float]:
+    """The sample-weighted mean over a split of each ``function(outputs, targets)`` (e.g. a
+    task's loss and metric), in evaluation mode and batches of ``eval_batch_size``, on
+    ``device`` (default: the device of the model's first parameter)."""
     was_training = model.training
     model.eval()
-    inputs, targets = _to_device(split, device)
-    count, total = batch_size(inputs), 0.0
-    assert task.metric is not None
-    for start in range(0, count, config.eval_batch_size):
-        rows = torch.arange(start, min(start + config.eval_batch_size, count))
+    if device is None:
+        device = next(model.parameters()).device
+    inputs, targets = _to_device(split, torch.device(device))
+    count, totals = batch_size(inputs), [0.0] * len(functions)
+    for start in range(0, count, eval_batch_size):
+        rows = torch.arange(start, min(start + eval_batch_size, count))
         outputs, _ = split_output(call(model, index(inputs, rows)))
-        value = task.metric(outputs, targets[rows])
-        total += float(value) * rows.numel()
+        for i, function in enumerate(functions):
+            totals[i] += float(function(outputs, targets[rows])) * rows.numel()
     model.train(was_training)
-    return total / count
+    return [total / count for total in totals]
 
 
 def _epoch_seed(config: TrainConfig, epoch: int) -> int:

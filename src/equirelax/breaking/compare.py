@@ -28,31 +28,16 @@ import torch
 from torch import nn
 
 from equirelax import models
-from equirelax._batches import call, index
+from equirelax._batches import index
 from equirelax._checks import batch_size, check_positive_int
 from equirelax.breaking.stabilisers import is_relaxed_equivariant, keeps_stabiliser
-from equirelax.engine import TrainConfig, train
+from equirelax.engine import TrainConfig, split_means, train
 from equirelax.models.breaking import ARMS
 from equirelax.report import mean_std
 from equirelax.strategies import Free
-from equirelax.tasks.base import Split, Task
+from equirelax.tasks.base import Task
 
 __all__ = ["ARMS", "compare_breaking", "format_breaking_table", "symmetry_checks"]
-
-
-@torch.no_grad()
-def _loss_and_metric(model: nn.Module, task: Task, split: Split, chunk: int) -> tuple[float, float]:
-    """The task loss and metric over a split, averaged over samples (evaluation mode)."""
-    model.eval()
-    inputs, targets = split
-    count, loss, metric = batch_size(inputs), 0.0, 0.0
-    assert task.metric is not None
-    for start in range(0, count, chunk):
-        rows = torch.arange(start, min(start + chunk, count))
-        outputs = call(model, index(inputs, rows))
-        loss += float(task.loss(outputs, targets[rows])) * rows.numel()
-        metric += float(task.metric(outputs, targets[rows])) * rows.numel()
-    return loss / count, metric / count
 
 
 def symmetry_checks(model: nn.Module, task: Task, inputs: Any) -> dict[str, float]:
@@ -135,7 +120,8 @@ def compare_breaking(
             )
             seconds = time.perf_counter() - started
             torch.manual_seed(seed)
-            loss, failure = _loss_and_metric(result.model, task, evaluation, config.eval_batch_size)
+            functions = [task.loss, task.metric]
+            loss, failure = split_means(result.model, evaluation, functions, config.eval_batch_size)
             records.append(
                 {
                     "arm": arm,

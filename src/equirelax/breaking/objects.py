@@ -230,8 +230,10 @@ class OrderingBreaker(nn.Module):
             allowed = mask > 0
         marks = torch.zeros(batch, n, dtype=torch.float64, device=items.device)
         rows = torch.arange(batch, device=items.device)
+        stale = True  # whether the marks changed since the colours were last refined
         for step in range(1 if self.code == "mark" else n):
             c = self.colours(items, pairwise, marks)
+            stale = False
             ties = (c.unsqueeze(2) - c.unsqueeze(1)).abs().amax(dim=-1) <= self.atol  # (B, n, n)
             open_ = allowed & (marks == 0)
             if self.code == "rank":
@@ -243,9 +245,12 @@ class OrderingBreaker(nn.Module):
             first = key.argmin(dim=1)  # a node of the first open class
             chosen = _pick(ties[rows, first] & open_ | ~active[:, None], self.tie_break, generator)
             marks[rows[active], chosen[active]] = step + 1.0
+            stale = True
         if self.code == "mark":
             return (marks > 0).to(items.dtype).unsqueeze(-1)
-        key = (self.colours(items, pairwise, marks) @ self.key).squeeze(-1)
+        if stale:
+            c = self.colours(items, pairwise, marks)
+        key = (c @ self.key).squeeze(-1)
         rank = key.argsort(dim=1).argsort(dim=1)
         return nn.functional.one_hot(rank, n).to(items.dtype)
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from equirelax._batches import call, index, parts, repeat
+from equirelax._batches import call, flat, index, parts, repeat
 from equirelax._checks import batch_size, check_non_negative, check_positive_int, check_tensor
 from equirelax.actions import Action, check_action_pair
 from equirelax.groups import FiniteGroup, Group, SymmetricGroup
@@ -49,7 +49,8 @@ def _rows(x: Any) -> Tensor:
 
 
 def _flat(x: Any) -> Tensor:
-    return torch.cat([t.reshape(t.shape[0], -1).to(torch.float64) for t in parts(x)], dim=1)
+    """Per-sample flattened float64 rows ``(B, D)`` of a tensor or tuple batch."""
+    return flat(x).to(torch.float64)
 
 
 def _distance(a: Any, b: Any, *, as_set: bool = False, atol: float = 0.0) -> Tensor:
