@@ -172,7 +172,7 @@ def test_relax_selects_by_type_and_by_predicate_and_leaves_the_input_alone():
     by_name = relax(model, lambda name, m: name == "2")
     assert list(equirelax.relaxed_layers(by_name)) == ["2"]
     assert not equirelax.relaxed_layers(model)
-    with pytest.raises(ValueError, match="select: no layer"):
+    with pytest.raises(ValueError, match=r"select: .*Conv3d.* matched no layer"):
         relax(model, nn.Conv3d)
     with pytest.raises(TypeError, match="select"):
         relax(model, 3)

@@ -14,7 +14,7 @@ def _run(strategy: str, seed: int, test: float, seconds: float) -> dict:
     return {"strategy": strategy, "seed": seed, "final": final, "seconds_per_epoch": seconds}
 
 
-def test_summary_means_stds_ratios_best_and_ordering() -> None:
+def test_summary_means_stds_ratios_and_a_lead_within_noise_is_not_starred() -> None:
     runs = [
         _run("strict", 0, 1.0, 1.0), _run("strict", 1, 3.0, 3.0),
         _run("cr", 0, 1.0, 4.0), _run("cr", 1, 2.0, 6.0),
@@ -25,11 +25,30 @@ def test_summary_means_stds_ratios_best_and_ordering() -> None:
     assert rows["cr"]["test"] == (1.5, pytest.approx(math.sqrt(0.5)))
     assert rows["free"]["test"] == (5.0, 0.0)  # one seed: no spread
     assert rows["cr"]["time_ratio"] == pytest.approx(2.5)
-    assert [r for r in rows if rows[r].get("best")] == ["cr"]
+    # cr leads strict by 0.5, less than one standard deviation (0.71, 1.41): no star
+    assert not any(row.get("best") for row in rows.values())
+    assert rows["cr"]["within_noise"]
     table = format_table(list(rows.values()))
-    assert "| **cr** ★ | **1.500e+00 ± 7.1e-01** |" in table
+    assert "| cr (lowest, within noise) | 1.500e+00 ± 7.1e-01 |" in table
+    assert "| free | 5.000e+00 |" in table  # a single seed is a value, not "± 0"
     sentence = ordering(list(rows.values()))
-    assert sentence.startswith("Ahead of strict (lower mean test metric): cr; not ahead: free.")
+    assert sentence.startswith(
+        "Ahead of strict by more than one standard deviation (test): none; "
+        "lower mean but within noise: cr."
+    )
+
+
+def test_a_lead_larger_than_one_standard_deviation_gets_the_star() -> None:
+    runs = [
+        _run("strict", 0, 2.0, 1.0), _run("strict", 1, 2.2, 1.0),
+        _run("cr", 0, 1.0, 1.0), _run("cr", 1, 1.2, 1.0),
+    ]  # fmt: skip
+    rows = {row["strategy"]: row for row in summarize(runs)}
+    assert [r for r in rows if rows[r].get("best")] == ["cr"]
+    assert "| **cr** ★ | **1.100e+00 ± 1.4e-01** |" in format_table(list(rows.values()))
+    assert ordering(list(rows.values())).startswith(
+        "Ahead of strict by more than one standard deviation (test): cr;"
+    )
 
 
 def test_without_test_metrics_the_validation_metric_ranks_and_no_strict_no_sentence() -> None:
@@ -38,7 +57,7 @@ def test_without_test_metrics_the_validation_metric_ranks_and_no_strict_no_sente
         del run["final"]["test"]
     rows = summarize(runs)
     assert rows[0]["primary"] == "val"
-    assert rows[0].get("best")
+    assert rows[0].get("within_noise")  # single seeds: no noise estimate, no star
     assert math.isnan(rows[0]["time_ratio"])
     assert ordering(rows) == ""
 

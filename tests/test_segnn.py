@@ -243,13 +243,16 @@ def test_model_state_dict_round_trip() -> None:
 # --------------------------------------------------------------------------- relaxation
 
 
-def test_relax_wraps_every_steerable_linear_and_project_restores_equivariance() -> None:
+def test_relax_wraps_the_update_maps_and_project_restores_equivariance() -> None:
     model = _model()
     relaxed = equirelax.relax(model)
     layers = equirelax.relaxed_layers(relaxed)
+    # the official CR / ACE placement: the two update maps of each message-passing layer
+    assert list(layers) == [f"layers.{i}.update_{k}" for i in range(4) for k in (1, 2)]
     steerable = [n for n, m in model.named_modules() if isinstance(m, SteerableLinear)]
-    assert sorted(layers) == sorted(steerable)
     assert len(steerable) == 3 + 4 * 4
+    every = equirelax.relaxed_layers(equirelax.relax(model, placement="linear"))
+    assert sorted(every) == sorted(steerable)
     assert all(isinstance(layer.free, SteerableFreeBranch) for layer in layers.values())
     x = _particles()
     err = equivariance_error(relaxed, x, PARTICLES_IN, PARTICLES_OUT, generator=_gen())

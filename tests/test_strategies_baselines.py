@@ -284,8 +284,9 @@ def test_rpp_loss_equals_its_formula_on_a_hand_computed_case():
         model.layer.equivariant.b.fill_(-1.0)
         model.head.weight.copy_(torch.tensor([[1.0, 1.0]]))
         model.head.bias.fill_(3.0)
-    free_sq = 1 + 4 + 9 + 16 + 0.25 + 1  # 31.25
-    equivariant_sq = 4 + 1 + 1 + 1 + 9  # 16
+    # the official prior: the relaxed layer's weights only (no biases, no head)
+    free_sq = 1 + 4 + 9 + 16  # 30
+    equivariant_sq = 4 + 1  # a and b
     task = torch.tensor(0.125, dtype=torch.float64)
     objective = strategy.loss(task, model, None, None)
     torch.testing.assert_close(
@@ -297,14 +298,25 @@ def test_rpp_loss_equals_its_formula_on_a_hand_computed_case():
     assert logged["levels"] == [1.0]
 
 
-def test_rpp_initialises_free_branches_small_and_sets_levels():
+def _rms(tensors) -> float:
+    return math.sqrt(sum(float(t.pow(2).sum()) for t in tensors) / sum(t.numel() for t in tensors))
+
+
+def test_rpp_initialises_free_branches_at_1e_3_of_the_equivariant_scale_and_sets_levels():
+    """The official init: W_free = 1e-3 x the equivariant weight's scale (rms), the branch's
+    own init shape kept."""
     model = relaxed_so2_model(level=0.2)
     before = [p.detach().clone() for p in model[0].free.parameters()]
     equivariant_before = [p.detach().clone() for p in model[0].equivariant.parameters()]
     RPP().attach(model)
     assert levels(model) == [1.0]
-    for p, p0 in zip(model[0].free.parameters(), before, strict=True):
-        torch.testing.assert_close(p, 1e-3 * p0)
+    free = model[0].free
+    weights = [p for n, p in model[0].equivariant.named_parameters() if "bias" not in n]
+    reference = _rms(weights)
+    assert _rms([free.linear.weight]) == pytest.approx(1e-3 * reference, rel=1e-9)
+    factor = float(free.linear.weight[0, 0] / before[0][0, 0])
+    for p, p0 in zip(free.parameters(), before, strict=True):
+        torch.testing.assert_close(p, factor * p0)
     for p, p0 in zip(model[0].equivariant.parameters(), equivariant_before, strict=True):
         assert torch.equal(p, p0)
 

@@ -30,6 +30,7 @@ from equirelax.relaxed import (
     Relaxed,
     register_free_branch,
     relax,
+    relaxation_sites,
     relaxed_layers,
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "project",
     "register_free_branch",
     "relax",
+    "relaxation_sites",
     "relaxed_layers",
     "representations",
     "strategies",

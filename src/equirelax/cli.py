@@ -95,6 +95,14 @@ def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None
     training.add_argument("--lr", type=_positive_float)
     training.add_argument("--weight-decay", type=_non_negative_float)
     training.add_argument("--lr-schedule", choices=("constant", "cosine"))
+    training.add_argument(
+        "--eval-every", type=_positive_int, help="validate every N epochs (and after the last)"
+    )
+    training.add_argument(
+        "--patience",
+        type=_positive_int,
+        help="stop after N epochs without a better validation metric (default: never)",
+    )
     training.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
         "--model-option",
@@ -338,7 +346,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields given on the command line."""
     return {
         name: getattr(args, name)
-        for name in ("epochs", "batch_size", "lr", "weight_decay", "lr_schedule")
+        for name in (
+            "epochs",
+            "batch_size",
+            "lr",
+            "weight_decay",
+            "lr_schedule",
+            "eval_every",
+            "patience",
+        )
         if getattr(args, name) is not None
     }
 

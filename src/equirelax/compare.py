@@ -54,12 +54,20 @@ DEFAULT_STRATEGIES = ("strict", "free", "augment", "cr", "rpp", "ace-equality", 
 
 
 def make_strategy(label: str, **options: Any) -> strategies.Strategy:
-    """The strategy of a :data:`STRATEGY_PRESETS` label, with ``options`` on top."""
+    """The strategy of a :data:`STRATEGY_PRESETS` label, with ``options`` on top; an option
+    that changes what the label is (``ace-equality`` with ``mode="resilient"``) is refused,
+    so that no run is written under a label it does not deserve."""
     if label not in STRATEGY_PRESETS:
         raise ValueError(
             f"strategy: expected one of {sorted(STRATEGY_PRESETS)}, received {label!r}"
         )
     name, preset = STRATEGY_PRESETS[label]
+    for key, value in options.items():
+        if key in preset and value != preset[key]:
+            raise ValueError(
+                f"option: the label {label!r} means {key}={preset[key]!r}, received "
+                f"{key}={value!r}; use the label that names it instead"
+            )
     return strategies.get(name, **{**preset, **options})
 
 
@@ -78,11 +86,13 @@ def run_one(
 ) -> dict[str, Any]:
     """Train ``model_name`` on ``task`` with the strategy ``label`` and return its record.
 
-    The model is built under ``torch.manual_seed(seed)`` and relaxed (free branches on every
-    relaxable layer) when it is equivariant; ``strict`` then projects it back. The record holds
-    the configuration, the final metrics (``val``, ``val_projected``, ``test``,
-    ``equivariance_error`` of the evaluated model), the wall time and the mean training time
-    per epoch; it is also written to ``out_dir/result.json``.
+    The model is built under ``torch.manual_seed(seed)`` and relaxed at the sites of the
+    strategy's :attr:`~equirelax.strategies.Strategy.placement` when it is equivariant;
+    ``strict`` then projects it back. The record holds the configuration, the metrics of the
+    engine's ``final`` (``test`` at the best validation epoch, ``test_final``, ``best_epoch``,
+    ``best_val``, and the final ``val``, ``val_relaxed`` and ``equivariance_error`` of the
+    evaluated model), the wall time and the mean training time per epoch; it is also written
+    to ``out_dir/result.json``.
     """
     model_options = dict(model_options or {})
     strategy_options = dict(strategy_options or {})
@@ -91,7 +101,7 @@ def run_one(
     torch.manual_seed(seed)
     model = models.build(model_name, task, **model_options)
     if models.MODELS[model_name].equivariant:
-        model = relax(model)
+        model = relax(model, placement=strategy.placement)
     started = time.perf_counter()
     result = train(model, strategy, task, config, out_dir=out_dir, resume=resume, progress=progress)
     wall = time.perf_counter() - started

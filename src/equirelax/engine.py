@@ -6,8 +6,14 @@ What one call does:
 * runs the strategy's hooks around a plain Adam loop (see :mod:`equirelax.strategies.base`);
 * stops at the first non-finite loss with :class:`NonFiniteLossError` naming the epoch and
   step (the last good checkpoint is kept);
-* evaluates the relaxed model and its projection every epoch, and the equivariance error of
-  the model the strategy evaluates;
+* every ``eval_every`` epochs (and after the last) evaluates the model the strategy evaluates
+  (projected for strict, CR and ACE-equality) on the validation split, with its equivariance
+  error, and the relaxed model beside it when the two differ (``val_relaxed``);
+* selects the model by validation (SPEC 2.7, as the papers report): keeps the evaluated
+  model's weights at the best validation epoch (in memory and, with ``out_dir``, in
+  ``out_dir/best.pt``, written atomically and loadable with ``weights_only=True``), reports
+  the test metric at that epoch (``test``) and at the final epoch (``test_final``), and stops
+  early when ``patience`` epochs pass without a better validation metric;
 * accepts models that return a :class:`~equirelax.canonical.Canonicalization` (a
   :class:`~equirelax.canonical.Canonicalized` model): the loss, metric and equivariance error
   see its ``output`` and its weighted prior is added to the objective;
@@ -24,6 +30,7 @@ What one call does:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -44,14 +51,22 @@ from equirelax._batches import call, index
 from equirelax._checks import batch_size, check_choice, check_positive_int
 from equirelax.canonical import TaskOutput, split_output
 from equirelax.metrics import equivariance_error
-from equirelax.projection import project
 from equirelax.relaxed import relaxed_layers
 from equirelax.strategies.base import Strategy
 from equirelax.tasks.base import Split, Task
 
-__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "split_means", "train"]
+__all__ = [
+    "BEST",
+    "CHECKPOINT",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainResult",
+    "split_means",
+    "train",
+]
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
 METRICS = "metrics.jsonl"
 _LR_SCHEDULES = ("constant", "cosine")
 
@@ -68,6 +83,10 @@ class TrainConfig:
     ``{"canonicalizer.": 10.0}`` trains a :class:`~equirelax.canonical.Canonicalized` model's
     canonicalizer 10 times faster than its predictor (the longest matching prefix wins; other
     parameters use ``lr``).
+
+    ``eval_every`` evaluates on the validation split every that many epochs (and always after
+    the last); ``patience`` (``None``: never) stops training once that many epochs have passed
+    since the best validation epoch.
     """
 
     epochs: int = 10
@@ -80,11 +99,16 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 1000
     equivariance_samples: int = 32
+    eval_every: int = 1
+    patience: int | None = None
     device: str = "cpu"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "equivariance_samples"):
             check_positive_int(name, getattr(self, name))
+        check_positive_int("eval_every", self.eval_every)
+        if self.patience is not None:
+            check_positive_int("patience", self.patience)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed: expected a non-negative integer, received {self.seed!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
@@ -112,8 +136,10 @@ class TrainResult:
     """What :func:`train` returns.
 
     ``model`` is the trained (possibly relaxed) model, ``evaluation_model`` the one the
-    strategy evaluates (projected for strict/CR/ACE-equality), ``history`` one record per
-    epoch (the lines of ``metrics.jsonl``) and ``final`` the last record plus the test metric.
+    strategy evaluates (projected for strict/CR/ACE-equality) at the final epoch,
+    ``best_model`` that model's copy at the best validation epoch ``best_epoch``, ``history``
+    one record per epoch (the lines of ``metrics.jsonl``) and ``final`` the last record plus
+    ``best_epoch``, ``best_val``, ``test`` (at the best validation epoch) and ``test_final``.
     """
 
     model: nn.Module
@@ -121,6 +147,20 @@ class TrainResult:
     strategy: Strategy
     history: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)
+    best_model: nn.Module | None = None
+    best_epoch: int | None = None
+
+
+@dataclass
+class _Best:
+    """The evaluated model's copy at the best validation epoch so far."""
+
+    epoch: int
+    val: float
+    model: nn.Module
+
+    def improved_by(self, val: float) -> bool:
+        return math.isfinite(val) and (not math.isfinite(self.val) or val < self.val)
 
 
 def train(
@@ -176,11 +216,14 @@ def train(
         else None
     )
 
-    start_epoch, history = 0, []
+    start_epoch, history, best, stopped = 0, [], None, False
     checkpoint = directory / CHECKPOINT if directory is not None else None
+    best_path = directory / BEST if directory is not None else None
     if resume and checkpoint is not None and checkpoint.exists():
-        start_epoch = _load_checkpoint(checkpoint, model, optimiser, scheduler, strategy) + 1
+        state = _load_checkpoint(checkpoint, model, optimiser, scheduler, strategy)
+        start_epoch, stopped = state["epoch"] + 1, bool(state.get("stopped", False))
         history = _read_history(directory / METRICS, start_epoch)  # type: ignore[operator]
+        best = _load_best(best_path, state.get("best"), strategy, model)
     elif directory is not None and rank == 0:
         (directory / METRICS).unlink(missing_ok=True)
     if rank == 0 and directory is not None:
@@ -195,7 +238,7 @@ def train(
         dynamic_ncols=True,
     )
     try:
-        for epoch in range(start_epoch, config.epochs):
+        for epoch in range(start_epoch, 0 if stopped else config.epochs):
             started = time.perf_counter()
             strategy.on_epoch_start(epoch)
             model.train()
@@ -209,22 +252,65 @@ def train(
                 "train_loss": train_loss,
                 "lr": optimiser.param_groups[0]["lr"],
                 "epoch_seconds": time.perf_counter() - started,
-                **_evaluate(model, strategy, task, config, device),
-                **strategy.log(),
             }
+            if (epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1:
+                evaluation, evaluated = _evaluate(model, strategy, task, config, device)
+                record.update(evaluation)
+                if best is None or best.improved_by(evaluation["val"]):
+                    snapshot = copy.deepcopy(evaluated) if evaluated is model else evaluated
+                    best = _Best(epoch, evaluation["val"], snapshot)
+                    if rank == 0 and best_path is not None:
+                        _save_best(best_path, best)
+            if best is not None:
+                record["best_epoch"] = best.epoch
+            record.update(strategy.log())
             history.append(record)
+            stopped = (
+                config.patience is not None
+                and best is not None
+                and epoch - best.epoch >= config.patience
+            )
             if rank == 0 and directory is not None:
                 with open(directory / METRICS, "a") as stream:
                     stream.write(json.dumps(record) + "\n")
-                _save_checkpoint(checkpoint, model, optimiser, scheduler, strategy, epoch, config)  # type: ignore[arg-type]
+                _save_checkpoint(
+                    checkpoint,  # type: ignore[arg-type]
+                    {
+                        "epoch": epoch,
+                        "config": asdict(config),
+                        "stopped": stopped,
+                        "best": None if best is None else {"epoch": best.epoch, "val": best.val},
+                    },
+                    model, optimiser, scheduler, strategy,
+                )  # fmt: skip
+            if stopped:
+                break
     finally:
         bar.close()
 
     evaluation_model = strategy.evaluation_model(model)
-    final = dict(history[-1]) if history else {}
+    evaluated_records = [record for record in history if "val" in record]
+    final = dict(evaluated_records[-1]) if evaluated_records else {}
+    if history:
+        final.update(epoch=history[-1]["epoch"], epochs_run=len(history))
+    if best is not None:
+        final.update(best_epoch=best.epoch, best_val=best.val)
     if task.test is not None:
-        final["test"] = _metric(evaluation_model, task, task.test, config, device)
-    return TrainResult(model, evaluation_model, strategy, history, final)
+        final["test_final"] = _metric(evaluation_model, task, task.test, config, device)
+        final["test"] = (
+            _metric(best.model, task, task.test, config, device)
+            if best is not None
+            else final["test_final"]
+        )
+    return TrainResult(
+        model,
+        evaluation_model,
+        strategy,
+        history,
+        final,
+        best_model=best.model if best is not None else None,
+        best_epoch=best.epoch if best is not None else None,
+    )
 
 
 def _run_epoch(
@@ -325,16 +411,17 @@ def _postfix(epoch: int, loss: float, strategy: Strategy) -> dict[str, str]:
 @torch.no_grad()
 def _evaluate(
     model: nn.Module, strategy: Strategy, task: Task, config: TrainConfig, device: torch.device
-) -> dict[str, Any]:
-    record: dict[str, Any] = {"val": _metric(model, task, task.val, config, device)}
-    projected = project(model) if relaxed_layers(model) else None
-    if projected is not None:
-        record["val_projected"] = _metric(projected, task, task.val, config, device)
-    # a projecting strategy evaluates exactly this projection: reuse it instead of a second copy
-    use_projection = strategy.projects and projected is not None
-    evaluated = projected if use_projection else strategy.evaluation_model(model)
+) -> tuple[dict[str, Any], nn.Module]:
+    """The validation record of the model the strategy evaluates (``val``, its
+    ``equivariance_error`` and, when it is not the trained model, ``val_relaxed`` of the
+    trained one), and that evaluated model."""
+    evaluated = strategy.evaluation_model(model)
+    record: dict[str, Any] = {"val": _metric(evaluated, task, task.val, config, device)}
+    if evaluated is not model and relaxed_layers(model):
+        record["val_relaxed"] = _metric(model, task, task.val, config, device)
     inputs, _ = _to_device(task.val, device)
     sample = index(inputs, torch.arange(min(config.equivariance_samples, batch_size(inputs))))
+    was_training = evaluated.training
     evaluated.eval()
     error = equivariance_error(
         TaskOutput(evaluated),
@@ -345,8 +432,9 @@ def _evaluate(
         generator=torch.Generator().manual_seed(config.seed),
         dtype=torch.float64 if device.type == "cpu" else None,
     )
+    evaluated.train(was_training)
     record["equivariance_error"] = error.mean
-    return record
+    return record, evaluated
 
 
 def _metric(model: nn.Module, task: Task, split: Split, config: TrainConfig, device: Any) -> float:
@@ -471,31 +559,58 @@ def _as_tuples(value: Any) -> Any:
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def _atomic_save(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` to a temporary file of this process, then rename it over ``path``."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as stream:
+        torch.save(state, stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+
+
 def _save_checkpoint(
     path: Path,
+    progress: dict[str, Any],
     model: nn.Module,
     optimiser: torch.optim.Optimizer,
     scheduler: Any,
     strategy: Strategy,
-    epoch: int,
-    config: TrainConfig,
 ) -> None:
-    """Write the checkpoint to a temporary file, then rename it over the old one (atomic)."""
+    """The resume checkpoint: ``progress`` (epoch, config, early stop, best epoch and value),
+    model, optimiser, scheduler, strategy state and RNG states, written atomically."""
     state = {
-        "epoch": epoch,
-        "config": asdict(config),
+        **progress,
         "model": model.state_dict(),
         "optimiser": optimiser.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "strategy": strategy.state_dict(),
         "rng": _rng_states(),
     }
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as stream:
-        torch.save(state, stream)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
+    _atomic_save(state, path)
+
+
+def _save_best(path: Path, best: _Best) -> None:
+    """``best.pt``: the evaluated model's weights at the best validation epoch."""
+    _atomic_save({"epoch": best.epoch, "val": best.val, "model": best.model.state_dict()}, path)
+
+
+def _load_best(
+    path: Path | None, recorded: dict[str, Any] | None, strategy: Strategy, model: nn.Module
+) -> _Best | None:
+    """The best model of an interrupted run, rebuilt from ``best.pt`` (``None`` before its
+    first evaluation)."""
+    if recorded is None or path is None:
+        return None
+    if not path.exists():
+        raise FileNotFoundError(
+            f"resume: the checkpoint records a best epoch {recorded['epoch']} but {path} is "
+            "missing; start the run again without resume"
+        )
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    best = copy.deepcopy(strategy.evaluation_model(model))
+    best.load_state_dict(state["model"])
+    return _Best(int(state["epoch"]), float(state["val"]), best)
 
 
 def _load_checkpoint(
@@ -504,7 +619,8 @@ def _load_checkpoint(
     optimiser: torch.optim.Optimizer,
     scheduler: Any,
     strategy: Strategy,
-) -> int:
+) -> dict[str, Any]:
+    """Restore the training state from ``path``; returns the checkpoint (epoch, best, ...)."""
     state = torch.load(path, weights_only=True, map_location="cpu")
     model.load_state_dict(state["model"])
     optimiser.load_state_dict(state["optimiser"])
@@ -512,7 +628,7 @@ def _load_checkpoint(
         scheduler.load_state_dict(state["scheduler"])
     strategy.load_state_dict(state["strategy"])
     _set_rng_states(state["rng"])
-    return int(state["epoch"])
+    return state
 
 
 def _read_history(path: Path, epochs: int) -> list[dict[str, Any]]:

@@ -78,10 +78,13 @@ class ConvFreeBranch(nn.Module):
 
 
 class EGNNFreeBranch(nn.Module):
-    """Unconstrained per-node update for an EGNN layer: ``[h_i, x_i, (v_i)] -> (dh_i, dx_i)``.
+    """Unconstrained per-node update for an EGNN layer:
+    ``[h_i, x_i - x_c, (v_i)] -> (dh_i, dx_i)``.
 
-    It sees raw coordinates (so it breaks E(n) symmetry) but no neighbours; padded nodes
-    (``mask`` false) get zero updates. Called with the layer's arguments.
+    It sees coordinates relative to the centroid ``x_c`` of the (real) nodes, so it breaks
+    rotations and reflections but keeps the data's exact translation symmetry (SPEC 2.7;
+    ``centred=False`` gives it raw coordinates), and no neighbours; padded nodes (``mask``
+    false) get zero updates. Called with the layer's arguments.
     """
 
     def __init__(
@@ -91,10 +94,12 @@ class EGNNFreeBranch(nn.Module):
         hidden_features: int,
         spatial_dim: int = 3,
         velocity: bool = False,
+        centred: bool = True,
     ) -> None:
         super().__init__()
         self.spatial_dim = check_positive_int("spatial_dim", spatial_dim)
         self.out_features = out_features
+        self.centred = bool(centred)
         width = node_features + spatial_dim * (2 if velocity else 1)
         self.mlp = nn.Sequential(
             nn.Linear(width, hidden_features),
@@ -117,11 +122,21 @@ class EGNNFreeBranch(nn.Module):
                 f"x: expected {self.spatial_dim} coordinates per node for the free branch, "
                 f"received shape {tuple(x.shape)}"
             )
+        if self.centred:
+            x = x - _centroid(x, mask)
         parts = [h, x] if v is None else [h, x, v]
         out = self.mlp(torch.cat(parts, dim=-1))
         if mask is not None:
             out = out * mask.unsqueeze(-1).to(out.dtype)
         return out[..., : self.out_features], out[..., self.out_features :]
+
+
+def _centroid(x: Tensor, mask: Tensor | None) -> Tensor:
+    """The mean of the real nodes' coordinates ``(B, 1, d)`` (``mask`` ``(B, N)``: real nodes)."""
+    if mask is None:
+        return x.mean(dim=-2, keepdim=True)
+    weights = mask.unsqueeze(-1).to(x.dtype)
+    return (x * weights).sum(dim=-2, keepdim=True) / weights.sum(dim=-2, keepdim=True).clamp_min(1)
 
 
 class VectorNeuronFreeBranch(nn.Module):

@@ -5,6 +5,14 @@ arXiv 2505.13631). ``level = 0`` gives back the equivariant layer exactly; a str
 level during training. :func:`relax` wraps chosen layers of a model, :func:`relaxed_layers` lists
 them, and :func:`equirelax.project` removes them again.
 
+Where relaxation goes (SPEC 2.7): a model may declare its relaxation sites with a method
+``relaxation_sites(placement) -> list of module names``. :func:`relax` then wraps exactly those
+layers: ``placement="hidden"`` (the default: the hidden / update maps, as the official CR and ACE
+code, never the input embedding, the output head or the maps inside a bilinear product) or
+``"linear"`` (every linear map of the model, as RPP's paper). ``placement="all"`` (and any model
+that declares nothing) wraps every layer whose type has a registered free-branch factory;
+``select=`` overrides all of this.
+
 Free branches are built by factories registered per layer type (:func:`register_free_branch`);
 a layer type without a factory gets a dense map on its flattened feature axis, built lazily at
 the first forward call from the input and output shapes.
@@ -31,15 +39,20 @@ from equirelax.free_branches import (
 )
 
 __all__ = [
+    "PLACEMENTS",
     "Relaxed",
     "register_free_branch",
     "relax",
+    "relaxation_sites",
     "relaxed_layers",
+    "weight_tensors",
 ]
 
 FreeBranchFactory = Callable[[nn.Module], "nn.Module | None"]
 _FACTORIES: dict[type[nn.Module], FreeBranchFactory] = {}
-_INITS = ("default", "zero", "small")
+_INITS = ("default", "zero", "small", "normal", "relative")
+PLACEMENTS = ("hidden", "linear", "all")
+"""Placement names of :func:`relax` (see the module docstring)."""
 _NORM_BOUNDS = (None, "spectral", "frobenius")
 
 
@@ -77,8 +90,13 @@ class Relaxed(nn.Module):
         Initial value of the relaxation level (a buffer named ``level``; see
         :meth:`set_level_learnable` to make it a parameter).
     init:
-        ``"default"`` (PyTorch's init), ``"zero"`` (all free weights 0) or ``"small"``
-        (default init times ``init_scale``).
+        ``"default"`` (PyTorch's init), ``"zero"`` (all free weights 0), ``"small"``
+        (default init times ``init_scale``) or ``"normal"`` (CR's official init: the branch's
+        output map bias-free, its weights drawn from ``N(0, init_scale^2)``; earlier maps of a
+        multi-layer branch keep PyTorch's init so that the branch can still learn) or
+        ``"relative"`` (RPP's official init: PyTorch's init rescaled so that the free weights'
+        root-mean-square is ``init_scale`` times that of the equivariant layer's weights; as
+        ``"small"`` for an equivariant layer without weights).
     norm_bound:
         ``None``, ``"spectral"`` (spectral normalisation of each free weight) or
         ``"frobenius"`` (each free weight rescaled to unit Frobenius norm); either way each free
@@ -142,7 +160,7 @@ class Relaxed(nn.Module):
         )
         if reference is not None:
             free = free.to(device=reference.device, dtype=reference.dtype)
-        _initialise(free, self.init, self.init_scale)
+        _initialise(free, self.init, self.init_scale, self.equivariant)
         _bound_norms(free, self.norm_bound)
         self.free = free
 
@@ -172,7 +190,7 @@ class Relaxed(nn.Module):
         if init is not None:
             self.init = init
             if self.free is not None:
-                _initialise(self.free, init, self.init_scale)
+                _initialise(self.free, init, self.init_scale, self.equivariant)
         if norm_bound is not None and self.norm_bound is None:
             self.norm_bound = norm_bound
             if self.free is not None:
@@ -244,10 +262,36 @@ def _weights(module: nn.Module) -> list[tuple[nn.Module, str]]:
     ]
 
 
-def _initialise(free: nn.Module, init: str, scale: float) -> None:
+def weight_tensors(module: nn.Module) -> list[Tensor]:
+    """The weights of ``module``: its parameters whose qualified name holds no ``bias``
+    (weight matrices, kernels, basis coefficients of equivariant maps)."""
+    return [p for name, p in module.named_parameters() if "bias" not in name]
+
+
+def _rms(tensors: list[Tensor]) -> Tensor:
+    return torch.sqrt(sum(t.pow(2).sum() for t in tensors) / sum(t.numel() for t in tensors))
+
+
+def _initialise(free: nn.Module, init: str, scale: float, equivariant: nn.Module) -> None:
     if init == "default":
         return
     with torch.no_grad():
+        if init == "relative":
+            reference, own = weight_tensors(equivariant), weight_tensors(free)
+            factor = torch.tensor(scale)
+            if reference and own:  # else (a weightless equivariant layer): as "small"
+                factor = scale * _rms(reference) / _rms(own).clamp_min(1e-30)
+            for p in free.parameters():
+                p.mul_(factor)
+            return
+        if init == "normal":
+            module, name = _weights(free)[-1]  # the output map (modules are in call order)
+            getattr(module, name).normal_(0.0, scale)
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, nn.Parameter):
+                bias.zero_()
+                bias.requires_grad_(False)  # bias-free: held at 0, never trained
+            return
         for p in free.parameters():
             p.mul_(0.0 if init == "zero" else scale)
 
@@ -293,6 +337,7 @@ def relax(
     model: nn.Module,
     select: Selector = None,
     *,
+    placement: str = "hidden",
     inplace: bool = False,
     example_input: Any = None,
     **options: Any,
@@ -303,7 +348,12 @@ def relax(
     ----------
     select:
         A layer type, a tuple of types, or a predicate ``(name, module) -> bool``. ``None``
-        selects every layer whose type has a registered free-branch factory.
+        uses ``placement``.
+    placement:
+        Used when ``select`` is ``None``: ``"hidden"`` (default) or ``"linear"`` relax the
+        sites the model declares through ``model.relaxation_sites(placement)``; ``"all"``, or
+        a model that declares no sites, relaxes every layer whose type has a registered
+        free-branch factory.
     inplace:
         Modify ``model`` itself instead of a deep copy.
     example_input:
@@ -312,7 +362,7 @@ def relax(
     options:
         Keyword arguments for :class:`Relaxed` (``level``, ``init``, ``norm_bound``, ...).
     """
-    predicate = _selector(select)
+    predicate = _selector(select) if select is not None else _placement(model, placement)
     if not inplace:
         model = copy.deepcopy(model)
     if predicate("", model):
@@ -320,7 +370,8 @@ def relax(
     else:
         _relax_children(model, "", predicate, options)
     if not relaxed_layers(model):
-        raise ValueError(f"select: no layer of the model matched {select!r}")
+        what = f"select: {select!r}" if select is not None else f"placement: {placement!r}"
+        raise ValueError(f"{what} matched no layer of the model")
     if example_input is not None:
         with torch.no_grad():
             model(*example_input) if isinstance(example_input, tuple) else model(example_input)
@@ -340,9 +391,33 @@ def _relax_children(
             _relax_children(child, full, predicate, options)
 
 
-def _selector(select: Selector) -> Callable[[str, nn.Module], bool]:
-    if select is None:
+def relaxation_sites(model: nn.Module, placement: str = "hidden") -> list[str] | None:
+    """The module names ``model`` declares for ``placement`` (``None``: it declares none, or
+    ``placement="all"``); an error names a declared site the model does not have."""
+    check_choice("placement", placement, PLACEMENTS)
+    declare = getattr(model, "relaxation_sites", None)
+    if placement == "all" or not callable(declare):
+        return None
+    sites = list(declare(placement))
+    modules = dict(model.named_modules())
+    missing = [name for name in sites if name not in modules]
+    if missing:
+        raise ValueError(
+            f"placement: {type(model).__name__}.relaxation_sites({placement!r}) names "
+            f"{missing}, which the model does not have"
+        )
+    return sites
+
+
+def _placement(model: nn.Module, placement: str) -> Callable[[str, nn.Module], bool]:
+    sites = relaxation_sites(model, placement)
+    if sites is None:
         return lambda _, m: _factory_for(m) is not None
+    chosen = set(sites)
+    return lambda name, _: name in chosen
+
+
+def _selector(select: Selector) -> Callable[[str, nn.Module], bool]:
     if isinstance(select, type) or (
         isinstance(select, tuple) and all(isinstance(t, type) for t in select)
     ):

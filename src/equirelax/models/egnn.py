@@ -3,9 +3,11 @@
 Section 5.1 of arXiv:2102.09844: four velocity-variant EGCL layers with 64 hidden features,
 node features ``|v_i|`` embedded by a linear map, edge attributes ``(q_i q_j, |x_i - x_j|^2)``
 (the squared distance of the input frame), fully connected graphs, and the predicted positions
-as output. Each layer's relaxation (:func:`equirelax.relax`) adds the
-:class:`~equirelax.free_branches.EGNNFreeBranch`, an unconstrained per-node map that sees raw
-coordinates and velocities.
+as output. Its relaxation sites (:meth:`NBodyEGNN.relaxation_sites`) are the EGCL layers, each
+relaxed in its node update and its coordinate update together (one level per layer, as ACE's
+EGNO code relaxes every layer's node features and coordinate update) by the
+:class:`~equirelax.free_branches.EGNNFreeBranch`, an unconstrained per-node map that sees
+centroid-relative coordinates and velocities. The velocity-norm embedding is never relaxed.
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ class NBodyEGNN(nn.Module):
             EGNNLayer(hidden, hidden, edge_features=2, velocity=True, group=group)
             for _ in range(num_layers)
         )
+
+    def relaxation_sites(self, placement: str = "hidden") -> list[str]:
+        """The layers :func:`equirelax.relax` wraps: every EGCL layer (its node and coordinate
+        updates) for both ``"hidden"`` and ``"linear"``; the embedding stays equivariant."""
+        return [f"layers.{i}" for i in range(len(self.layers))]
 
     def forward(self, positions: Tensor, velocities: Tensor, charges: Tensor) -> Tensor:
         positions, velocities, charges = check_particle_inputs(positions, velocities, charges)

@@ -8,8 +8,10 @@ One EMLP block maps features in ``rho_prev`` to features in the hidden represent
     h = [silu(z_s), sigmoid(z_gate_i) z_i]                                 (GatedNonlinearity)
 
 ``EMLP`` stacks ``num_layers`` blocks and ends with an :class:`~equirelax.nn.EquivariantLinear`
-to ``rho_out``. Every linear map (the block maps, the three maps inside each bilinear layer and
-the head) is relaxable by :func:`equirelax.relax`, which gives each a dense free branch.
+to ``rho_out``. Its relaxation sites (:meth:`EMLP.relaxation_sites`) are the block maps ``L``
+(``placement="linear"`` adds the head, as RPP's mixed EMLP); the maps inside the bilinear
+product are never relaxed by default (``placement="all"`` or ``select=`` can). Each site gets a
+dense free branch.
 
 ``MLP`` is the no-symmetry baseline on the same flat tensors.
 """
@@ -173,6 +175,12 @@ class EMLP(nn.Module):
             rep = blocks[-1].representation_out
         self.blocks = nn.Sequential(*blocks)
         self.head = EquivariantLinear(rep, representation_out)
+
+    def relaxation_sites(self, placement: str = "hidden") -> list[str]:
+        """The layers :func:`equirelax.relax` wraps: ``"hidden"``, each block's linear map;
+        ``"linear"``, those and the head."""
+        sites = [f"blocks.{i}.linear" for i in range(len(self.blocks))]
+        return [*sites, "head"] if placement == "linear" else sites
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x)

@@ -4,9 +4,10 @@ Section 5 of arXiv:2110.02905 (N-body): steerable node features with ``l <= 1``,
 ``(x_i - x_c, v_i, |v_i|)`` (``1o + 1o + 0e``; ``x_c`` the centre of mass), edge attributes
 ``a_ij = Y(x_i - x_j)`` and node attributes ``a_i = (mean_j Y(x_i - x_j) + Y(v_i)) / 2``
 (spherical harmonics up to ``l = 1``), invariant edge features ``(|x_i - x_j|^2, q_i q_j)``,
-fully connected graphs, and one ``1o`` vector per particle added to its position. Every
-:class:`~equirelax.nn.SteerableLinear` is relaxed by :func:`equirelax.relax` with a dense map
-on its flattened inputs ``[x, a]``.
+fully connected graphs, and one ``1o`` vector per particle added to its position. Its relaxation
+sites (:meth:`NBodySEGNN.relaxation_sites`) are the two update maps of each message-passing
+layer, as the official CR and ACE N-body code; each gets a dense map on its flattened inputs
+``[x, a]``.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ class NBodySEGNN(nn.Module):
 
     E(3) equivariant (``x -> R x + t``, ``v -> R v`` for ``R`` in O(3), charges invariant) and
     equivariant to permutations of the particles; ``action_in`` / ``action_out`` hold the E(3)
-    actions on the inputs and the output. :func:`equirelax.relax` relaxes all
-    ``3 + 4 * num_layers`` steerable linear layers.
+    actions on the inputs and the output. :func:`equirelax.relax` relaxes the
+    ``2 * num_layers`` update maps (``placement="linear"``: all ``3 + 4 * num_layers``
+    steerable linear layers).
 
     Parameters
     ----------
@@ -111,6 +113,18 @@ class NBodySEGNN(nn.Module):
         self.head_2 = SteerableLinear(hidden, _ATTR, _OUTPUT)
         with torch.no_grad():  # start near "no displacement", as EGNN's coordinate MLP
             self.head_2.weight.mul_(_OUTPUT_GAIN)
+
+    def relaxation_sites(self, placement: str = "hidden") -> list[str]:
+        """The layers :func:`equirelax.relax` wraps: ``"hidden"``, the two update maps
+        (``update_1``, ``update_2``) of every message-passing layer; ``"linear"``, every
+        steerable linear map (embedding, messages, updates and head)."""
+        maps = ("update_1", "update_2")
+        if placement == "linear":
+            maps = ("message_1", "message_2", *maps)
+        sites = [f"layers.{i}.{name}" for i in range(len(self.layers)) for name in maps]
+        if placement == "linear":
+            sites = ["embedding", *sites, "head_1", "head_2"]
+        return sites
 
     def forward(self, positions: Tensor, velocities: Tensor, charges: Tensor) -> Tensor:
         """Predict positions ``(B, N, 3)`` from positions and velocities ``(B, N, 3)`` and

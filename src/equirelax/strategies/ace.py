@@ -2,27 +2,42 @@
 arXiv 2505.13631), built on ``cooper-optim``.
 
 Every relaxed layer ``i`` gets its own learnable level ``gamma_i`` (initialised at 1, so the
-model starts non-equivariant) and a norm-bounded free branch, so that ``gamma_i`` carries the
-size of the layer's deviation from equivariance. Training solves a constrained problem:
+model starts non-equivariant). Training solves a constrained problem:
 
 * ``equality``:   ``min loss  s.t.  gamma_i = 0``;
-  Lagrangian ``loss + sum_i lambda_i gamma_i``, ``lambda_i += eta_dual * gamma_i``.
+  Lagrangian ``loss + sum_i lambda_i gamma_i``, ``lambda_i`` free in sign.
 * ``inequality``: ``min loss  s.t.  |gamma_i| <= epsilon``, ``lambda_i >= 0``.
 * ``resilient``:  ``min loss + rho/2 ||u||^2  s.t.  |gamma_i| <= u_i`` with learned slacks
-  ``u_i``; stationarity in ``u`` gives ``u_i = lambda_i / rho`` at the optimum, so a layer whose
-  relaxation pays for itself keeps ``gamma_i != 0`` (partial symmetry).
+  ``u_i >= 0``, ``lambda_i >= 0``; stationarity in ``u`` gives ``u_i = lambda_i / rho`` at the
+  optimum, so a layer whose relaxation pays for itself keeps ``gamma_i != 0`` (partial symmetry).
 
-The model's weights are stepped by the training loop's own optimiser on ``loss()``'s primal
-Lagrangian. The levels, slacks and multipliers are ACE's own game, stepped in ``after_step``:
-gradient descent on the levels and slacks (``level_lr``) and a cooper dual optimiser
-(gradient ascent, or nuPI) on the multipliers, from the violation before the level step
-(``update="simultaneous"``, the default) or after it (``update="alternating"``). The levels are
-therefore buffers that require grad, not parameters: an adaptive optimiser such as Adam moves a
-level by about its learning rate whatever the multiplier, which makes the primal-dual dynamics
-oscillate instead of settling (measured: Adam-stepped levels still swung by 0.2 after 1500
-steps where gradient-descent levels settled below 1e-2). Under data parallelism the level
-gradients are all-reduced here, and the multipliers, computed from the replicated levels, stay
-identical on every rank without communication.
+Step rules, as the official code (github.com/andreimano/ACE):
+
+* ``level_rule="optimizer"`` (default): ``gamma_i`` (and the resilient slacks ``u_i``) are
+  primal parameters of the model, stepped by the training loop's own optimiser (the engine's
+  Adam at the primal learning rate, with its gradient clipping) on the primal Lagrangian
+  returned by :meth:`ACE.loss`. Adam bounds each step of ``gamma_i`` by about the learning
+  rate whatever ``dJ/dgamma_i`` is.
+* the multipliers are stepped in :meth:`ACE.after_step` by a dual optimiser fed
+  ``grad = -violation`` (gradient ascent): Adam at ``dual_lr = 8e-4`` by default (the N-body
+  setting of the official code), SGD or cooper's nuPI selectable; equality multipliers are
+  free in sign, inequality and resilient ones projected onto ``lambda >= 0``. ``update``
+  chooses the violation before (``"simultaneous"``) or after (``"alternating"``) the primal step.
+* ``level_rule="gradient"`` keeps equirelax's earlier rule: levels are buffers stepped by plain
+  gradient descent at ``level_lr`` inside :meth:`ACE.after_step`. It is not the published
+  method: measured here, its unbounded step diverged when ``dL/dgamma`` spiked (E-MLP on
+  inertia, N = 1000: a non-finite loss in 3 of 3 seeds within 14 steps; EGNN on N-body, seed 2,
+  epoch 4: ``dL/dgamma ~ 2e6`` moved ``gamma`` by ``~2e4``), while Adam-stepped levels gave 0 of 3.
+
+Departures from the official code: cooper's ``roll()`` owns the primal optimiser, which here
+belongs to the training loop (the engine's clipping, learning-rate schedule and data
+parallelism apply to every primal parameter alike), so ACE builds cooper's constrained
+problem and multipliers and steps only the dual side itself. The free branch is the relaxed
+layer's own (a dense map for SEGNN, where the official code uses a 3-layer GELU MLP); it is
+not norm-bounded by default, as the official N-body code, and ``norm_bound="spectral"`` or
+``"frobenius"`` gives the bounded branch the paper's error bound assumes. Under data
+parallelism the level gradients are averaged like every parameter's, and the multipliers,
+computed from the replicated levels, stay identical on every rank without communication.
 """
 
 from __future__ import annotations
@@ -42,7 +57,8 @@ __all__ = ["ACE"]
 
 _MODES = ("equality", "inequality", "resilient")
 _UPDATES = ("simultaneous", "alternating")
-_DUAL_OPTIMIZERS = ("sgd", "nupi")
+_DUAL_OPTIMIZERS = ("adam", "sgd", "nupi")
+_LEVEL_RULES = ("optimizer", "gradient")
 
 
 class _LevelConstraints(cooper.ConstrainedMinimizationProblem):
@@ -85,17 +101,25 @@ class ACE(Strategy):
     rho:
         Slack cost of the resilient mode.
     dual_lr:
-        Dual step size (paper's N-body default 8e-4; the primal default is Adam at 9e-4).
-    level_lr:
-        Gradient-descent step size of the levels and slacks.
+        Dual step size (the official N-body setting, 8e-4, with primal Adam at 9e-4).
     dual_optimizer:
-        ``"sgd"`` (plain gradient ascent) or ``"nupi"`` (cooper's nuPI controller, ``kp``).
+        ``"adam"`` (default, as the official SEGNN, SchNet and EGNO runs), ``"sgd"`` (plain
+        gradient ascent, as its VN-DGCNN runs) or ``"nupi"`` (cooper's nuPI controller, ``kp``).
+    kp:
+        nuPI's proportional gain.
+    level_rule:
+        ``"optimizer"`` (default: levels and slacks are parameters stepped by the training
+        loop's optimiser) or ``"gradient"`` (equirelax's earlier rule: gradient descent at
+        ``level_lr`` in :meth:`after_step`; see the module docstring for why it is not the
+        default).
+    level_lr:
+        Step size of the ``"gradient"`` level rule (unused otherwise).
     update:
         ``"simultaneous"`` (dual step from the violation before the primal step) or
         ``"alternating"`` (after it).
     norm_bound:
-        How free branches are bounded (``"spectral"`` or ``"frobenius"``); a layer already
-        bounded keeps its bound.
+        ``None`` (default, as the official N-body code), ``"spectral"`` or ``"frobenius"``:
+        how free branches are bounded; a layer already bounded keeps its bound.
     initial_level:
         Start value of every ``gamma_i``.
     """
@@ -109,18 +133,20 @@ class ACE(Strategy):
         epsilon: float = 0.01,
         rho: float = 1.0,
         dual_lr: float = 8e-4,
-        level_lr: float = 1e-2,
-        dual_optimizer: str = "sgd",
+        dual_optimizer: str = "adam",
         kp: float = 1.0,
+        level_rule: str = "optimizer",
+        level_lr: float = 1e-2,
         update: str = "simultaneous",
-        norm_bound: str = "spectral",
+        norm_bound: str | None = None,
         initial_level: float = 1.0,
     ) -> None:
         super().__init__()
         check_choice("mode", mode, _MODES)
         check_choice("update", update, _UPDATES)
         check_choice("dual_optimizer", dual_optimizer, _DUAL_OPTIMIZERS)
-        check_choice("norm_bound", norm_bound, ("spectral", "frobenius"))
+        check_choice("level_rule", level_rule, _LEVEL_RULES)
+        check_choice("norm_bound", norm_bound, (None, "spectral", "frobenius"))
         for name, value in (
             ("epsilon", epsilon),
             ("rho", rho),
@@ -130,6 +156,7 @@ class ACE(Strategy):
             if not float(value) > 0:
                 raise ValueError(f"{name}: expected a positive number, received {value!r}")
         self.mode, self.update, self.dual_optimizer_name = mode, update, dual_optimizer
+        self.level_rule = level_rule
         self.epsilon, self.rho, self.kp = float(epsilon), float(rho), float(kp)
         self.dual_lr, self.level_lr = float(dual_lr), float(level_lr)
         self.norm_bound, self.initial_level = norm_bound, float(initial_level)
@@ -148,11 +175,12 @@ class ACE(Strategy):
         layers = require_relaxed("ACE", model)
         model = super().attach(model, **context)
         self.layers = list(layers.values())
+        learnable = self.level_rule == "optimizer"
         for layer in self.layers:
-            if layer.norm_bound is None:
+            if layer.norm_bound is None and self.norm_bound is not None:
                 layer.configure_free(norm_bound=self.norm_bound)
-            if layer.level_is_learnable:
-                layer.set_level_learnable(False)
+            if layer.level_is_learnable != learnable:
+                layer.set_level_learnable(learnable)
             with torch.no_grad():
                 layer.level.fill_(self.initial_level)
             layer.level.requires_grad_(True)
@@ -168,9 +196,18 @@ class ACE(Strategy):
             self.dual_optimizer = cooper.optim.nuPI(
                 duals, lr=self.dual_lr, Kp=self.kp, maximize=True
             )
+        elif self.dual_optimizer_name == "adam":
+            self.dual_optimizer = torch.optim.Adam(duals, lr=self.dual_lr, maximize=True)
         else:
             self.dual_optimizer = torch.optim.SGD(duals, lr=self.dual_lr, maximize=True)
         return model
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The resilient slacks, stepped by the training loop's optimiser under the
+        ``"optimizer"`` level rule (the levels are model parameters already)."""
+        if self.slacks is None or self.level_rule != "optimizer":
+            return []
+        return [self.slacks]
 
     def _levels(self) -> Tensor:
         return torch.stack([layer.level for layer in self.layers])
@@ -200,14 +237,19 @@ class ACE(Strategy):
         return state.compute_primal_lagrangian().lagrangian
 
     def after_step(self) -> None:
-        """Step the levels (gradient descent) and the multipliers (ascent, projected to
-        ``lambda >= 0`` for inequalities), in the order set by ``update``."""
+        """Step the multipliers (ascent, projected to ``lambda >= 0`` for inequalities) from
+        the violation before or after the primal step (``update``); keep the slacks
+        ``u >= 0``; under the ``"gradient"`` level rule, step the levels and slacks first."""
         problem = self._require_attached()
         state = self._pending
         if state is None:
             raise RuntimeError("ACE: after_step() called without a loss() call before it")
         self._pending = None
-        self._step_constraint_variables()
+        if self.level_rule == "gradient":
+            self._step_constraint_variables()
+        if self.slacks is not None:
+            with torch.no_grad():
+                self.slacks.clamp_(min=0.0)
         if self.update == "alternating":
             with torch.no_grad():
                 state = problem.compute_cmp_state(None, self._violation())
@@ -220,7 +262,8 @@ class ACE(Strategy):
 
     @torch.no_grad()
     def _step_constraint_variables(self) -> None:
-        """Gradient descent on the levels (gradients all-reduced across ranks) and slacks."""
+        """The ``"gradient"`` level rule: gradient descent on the levels (gradients
+        all-reduced across ranks) and slacks."""
         grads = torch.stack(
             [
                 torch.zeros_like(layer.level) if layer.level.grad is None else layer.level.grad
@@ -284,4 +327,7 @@ class ACE(Strategy):
                 self.slacks.copy_(state["slacks"])
 
     def __repr__(self) -> str:
-        return f"ACE(mode={self.mode!r}, update={self.update!r}, dual={self.dual_optimizer_name!r})"
+        return (
+            f"ACE(mode={self.mode!r}, update={self.update!r}, dual={self.dual_optimizer_name!r}, "
+            f"level_rule={self.level_rule!r})"
+        )

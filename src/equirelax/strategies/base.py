@@ -45,11 +45,14 @@ class Strategy:
 
     Subclasses set :attr:`name` (the name the CLI and :func:`equirelax.strategies.get` use),
     :attr:`projects` (whether the model is evaluated after projection, level := 0),
-    :attr:`needs_actions` (``attach`` then requires ``action_in``) and :attr:`fixed_level`
-    (a level ``attach`` gives every relaxed layer, if any).
+    :attr:`needs_actions` (``attach`` then requires ``action_in``), :attr:`fixed_level`
+    (a level ``attach`` gives every relaxed layer, if any) and :attr:`placement` (where its
+    method relaxes a model: the ``placement`` of :func:`equirelax.relax`, ``"hidden"`` by
+    default, ``"linear"`` for RPP).
     """
 
     name: ClassVar[str] = "strategy"
+    placement: ClassVar[str] = "hidden"
     projects: ClassVar[bool] = False
     needs_actions: ClassVar[bool] = False
     fixed_level: ClassVar[float | None] = None

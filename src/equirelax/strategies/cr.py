@@ -13,19 +13,36 @@ The free branches ``W_i`` are regularised on their *detached* inputs ``x_i`` (re
 forward pre-hooks during the training forward pass)::
 
     penalty = lambda * (sqrt(R_LD) + sqrt(R_N)),        lambda = 0.01 by default
-    R_N  = sum_i mean_b || W_i(x_ib) ||^2
-    R_LD = sum_i mean_b [ sum_k || L_{A_k} W_i(x_ib) ||^2
-                          + sum_h || W_i(h x_ib) - h W_i(x_ib) ||^2 ]
+    R_N  = sum_i sum_b || W_i(x_ib) ||^2
+    R_LD = sum_i sum_b [ sum_k || L_{A_k} W_i(x_ib) ||^2
+                         + sum_h || W_i(h x_ib) - h W_i(x_ib) ||^2 ]
 
 with ``L_A W(x) = d/dt [A_out(exp(-t A)) W(A_in(exp(t A)) x)]_{t=0}
 = J_W(x) (dA_in x) - dA_out W(x)`` the Lie derivative along each Lie-algebra basis element
 ``A_k`` (exact: :func:`equirelax.metrics.lie_derivative`, one batched Jacobian-vector
 product), and ``h`` the group's discrete generators (all generators of a finite group; e.g.
-``-I`` for O(3)). ``b`` runs over the batch: both terms are means over samples, so they do
-not grow with the batch size. Both terms vanish exactly when ``W_i`` is equivariant on
-``x_i`` (the Lie derivative is taken of the free branch alone with the actions on *its* input
-and output, not of the whole layer), and the square roots are made safe at 0 (value and
+``-I`` for O(3)). ``b`` runs over the samples of the batch and the norms over all their
+features (every node of every graph): both terms are *sums*, as the official code computes
+them. Both terms vanish exactly when ``W_i`` is equivariant on ``x_i`` (the Lie derivative is
+taken of the free branch alone with the actions on *its* input and output, not of the whole
+layer), neither depends on ``theta``, and the square roots are made safe at 0 (value and
 gradient 0 there).
+
+Following the official code (github.com/StefanosPert/Equivariant_Optimization_CR):
+
+* placement: the models' declared hidden sites (N-body SEGNN: the two update maps of each
+  message-passing layer);
+* free branch: :meth:`CR.attach` re-initialises each branch's output map bias-free with weights
+  ``N(0, (1e-4)^2)`` (``free_init_scale``), so training starts at the equivariant model;
+* ``rotate_batches=True`` moves every training batch by one random group element shared by
+  the batch (the official N-body code rotates every batch; the task presets switch it on);
+* the test metric is reported at the best validation epoch (the engine's protocol).
+
+Departures: the official schedule sets ``theta = 2 - 2 e / T`` after the peak too but never
+reaches 0 during training (0.002 at its last epoch) and then evaluates at 0; here ``theta(T) =
+0`` exactly at the end. The official Lie-derivative term interleaves the blocks of the three
+generators (a reshape of ``[X x, Y x, Z x]``); here each generator's derivative is taken on
+its own, so that ``R_LD`` is 0 exactly for equivariant ``W_i``.
 """
 
 from __future__ import annotations
@@ -39,8 +56,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from equirelax._batches import flat, parts, repeat, repeat_batched
-from equirelax._checks import batch_size
+from equirelax._batches import flat, index, parts, repeat, repeat_batched, sample_per_sample
+from equirelax._checks import batch_size, check_bool, check_non_negative
 from equirelax.actions import Action
 from equirelax.metrics import lie_derivative
 from equirelax.relaxed import Relaxed
@@ -78,6 +95,12 @@ class CR(Strategy):
         ``lambda``, the weight of the regulariser ``sqrt(R_LD) + sqrt(R_N)`` (0 disables it).
     epochs:
         ``T``, the number of training epochs, if ``attach`` is not given ``epochs=``.
+    free_init_scale:
+        Standard deviation of the free branches' output weights at ``attach`` (bias-free);
+        ``None`` keeps the branches as they are.
+    rotate_batches:
+        Move every training batch by one random element of the task's group (shared by the
+        batch), as the official N-body code rotates every batch.
 
     Every relaxed layer must expose ``action_in`` / ``action_out`` (forwarded from its
     equivariant layer). Each call of a relaxed layer under autograd is recorded and contributes
@@ -94,6 +117,8 @@ class CR(Strategy):
         *,
         weight: float = 0.01,
         epochs: int | None = None,
+        free_init_scale: float | None = 1e-4,
+        rotate_batches: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(schedule, str):
@@ -119,8 +144,12 @@ class CR(Strategy):
             isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1
         ):
             raise ValueError(f"epochs: expected a positive integer or None, received {epochs!r}")
+        if free_init_scale is not None:
+            check_non_negative("free_init_scale", free_init_scale)
         self.schedule = schedule
         self.weight = float(weight)
+        self.free_init_scale = free_init_scale
+        self.rotate_batches = check_bool("rotate_batches", rotate_batches)
         self._epochs_argument = epochs
         self.epoch: int | None = None  # the last epoch whose level was set
         self.layers: dict[str, Relaxed] = {}
@@ -195,6 +224,8 @@ class CR(Strategy):
         for name, layer in layers.items():
             if layer.level_is_learnable:
                 layer.set_level_learnable(False)  # the schedule owns the level
+            if self.free_init_scale is not None:
+                layer.configure_free(init="normal", init_scale=self.free_init_scale)
             self._handles.append(
                 layer.register_forward_pre_hook(self._recorders[name], with_kwargs=True)
             )
@@ -229,6 +260,20 @@ class CR(Strategy):
         """After the last epoch (``T - 1``) set every level to ``theta(T) = 0``."""
         if epoch == self._require_epochs() - 1:
             self._set_level(epoch + 1)
+
+    def transform_batch(self, inputs: Any, targets: Any) -> tuple[Any, Any]:
+        """With ``rotate_batches``, ``(A_in(g) inputs, A_out(g) targets)`` for one random
+        ``g`` shared by the batch; otherwise the batch unchanged."""
+        if not self.rotate_batches:
+            return inputs, targets
+        if self.action_in is None or self.action_out is None:
+            raise ValueError(
+                "action_in: CR(rotate_batches=True) needs the task's actions, received None; "
+                "pass attach(model, action_in=..., action_out=...)"
+            )
+        g = sample_per_sample(self.action_in.group, index(inputs, torch.arange(1)), self.generator)
+        g = g.expand(batch_size(inputs), *g.shape[1:])
+        return self.action_in(g, inputs), self.action_out(g, targets)
 
     def after_step(self) -> None:
         """Drop inputs recorded after the last :meth:`loss` (so memory cannot grow)."""
@@ -320,7 +365,10 @@ class CR(Strategy):
             self._set_level(self.epoch)
 
     def __repr__(self) -> str:
-        return f"CR(schedule={self.schedule_name!r}, weight={self.weight}, epochs={self.epochs})"
+        return (
+            f"CR(schedule={self.schedule_name!r}, weight={self.weight}, epochs={self.epochs}, "
+            f"rotate_batches={self.rotate_batches})"
+        )
 
 
 # ---------------------------------------------------------------------- the two terms
@@ -335,7 +383,7 @@ def free_branch_terms(
 ) -> tuple[Tensor, Tensor]:
     """``(R_LD, R_N)`` of one free branch ``W`` called as ``W(*args, **kwargs)``.
 
-    ``R_N = mean_b ||W(x_b)||^2``; ``R_LD = mean_b (sum_k ||L_{A_k} W(x_b)||^2 +
+    ``R_N = sum_b ||W(x_b)||^2``; ``R_LD = sum_b (sum_k ||L_{A_k} W(x_b)||^2 +
     sum_h ||W(h x_b) - h W(x_b)||^2)`` over the Lie-algebra basis ``A_k`` and the discrete
     generators ``h`` of the actions' group. ``x`` is ``args[0]`` or, for several arguments, the
     tuple acted on by a :class:`~equirelax.actions.DirectSumAction`; ``kwargs`` are held fixed.
@@ -343,9 +391,8 @@ def free_branch_terms(
     if free is None:
         raise RuntimeError("free: the relaxed layer has no free branch yet; run a forward pass")
     x = args[0] if len(args) == 1 else tuple(args)
-    batch = max(batch_size(x), 1)
     y = free(*args, **kwargs)
-    r_n = flat(y).pow(2).sum() / batch
+    r_n = flat(y).pow(2).sum()
     group = action_in.group
     r_ld = r_n.new_zeros(())
     if group.lie_algebra().shape[0]:
@@ -358,7 +405,7 @@ def free_branch_terms(
         r_ld = r_ld + _generator_differences(
             free, args, kwargs, y, generators, action_in, action_out
         )
-    return r_ld / batch, r_n
+    return r_ld, r_n
 
 
 def _generator_differences(

@@ -3,12 +3,32 @@
 Each relaxed layer is ``W = W_eq + W_free`` (here ``y = f_eq(x) + 1 * f_free(x)``) and the two
 pathways get Gaussian priors of different widths, i.e. L2 penalties of different strengths::
 
-    objective = task_loss + free_prior * sum ||theta_free||^2 + equivariant_prior * sum ||theta||^2
+    objective = task_loss + free_prior * sum_i ||W_free,i||^2
+                          + equivariant_prior * sum_i ||W_eq,i||^2
 
-where ``theta_free`` are the parameters of the free branches and ``theta`` every other
-trainable parameter of the model (levels excluded). A strong prior on the free pathway and a
-weak one on the equivariant pathway make the model prefer the equivariant explanation of the
-data and use the free branch only where the data demand it.
+over the relaxed layers ``i``, on their *weights* only (biases, levels and every layer that is
+not relaxed carry no prior). A strong prior on the free pathway and a weak one on the
+equivariant pathway make the model prefer the equivariant explanation of the data and use the
+free branch only where the data demand it.
+
+Following the official code (github.com/mfinzi/residual-pathway-priors, ``rpp/objax.py``
+``MixedLinear`` and the ``*_runner.py`` / ``modified_inertia.py`` training losses):
+
+* placement: every linear map (``placement = "linear"``: the E-MLP's block maps and head, not
+  the bilinear product, as its ``MixedEMLP``);
+* initialisation: ``W_free`` starts at ``1e-3`` times the equivariant weight's scale (official:
+  ``w_basic = 1e-3 * w_equiv`` at init; here the free branch's PyTorch init is rescaled to a
+  root-mean-square of ``1e-3`` times the equivariant weights', which also covers free branches
+  whose shape differs from the equivariant parameters');
+* prior: ``basic_wd * sum ||w_basic||^2 + equiv_wd * sum ||w_equiv||^2`` with the argparse
+  defaults ``basic_wd = 1e2``, ``equiv_wd = 1e-3`` of ``experiments/perfect-symmetry/
+  inertia_runner.py``, ``experiments/misspec-symmetry/inertia_runner.py`` and
+  ``experiments/prior-var-ablation/modified_inertia.py``.
+
+Departures: the official prior is on the raw, unprojected ``w_equiv`` (projected in the
+forward pass); equirelax's equivariant layers are parametrised in their equivariant subspace,
+so the prior is on those parameters. The official gated nonlinearity has a residual pathway of
+its own (``w_basic * swish(x)``); equirelax relaxes linear maps only.
 """
 
 from __future__ import annotations
@@ -19,46 +39,40 @@ import torch
 from torch import Tensor, nn
 
 from equirelax._checks import check_non_negative
-from equirelax.relaxed import relaxed_layers
+from equirelax.relaxed import relaxed_layers, weight_tensors
 from equirelax.strategies.base import Strategy, require_relaxed
 
 __all__ = ["RPP"]
 
 
 class RPP(Strategy):
-    """Residual pathway prior: level 1, strong L2 prior on free branches, weak on the rest.
-
-    ``objective = task_loss + free_prior * S_free + equivariant_prior * S_eq`` with ``S_free``
-    the sum of squares of all free-branch parameters and ``S_eq`` that of every other trainable
-    model parameter (levels and buffers excluded). Finzi et al. (NeurIPS 2021, arXiv
-    2112.01388) put these priors on the ``w_basic`` / ``w_equiv`` weights of their mixed EMLP.
+    """Residual pathway prior: level 1, a strong L2 prior on the free weights, a weak one on
+    the equivariant weights of the relaxed layers (see the module docstring).
 
     Parameters
     ----------
     free_prior:
-        L2 weight on the free branches (``basic_wd`` in the authors' code). Default 1.0.
+        L2 weight on the free branches' weights (``basic_wd``). Default ``1e2``.
     equivariant_prior:
-        L2 weight on the equivariant parameters (``equiv_wd``). Default 1e-4.
+        L2 weight on the relaxed layers' equivariant weights (``equiv_wd``). Default ``1e-3``.
     free_init_scale:
-        ``attach`` re-initialises each free branch as PyTorch's default times this scale
-        (``configure_free(init="small")``; a lazily built branch when it is built). Default 1e-3.
-
-    The defaults are those of the authors' modified-inertia prior ablation
-    (``experiments/prior-var-ablation/modified_inertia.py`` in github.com/mfinzi/
-    residual-pathway-priors: ``--basic_wd 1.0 --equiv_wd 1e-4``); their other scripts sweep
-    ``basic_wd`` over 1e-3..1e2 and ``equiv_wd`` over 1e-6..1e-2, so both are task-dependent.
+        ``attach`` rescales each free branch to this times the equivariant weights'
+        root-mean-square (``configure_free(init="relative")``; a lazily built branch when it
+        is built). Default ``1e-3``.
 
     ``attach`` needs a model with :class:`~equirelax.Relaxed` layers and sets every level to 1.
-    Evaluated as trained: RPP keeps the free branch.
+    Evaluated as trained: RPP keeps the free branch. Relaxes every linear map
+    (:attr:`placement` ``"linear"``).
     """
 
     name = "rpp"
     fixed_level = 1.0
+    placement = "linear"
 
     def __init__(
         self,
-        free_prior: float = 1.0,
-        equivariant_prior: float = 1e-4,
+        free_prior: float = 1e2,
+        equivariant_prior: float = 1e-3,
         *,
         free_init_scale: float = 1e-3,
     ) -> None:
@@ -73,16 +87,18 @@ class RPP(Strategy):
         layers = require_relaxed(self.name, model)
         model = super().attach(model, **context)
         for layer in layers.values():
-            layer.configure_free(init="small", init_scale=self.free_init_scale)
+            layer.configure_free(init="relative", init_scale=self.free_init_scale)
         return model
 
     def prior_terms(self, model: nn.Module) -> tuple[Tensor, Tensor]:
         """``(free_prior * S_free, equivariant_prior * S_eq)`` for ``model`` now (the free
         branches are looked up at each call, so lazily built ones are included)."""
-        free, other = _split_parameters(model)
+        layers = relaxed_layers(model).values()
+        free = [w for layer in layers if layer.free is not None for w in weight_tensors(layer.free)]
+        equivariant = [w for layer in layers for w in weight_tensors(layer.equivariant)]
         return (
             self.free_prior * _sum_squares(free),
-            self.equivariant_prior * _sum_squares(other),
+            self.equivariant_prior * _sum_squares(equivariant),
         )
 
     def loss(self, task_loss: Tensor, model: nn.Module, inputs: Any, outputs: Any) -> Tensor:
@@ -123,22 +139,6 @@ class RPP(Strategy):
             f"RPP(free_prior={self.free_prior:g}, equivariant_prior={self.equivariant_prior:g}, "
             f"free_init_scale={self.free_init_scale:g})"
         )
-
-
-def _split_parameters(model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
-    """Trainable parameters of ``model`` split into (free-branch, other); levels left out."""
-    free_ids: set[int] = set()
-    level_ids: set[int] = set()
-    for layer in relaxed_layers(model).values():
-        level_ids.add(id(layer.level))
-        if layer.free is not None:
-            free_ids.update(id(p) for p in layer.free.parameters())
-    free, other = [], []
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in level_ids:
-            continue
-        (free if id(p) in free_ids else other).append(p)
-    return free, other
 
 
 def _sum_squares(parameters: list[Tensor]) -> Tensor:

@@ -1,0 +1,129 @@
+"""The comparison protocol (SPEC 2.7): model selection by validation. The engine keeps the
+evaluated model's weights at the best validation epoch (``best.pt``, atomic, weights_only),
+reports the test metric there and at the final epoch, validates every ``eval_every`` epochs,
+stops after ``patience`` epochs without improvement, and resumes all of it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import equirelax
+from _toy import vector_model, vector_target, vector_task
+from equirelax.engine import BEST, CHECKPOINT, split_means
+from equirelax.strategies import CR, Free
+from equirelax.tasks import Task
+from equirelax.tasks.base import mean_squared_error
+
+SMALL = {"batch_size": 32, "lr": 3e-2, "progress": False}
+
+
+def _task_with_test() -> Task:
+    base = vector_task(offset=0.3)
+    gen = torch.Generator().manual_seed(7)
+    x_test = torch.randn(64, 12, generator=gen)
+    return Task(
+        name=base.name,
+        train=base.train,
+        val=base.val,
+        test=(x_test, vector_target(x_test, 0.3)),
+        action_in=base.action_in,
+        action_out=base.action_out,
+        metric=mean_squared_error,
+    )
+
+
+def _metric(model, split) -> float:
+    return split_means(model, split, [mean_squared_error])[0]
+
+
+def test_reported_test_is_the_metric_of_the_saved_best_weights_at_the_best_val_epoch(tmp_path):
+    task = _task_with_test()
+    options = {**SMALL, "lr": 0.3, "batch_size": 8}  # large steps: the best epoch is early
+    result = equirelax.train(vector_model(), CR(), task, epochs=8, out_dir=tmp_path, **options)
+    vals = [record["val"] for record in result.history]
+    best_epoch = min(range(len(vals)), key=vals.__getitem__)
+    assert best_epoch < 7  # so that the final epoch's test differs from the best epoch's
+    assert result.final["best_epoch"] == result.best_epoch == best_epoch
+    assert result.final["best_val"] == vals[best_epoch]
+    # best.pt holds the evaluated (projected) model's weights and loads with weights_only
+    saved = torch.load(tmp_path / BEST, weights_only=True)
+    assert saved["epoch"] == best_epoch
+    fresh = equirelax.project(vector_model(seed=1))
+    fresh.load_state_dict(saved["model"])
+    assert _metric(fresh, task.val) == result.final["best_val"]
+    assert _metric(fresh, task.test) == result.final["test"] != result.final["test_final"]
+    assert not equirelax.relaxed_layers(fresh)
+    # the final-epoch figure beside it, from the final evaluated model
+    assert result.final["test_final"] == _metric(result.evaluation_model, task.test)
+    # val and the curves are the evaluated (projected) model's; the relaxed one is labelled
+    assert result.history[-1]["val"] == _metric(result.evaluation_model, task.val)
+    assert result.history[-1]["val_relaxed"] == _metric(result.model, task.val)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_model_evaluated_as_trained_keeps_a_copy_not_the_live_model(tmp_path):
+    task = _task_with_test()
+    result = equirelax.train(vector_model(), Free(), task, epochs=6, out_dir=tmp_path, **SMALL)
+    assert result.best_model is not result.model
+    assert _metric(result.best_model, task.test) == result.final["test"]
+    if result.best_epoch != 5:  # the live model moved on after the best epoch
+        assert result.final["test"] != result.final["test_final"]
+
+
+def test_eval_every_validates_every_k_epochs_and_after_the_last():
+    task = _task_with_test()
+    result = equirelax.train(vector_model(), Free(), task, epochs=5, eval_every=2, **SMALL)
+    assert [r["epoch"] for r in result.history if "val" in r] == [1, 3, 4]
+    assert result.final["best_epoch"] in (1, 3, 4)
+    assert len(result.history) == 5
+
+
+def test_patience_stops_early_and_resume_does_not_continue_a_stopped_run(tmp_path):
+    task = _task_with_test()
+    options = {**SMALL, "lr": 1e-12, "epochs": 10, "patience": 2}  # val cannot improve
+    result = equirelax.train(vector_model(), Free(), task, out_dir=tmp_path, **options)
+    assert result.final["best_epoch"] == 0
+    assert len(result.history) == 3  # epochs 0, 1, 2: two epochs without improvement
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["stopped"]
+    again = equirelax.train(vector_model(), Free(), task, out_dir=tmp_path, resume=True, **options)
+    assert len(again.history) == 3
+    assert again.final["test"] == result.final["test"]
+
+
+class _InterruptError(Exception):
+    pass
+
+
+class _InterruptedCR(CR):
+    def __init__(self, stop_epoch: int) -> None:
+        super().__init__()
+        self.stop_epoch = stop_epoch
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if epoch == self.stop_epoch:
+            raise _InterruptError
+        super().on_epoch_start(epoch)
+
+
+def test_resume_restores_the_best_model_and_reports_the_same_test(tmp_path):
+    task = _task_with_test()
+    options = {**SMALL, "epochs": 6, "seed": 2}
+    whole = equirelax.train(vector_model(), CR(), task, out_dir=tmp_path / "a", **options)
+    with pytest.raises(_InterruptError):
+        equirelax.train(vector_model(), _InterruptedCR(4), task, out_dir=tmp_path / "b", **options)
+    resumed = equirelax.train(
+        vector_model(), CR(), task, out_dir=tmp_path / "b", resume=True, **options
+    )
+    for key in ("best_epoch", "best_val", "test", "test_final"):
+        assert resumed.final[key] == whole.final[key], key
+
+
+def test_bad_protocol_settings_are_rejected_by_name():
+    with pytest.raises(ValueError, match="eval_every"):
+        equirelax.TrainConfig(eval_every=0)
+    with pytest.raises(ValueError, match="patience"):
+        equirelax.TrainConfig(patience=0)
+    assert math.isfinite(equirelax.TrainConfig(patience=3).patience)
