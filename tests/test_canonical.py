@@ -263,3 +263,23 @@ def test_c8_canonicalization_is_exact_on_the_c4_subgroup_only() -> None:
             assert error < 1e-12
         else:
             assert error > 1e-3  # measured ~1: not invariant, as documented
+
+
+@pytest.mark.parametrize("group", [CyclicGroup(4), DihedralGroup(4)], ids=str)
+def test_output_is_exactly_the_predictor_on_the_argmax_canonical_input(group) -> None:
+    """The forward pass uses the hard choice: ``f(x) = p(c(x)^-1 x)`` bit for bit for the
+    argmax element, in training mode too (the soft weights only carry the gradient)."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 2, 11, 11)
+    action = ImageAction(group)
+    predictor = _image_predictor(2, "images")
+    model = Canonicalized(ImageCanonicalizer(group, 2), predictor, action).train()
+    out = model(x)
+    canonical = action(group.inverse(out.elements), x)
+    torch.testing.assert_close(
+        out.output, action(out.elements, predictor(canonical)), rtol=0, atol=0
+    )
+    invariant = Canonicalized(model.canonicalizer, _image_predictor(2, "invariant")).train()
+    out = invariant(x)
+    expected = invariant.predictor(action(group.inverse(out.elements), x))
+    assert torch.equal(out.output, expected)

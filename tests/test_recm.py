@@ -150,7 +150,9 @@ def test_resume_is_bitwise_identical(tmp_path) -> None:
 def _gap_dial_run(delta: float, seed: int) -> tuple[list[float], list[float], float]:
     task = gap_dial_task(delta=delta, train_size=500, val_size=200, test_size=2, seed=seed)
     torch.manual_seed(seed)
-    model = equirelax.relax(models.build("emlp", task, num_layers=1))
+    # two blocks: the default placement relaxes each block's linear map, and the break is
+    # expressed past the first block (a one-block E-MLP relaxes only its input map)
+    model = equirelax.relax(models.build("emlp", task, num_layers=2))
     strategy = RECM(every=2)  # a 270-step run: probe twice as often as the default
     result = equirelax.train(
         model, strategy, task, epochs=30, batch_size=50, lr=3e-3, lr_schedule="cosine",
@@ -190,3 +192,26 @@ def test_recm_refuses_layers_without_actions() -> None:
     action = RepresentationAction(VECTOR)
     ok = equirelax.relax(torch.nn.Sequential(EquivariantLinear(VECTOR, VECTOR)))
     RECM().attach(ok, action_in=action, action_out=action)
+
+
+class _RecordingRECM(RECM):
+    """RECM that records every batch the training loop steps the optimiser on."""
+
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)
+        self.trained_rows: list[torch.Tensor] = []
+
+    def transform_batch(self, inputs, targets):
+        self.trained_rows.append(inputs.detach().clone())
+        return super().transform_batch(inputs, targets)
+
+
+def test_held_out_probe_samples_never_reach_the_optimiser() -> None:
+    task = vector_task(n_train=100)
+    strategy = _RecordingRECM(holdout=0.2, every=1)
+    equirelax.train(vector_model(), strategy, task, **QUICK)
+    probe = {tuple(row.tolist()) for row in strategy._probe[0]}
+    trained = {tuple(row.tolist()) for batch in strategy.trained_rows for row in batch}
+    assert len(probe) == 20
+    assert not probe & trained
+    assert trained | probe == {tuple(row.tolist()) for row in task.train[0]}

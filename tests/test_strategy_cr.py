@@ -526,3 +526,58 @@ def test_state_dict_resumes_the_schedule(generator):
         CR("linear").load_state_dict(saved["cr"])
     with pytest.raises(ValueError, match="state: expected a CR state for epochs=3"):
         CR(epochs=3).load_state_dict(saved["cr"])
+
+
+# --------------------------------------------------------------------------- official details
+
+
+def test_regulariser_does_not_depend_on_theta(generator):
+    """The same free branches and layer inputs give the same R_LD, R_N and penalty at every
+    level (one relaxed layer, so that its input does not pass through a relaxed layer)."""
+    group = SO3()
+    layer = EquivariantLinear(group.irreps("2x0e + 1x1o"), group.irreps("1x0e + 2x1o"))
+    model = relax(nn.Sequential(layer)).to(F64)
+    strategy = CR("triangular", epochs=4, free_init_scale=None)
+    model = strategy.attach(model)
+    x = torch.randn(6, 5, dtype=F64, generator=generator)
+    logs = []
+    for epoch in (1, 2, 3):  # theta = 0.5, 1, 0.5 ... and 0 below
+        strategy.on_epoch_start(epoch)
+        logs.append(regulariser_log(strategy, model, x))
+    strategy.on_epoch_start(0)
+    logs.append(regulariser_log(strategy, model, x))
+    assert len({log["theta"] for log in logs}) == 3
+    for key in ("r_ld", "r_n", "penalty"):
+        assert {log[key] for log in logs} == {logs[0][key]}, key
+    assert logs[0]["penalty"] > 0
+
+
+def test_attach_gives_free_branches_the_official_bias_free_normal_init():
+    torch.manual_seed(0)
+    model = CR(epochs=2).attach(two_layer_model())
+    weights = []
+    for layer in relaxed_layers(model).values():
+        linear = layer.free.linear
+        assert torch.equal(linear.bias, torch.zeros_like(linear.bias))
+        assert not linear.bias.requires_grad  # held at 0: bias-free
+        weights.append(linear.weight.detach().flatten())
+    std = float(torch.cat(weights).std())
+    assert 0.7e-4 < std < 1.3e-4
+
+
+def test_rotate_batches_moves_the_whole_batch_by_one_group_element(generator):
+    group = SO3()
+    rep = group.irreps("1x1o")
+    model = relax(nn.Sequential(EquivariantLinear(rep, rep))).to(F64)
+    action = RepresentationAction(rep)
+    strategy = CR(epochs=2, rotate_batches=True)
+    strategy.attach(model, action_in=action, action_out=action, generator=generator)
+    x = torch.randn(5, 3, dtype=F64, generator=generator)
+    y = 2.0 * x
+    moved_x, moved_y = strategy.transform_batch(x, y)
+    rotation = torch.linalg.lstsq(x, moved_x).solution  # one matrix for every sample
+    torch.testing.assert_close(x @ rotation, moved_x)
+    torch.testing.assert_close(rotation.T @ rotation, torch.eye(3, dtype=F64))
+    assert not torch.allclose(rotation, torch.eye(3, dtype=F64))
+    torch.testing.assert_close(moved_y, 2.0 * moved_x)
+    assert CR(epochs=2).transform_batch(x, y) == (x, y)  # off by default
