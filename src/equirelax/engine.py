@@ -138,8 +138,9 @@ class TrainResult:
     ``model`` is the trained (possibly relaxed) model, ``evaluation_model`` the one the
     strategy evaluates (projected for strict/CR/ACE-equality) at the final epoch,
     ``best_model`` that model's copy at the best validation epoch ``best_epoch``, ``history``
-    one record per epoch (the lines of ``metrics.jsonl``) and ``final`` the last record plus
-    ``best_epoch``, ``best_val``, ``test`` (at the best validation epoch) and ``test_final``.
+    one record per epoch (the lines of ``metrics.jsonl``) and ``final`` the last record (over
+    the last evaluated one) plus ``epochs_run``, ``best_epoch``, ``best_val``, ``test`` (at the
+    best validation epoch) and ``test_final``.
     """
 
     model: nn.Module
@@ -289,10 +290,9 @@ def train(
         bar.close()
 
     evaluation_model = strategy.evaluation_model(model)
-    evaluated_records = [record for record in history if "val" in record]
-    final = dict(evaluated_records[-1]) if evaluated_records else {}
-    if history:
-        final.update(epoch=history[-1]["epoch"], epochs_run=len(history))
+    last_evaluation = next((record for record in reversed(history) if "val" in record), {})
+    last = history[-1] if history else {}
+    final = {**last_evaluation, **last, "epochs_run": len(history)}
     if best is not None:
         final.update(best_epoch=best.epoch, best_val=best.val)
     if task.test is not None:

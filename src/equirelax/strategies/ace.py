@@ -29,6 +29,15 @@ Step rules, as the official code (github.com/andreimano/ACE):
   inertia, N = 1000: a non-finite loss in 3 of 3 seeds within 14 steps; EGNN on N-body, seed 2,
   epoch 4: ``dL/dgamma ~ 2e6`` moved ``gamma`` by ``~2e4``), while Adam-stepped levels gave 0 of 3.
 
+Length of training: the official rule moves each ``gamma_i`` by about the primal learning rate
+per step and each multiplier by about ``dual_lr``, so it is made for the papers' long runs
+(N-body: 2000 epochs of 30 steps). Measured on the toy task of ``tests/test_ace.py`` (Adam 3e-3,
+cosine decay), the equality game at the class defaults has not settled after 1500 steps (levels
+0.77 and 0.89) nor after 6000 (0.06 and -0.15; with a constant learning rate the levels swing
+through 0 to -2.4), while the gradient-descent rule with a nuPI dual (``dual_lr=0.05``,
+``kp=5``, ``level_lr=0.1``) drives them below 1e-3 within 1500 steps. Short runs (the quick
+presets, the examples) therefore select that rule; the class defaults stay the published one.
+
 Departures from the official code: cooper's ``roll()`` owns the primal optimiser, which here
 belongs to the training loop (the engine's clipping, learning-rate schedule and data
 parallelism apply to every primal parameter alike), so ACE builds cooper's constrained
