@@ -32,7 +32,7 @@ from equirelax.cli import main as equirelax
 from equirelax.compare import run_one
 from equirelax.engine import TrainConfig
 from equirelax.gap import symmetry_gap
-from equirelax.report import format_table, summarize
+from equirelax.report import format_table, ordering, summarize
 from equirelax.tasks import TASKS, gap_dial_task
 
 STRATEGIES = "strict,free,rpp,cr,ace-equality,ace-resilient,recm"
@@ -89,8 +89,10 @@ def _section(task: str, size: int, out: Path, baseline: Path) -> str:
             lines.append(f"{name}: not run (no {file}).\n")
             continue
         results = json.loads(file.read_text())
-        lines.append(f"**{name}**\n\n" + format_table(summarize(results["runs"])) + "\n")
+        rows = summarize(results["runs"])
+        lines.append(f"**{name}**\n\n" + format_table(rows) + "\n")
         if name == "E-MLP":
+            lines.append(ordering(rows) + "\n")
             lines.append(_levels(results["runs"]))
     return "\n".join(lines)
 

@@ -105,6 +105,21 @@ def test_train_writes_one_result(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert '"test"' in capsys.readouterr().out
 
 
+def test_train_takes_strategy_options_and_refuses_one_that_changes_the_label(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    code = main(["train", "nbody", *TINY, "--strategy", "rpp", "--option",
+                 "rpp.equivariant_prior=0.5", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    record = json.loads((out / "result.json").read_text())
+    assert record["strategy_options"]["equivariant_prior"] == 0.5
+    code = main(["train", "nbody", *TINY, "--strategy", "ace-equality", "--option",
+                 "ace-equality.mode=resilient", "--out", str(tmp_path / "ace")])  # fmt: skip
+    assert code == 2
+    assert "the label 'ace-equality' means mode='equality'" in capsys.readouterr().err
+
+
 def test_tasks_lists_names_and_symmetry(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out

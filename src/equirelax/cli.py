@@ -268,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         parser.error(f"--task-option: task {args.task!r} refused its options: {error}")
     recorded_task_options = {k: v for k, v in task_options.items() if k != "progress"}
+    options = _strategy_options(parser, args.option, labels, preset.get("strategies", {}))
     try:
         if args.command == "train":
             out = args.out or Path("runs") / f"train-{args.task}-{model}-{args.strategy}"
@@ -281,15 +282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 resume=args.resume,
                 progress=not args.quiet,
                 model_options=model_options,
-                strategy_options={
-                    **preset.get("strategies", {}).get(STRATEGY_PRESETS[args.strategy][0], {}),
-                    **dict(args.option),
-                },
+                strategy_options=options.get(args.strategy, {}),
             )
             print(json.dumps(record["final"], indent=2))
             print(f"wrote {out}")
             return 0
-        options = _strategy_options(parser, args.option, labels, preset.get("strategies", {}))
         out = args.out or Path("runs") / f"compare-{args.task}-{model}"
         results = compare(
             task,

@@ -242,7 +242,7 @@ def _plot_curves(histories: dict[str, list], metric: str, path: Path) -> None:
                 )
     axis.set(
         xlabel="epoch",
-        ylabel=f"validation {metric} of the evaluated model (mean over seeds)",
+        ylabel=f"validation {metric}\n(evaluated model, mean over seeds)",
         yscale="log",
     )
     axis.legend()
