@@ -110,10 +110,12 @@ def test_train_takes_strategy_options_and_refuses_one_that_changes_the_label(
 ) -> None:
     out = tmp_path / "run"
     code = main(["train", "nbody", *TINY, "--strategy", "rpp", "--option",
-                 "rpp.equivariant_prior=0.5", "--out", str(out)])  # fmt: skip
+                 "rpp.equivariant_prior=0.5", "--max-grad-norm", "2.5", "--eval-every", "2",
+                 "--out", str(out)])  # fmt: skip
     assert code == 0
     record = json.loads((out / "result.json").read_text())
     assert record["strategy_options"]["equivariant_prior"] == 0.5
+    assert (record["config"]["max_grad_norm"], record["config"]["eval_every"]) == (2.5, 2)
     code = main(["train", "nbody", *TINY, "--strategy", "ace-equality", "--option",
                  "ace-equality.mode=resilient", "--out", str(tmp_path / "ace")])  # fmt: skip
     assert code == 2

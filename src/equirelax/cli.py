@@ -96,6 +96,9 @@ def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None
     training.add_argument("--weight-decay", type=_non_negative_float)
     training.add_argument("--lr-schedule", choices=("constant", "cosine"))
     training.add_argument(
+        "--max-grad-norm", type=_positive_float, help="clip the gradient norm (default: no clip)"
+    )
+    training.add_argument(
         "--eval-every", type=_positive_int, help="validate every N epochs (and after the last)"
     )
     training.add_argument(
@@ -349,6 +352,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             "lr",
             "weight_decay",
             "lr_schedule",
+            "max_grad_norm",
             "eval_every",
             "patience",
         )
