@@ -198,3 +198,18 @@ def test_two_process_ace_matches_one_process(tmp_path):
             torch.tensor(ranks[0]["weights"][key]), torch.tensor(value), atol=1e-5, rtol=1e-4
         )
     assert (tmp_path / "two" / "run" / CHECKPOINT).exists()
+
+
+def test_ace_levels_and_slacks_are_primal_parameters_of_the_engines_optimiser():
+    """The official rule: the engine's Adam (and its gradient clipping, which runs over the
+    optimiser's parameter groups) owns every level and the resilient slacks."""
+    from equirelax.engine import _parameter_groups
+
+    ace = ACE("resilient")
+    model = ace.attach(vector_model())
+    owned = {
+        id(p) for group in _parameter_groups(model, ace, TrainConfig()) for p in group["params"]
+    }
+    levels = [layer.level for layer in equirelax.relaxed_layers(model).values()]
+    assert all(id(level) in owned for level in levels)
+    assert id(ace.slacks) in owned
