@@ -74,9 +74,15 @@ def main() -> None:
         "strict": Strict(),
         "cr": CR(epochs=EPOCHS),
         "cr-weight10": CR(epochs=EPOCHS, weight=10.0),
-        # short run: the gradient level rule with a fast nuPI dual (see the ACE docstring)
+        # short run: the gradient level rule with a fast nuPI dual on bounded branches (see the
+        # ACE docstring)
         "ace": ACE(
-            level_rule="gradient", dual_lr=0.1, dual_optimizer="nupi", kp=10.0, level_lr=0.1
+            level_rule="gradient",
+            norm_bound="spectral",
+            dual_lr=0.1,
+            dual_optimizer="nupi",
+            kp=10.0,
+            level_lr=0.1,
         ),
     }
     shown = [0, 29, 59, 89, 119, EPOCHS - 1]  # epochs whose levels are printed
