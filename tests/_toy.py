@@ -72,3 +72,20 @@ def train_plain(model, strategy, task, steps: int, lr: float = 3e-3):
         largest = max(largest, max(abs(v) for v in strategy.log().get("multipliers", [0.0])))
     strategy.on_epoch_end(0)
     return model, largest
+
+
+class InterruptError(Exception):
+    """Raised by :func:`interrupt_at`: stands in for a killed job."""
+
+
+def interrupt_at(strategy, epoch: int):
+    """Make ``strategy`` raise :class:`InterruptError` at the start of ``epoch``."""
+    start = strategy.on_epoch_start
+
+    def on_epoch_start(current: int) -> None:
+        if current == epoch:
+            raise InterruptError
+        start(current)
+
+    strategy.on_epoch_start = on_epoch_start
+    return strategy

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import equirelax
-from _toy import vector_model, vector_task
+from _toy import InterruptError, interrupt_at, vector_model, vector_task
 from equirelax.engine import CHECKPOINT, METRICS, NonFiniteLossError, TrainConfig
 from equirelax.strategies import ACE, STRATEGIES, Free
 
@@ -53,23 +53,6 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-class _InterruptError(Exception):
-    pass
-
-
-class _InterruptedACE(ACE):
-    """Stops the run at the start of ``stop_epoch``, as a killed job would."""
-
-    def __init__(self, stop_epoch, **options):
-        super().__init__(**options)
-        self.stop_epoch = stop_epoch
-
-    def on_epoch_start(self, epoch):
-        if epoch == self.stop_epoch:
-            raise _InterruptError
-        super().on_epoch_start(epoch)
-
-
 def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
     options = {
         "epochs": 4,
@@ -82,9 +65,9 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
     game = {"mode": "resilient", "dual_lr": 0.05, "level_lr": 0.1, "dual_optimizer": "nupi"}
     task = vector_task(offset=0.5)
     whole = equirelax.train(vector_model(), ACE(**game), task, out_dir=tmp_path / "a", **options)
-    with pytest.raises(_InterruptError):
+    with pytest.raises(InterruptError):
         equirelax.train(
-            vector_model(), _InterruptedACE(2, **game), task, out_dir=tmp_path / "b", **options
+            vector_model(), interrupt_at(ACE(**game), 2), task, out_dir=tmp_path / "b", **options
         )
     assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["epoch"] == 1
     resumed = equirelax.train(

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import equirelax
-from _toy import vector_model, vector_target, vector_task
+from _toy import InterruptError, interrupt_at, vector_model, vector_target, vector_task
 from equirelax.engine import BEST, CHECKPOINT, split_means
 from equirelax.strategies import CR, Free
 from equirelax.tasks import Task
@@ -93,27 +93,14 @@ def test_patience_stops_early_and_resume_does_not_continue_a_stopped_run(tmp_pat
     assert again.final["test"] == result.final["test"]
 
 
-class _InterruptError(Exception):
-    pass
-
-
-class _InterruptedCR(CR):
-    def __init__(self, stop_epoch: int) -> None:
-        super().__init__()
-        self.stop_epoch = stop_epoch
-
-    def on_epoch_start(self, epoch: int) -> None:
-        if epoch == self.stop_epoch:
-            raise _InterruptError
-        super().on_epoch_start(epoch)
-
-
 def test_resume_restores_the_best_model_and_reports_the_same_test(tmp_path):
     task = _task_with_test()
     options = {**SMALL, "epochs": 6, "seed": 2}
     whole = equirelax.train(vector_model(), CR(), task, out_dir=tmp_path / "a", **options)
-    with pytest.raises(_InterruptError):
-        equirelax.train(vector_model(), _InterruptedCR(4), task, out_dir=tmp_path / "b", **options)
+    with pytest.raises(InterruptError):
+        equirelax.train(
+            vector_model(), interrupt_at(CR(), 4), task, out_dir=tmp_path / "b", **options
+        )
     resumed = equirelax.train(
         vector_model(), CR(), task, out_dir=tmp_path / "b", resume=True, **options
     )

@@ -258,8 +258,7 @@ def train(
                 evaluation, evaluated = _evaluate(model, strategy, task, config, device)
                 record.update(evaluation)
                 if best is None or best.improved_by(evaluation["val"]):
-                    snapshot = copy.deepcopy(evaluated) if evaluated is model else evaluated
-                    best = _Best(epoch, evaluation["val"], snapshot)
+                    best = _Best(epoch, evaluation["val"], _detached(evaluated, model))
                     if rank == 0 and best_path is not None:
                         _save_best(best_path, best)
             if best is not None:
@@ -590,6 +589,12 @@ def _save_checkpoint(
     _atomic_save(state, path)
 
 
+def _detached(evaluated: nn.Module, model: nn.Module) -> nn.Module:
+    """``evaluated`` as a module that training no longer changes: a copy when the strategy
+    evaluates the trained model itself, else (a projection, already a copy) as it is."""
+    return copy.deepcopy(evaluated) if evaluated is model else evaluated
+
+
 def _save_best(path: Path, best: _Best) -> None:
     """``best.pt``: the evaluated model's weights at the best validation epoch."""
     _atomic_save({"epoch": best.epoch, "val": best.val, "model": best.model.state_dict()}, path)
@@ -608,7 +613,7 @@ def _load_best(
             "missing; start the run again without resume"
         )
     state = torch.load(path, weights_only=True, map_location="cpu")
-    best = copy.deepcopy(strategy.evaluation_model(model))
+    best = _detached(strategy.evaluation_model(model), model)
     best.load_state_dict(state["model"])
     return _Best(int(state["epoch"]), float(state["val"]), best)
 
