@@ -16,7 +16,11 @@ from equirelax.actions import (
     TrivialAction,
     VectorAction,
 )
-from equirelax.free_branches import DenseFreeBranch, VectorNeuronFreeBranch
+from equirelax.free_branches import (
+    DenseFreeBranch,
+    SteerableFreeBranch,
+    VectorNeuronFreeBranch,
+)
 from equirelax.groups import O3, SO2, SO3, CyclicGroup, DihedralGroup, Euclidean
 from equirelax.metrics import lie_derivative
 from equirelax.nn import EquivariantLinear, GatedNonlinearity, VNLinear
@@ -294,6 +298,81 @@ def test_lie_regulariser_agrees_with_metrics_lie_derivative(build, generator):
     out = model(*args)
     strategy.loss(out.sum() * 0.0, model, args, out)
     assert strategy.log()["r_ld"] < 1e-12
+
+
+class SteerableOnParts(nn.Module):
+    """A :class:`SteerableFreeBranch` on (points, vectors, charges): its concatenated dense map
+    is affine in the three parts jointly."""
+
+    def __init__(self):
+        super().__init__()
+        self.branch = SteerableFreeBranch([3, 3], 1, 3)
+        self.affine = True
+
+    def forward(self, p, v, q):
+        return self.branch(p, v, q)
+
+
+def _affine_cases(generator):
+    """(affine branch, input, action_in, action_out): a dense map on SO(3) irreps, a steerable
+    branch on an E(3) tuple (translations, an invariant part) and a vector-neuron map under
+    O(3)."""
+    so3, e3 = SO3(), Euclidean(SO3())
+    irreps_in, irreps_out = so3.irreps("2x0e + 1x1o + 1x2e"), so3.irreps("1x0e + 2x1o")
+    dense = DenseFreeBranch((irreps_in.dim,), (irreps_out.dim,))
+    tuple_action = DirectSumAction(PointAction(e3), VectorAction(e3), TrivialAction(e3))
+    points = tuple(torch.randn(4, 5, d, dtype=F64, generator=generator) for d in (3, 3, 1))
+    return [
+        (
+            dense,
+            torch.randn(6, irreps_in.dim, dtype=F64, generator=generator),
+            RepresentationAction(irreps_in),
+            RepresentationAction(irreps_out),
+        ),
+        (SteerableOnParts(), points, tuple_action, VectorAction(e3)),
+        (
+            VectorNeuronFreeBranch(4, 2),
+            torch.randn(3, 4, 3, 5, dtype=F64, generator=generator),
+            VectorAction(O3(), dim=2),
+            VectorAction(O3(), dim=2),
+        ),
+    ]
+
+
+def test_closed_form_lie_derivative_of_affine_branches_equals_the_jvp(generator):
+    """``L_A W(x) = W(dA x) - W(0) - dA' W(x)`` for the affine free branches: value and
+    parameter gradients equal to the Jacobian-vector-product form, with non-zero biases."""
+    torch.manual_seed(3)
+    for branch, x, a_in, a_out in _affine_cases(generator):
+        branch = branch.to(F64)
+        for parameter in branch.parameters():
+            nn.init.normal_(parameter)
+        assert getattr(branch, "affine", False), type(branch).__name__
+        forms = []
+        for affine in (True, False):
+            branch.zero_grad()
+            derivative = lie_derivative(branch, x, a_in, a_out, affine=affine)
+            derivative.pow(2).sum().backward()
+            forms.append((derivative.detach(), [p.grad.clone() for p in branch.parameters()]))
+        (closed, closed_grads), (jvp, jvp_grads) = forms
+        assert jvp.abs().max() > 0.1
+        torch.testing.assert_close(closed, jvp, rtol=1e-10, atol=1e-10)
+        for got, expected in zip(closed_grads, jvp_grads, strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_closed_form_is_not_taken_for_a_non_affine_branch(generator):
+    """The closed form is exact only for affine maps: on a tanh branch it differs from the jvp
+    (so the equality above is a real check), and CR leaves such branches on the jvp."""
+    so3 = SO3()
+    irreps = so3.irreps("1x0e + 1x1o")
+    branch = nn.Sequential(nn.Linear(irreps.dim, irreps.dim), nn.Tanh()).to(F64)
+    x = torch.randn(5, irreps.dim, dtype=F64, generator=generator)
+    action = RepresentationAction(irreps)
+    closed = lie_derivative(branch, x, action, action, affine=True)
+    jvp = lie_derivative(branch, x, action, action)
+    assert (closed - jvp).abs().max() > 1e-3
+    assert not getattr(branch, "affine", False)
 
 
 def test_gradient_flows_through_the_lie_derivative_to_the_free_branch_only(generator):

@@ -207,8 +207,9 @@ def train(
     )
     train_inputs, train_targets = strategy.split_training_data(train_inputs, train_targets)
     _build_lazy_branches(model, train_inputs)
+    groups = _parameter_groups(model, strategy, config)
     optimiser = torch.optim.Adam(
-        _parameter_groups(model, strategy, config), lr=config.lr, weight_decay=config.weight_decay
+        groups, lr=config.lr, weight_decay=config.weight_decay, **_adam_kernel(groups, device)
     )
     steps_per_epoch = math.ceil(batch_size(train_inputs) / config.batch_size)
     scheduler = (
@@ -255,7 +256,9 @@ def train(
                 "epoch_seconds": time.perf_counter() - started,
             }
             if (epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1:
-                evaluation, evaluated = _evaluate(model, strategy, task, config, device)
+                evaluation, evaluated = _evaluate(
+                    model, strategy, task, config, device, precise=epoch == config.epochs - 1
+                )
                 record.update(evaluation)
                 if best is None or best.improved_by(evaluation["val"]):
                     best = _Best(epoch, evaluation["val"], _detached(evaluated, model))
@@ -292,6 +295,10 @@ def train(
     last_evaluation = next((record for record in reversed(history) if "val" in record), {})
     last = history[-1] if history else {}
     final = {**last_evaluation, **last, "epochs_run": len(history)}
+    if history and last.get("epoch") != config.epochs - 1:  # stopped early: check it precisely
+        final["equivariance_error"] = _equivariance_error(
+            evaluation_model, task, config, device, precise=True
+        )
     if best is not None:
         final.update(best_epoch=best.epoch, best_val=best.val)
     if task.test is not None:
@@ -329,11 +336,16 @@ def _run_epoch(
 ) -> float:
     inputs, targets = data
     count = batch_size(inputs)
+    inputs_on_cpu = targets.device.type == "cpu"
     order = torch.randperm(
         count, generator=torch.Generator().manual_seed(_epoch_seed(config, epoch))
     )
-    total, seen = 0.0, 0
-    for step, start in enumerate(range(0, count, config.batch_size)):
+    # The loss values stay on the device and are checked (one synchronisation) every step on
+    # the CPU, where that is free, and once per epoch on an accelerator.
+    losses: list[Tensor] = []
+    sizes: list[int] = []
+    checked = 0
+    for start in range(0, count, config.batch_size):
         batch = order[start : start + config.batch_size]
         mine = batch[rank::world]
         x, y = index(inputs, mine), targets[mine]
@@ -344,16 +356,11 @@ def _run_epoch(
         objective = strategy.loss(local * share, model, x, outputs)
         if prior is not None:
             objective = objective + prior * share
-        batch_loss, objective_value = _global_mean(
-            torch.stack([local.detach() * share, objective.detach()]), world
-        )
-        if not (math.isfinite(batch_loss) and math.isfinite(objective_value)):
-            kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint"
-            raise NonFiniteLossError(
-                f"loss: non-finite value at epoch {epoch}, step {step} (task loss {batch_loss}, "
-                f"objective {objective_value}; strategy {strategy.name}, "
-                f"lr {optimiser.param_groups[0]['lr']:.3g}); {kept}"
-            )
+        losses.append(torch.stack([local.detach() * share, objective.detach()]))
+        sizes.append(batch.numel())
+        if inputs_on_cpu or start + config.batch_size >= count:
+            _check_finite(losses, checked, epoch, strategy, optimiser, checkpoint, world)
+            checked = len(losses)
         optimiser.zero_grad(set_to_none=True)
         objective.backward()
         if config.max_grad_norm is not None:
@@ -364,11 +371,33 @@ def _run_epoch(
         strategy.after_step()
         if scheduler is not None:
             scheduler.step()
-        total += batch_loss * batch.numel()
-        seen += batch.numel()
         bar.update(1)
-        bar.set_postfix(_postfix(epoch, batch_loss, strategy), refresh=False)
-    return total / seen
+    means = _global_mean(torch.stack(losses)[:, 0], world)
+    train_loss = sum(m * n for m, n in zip(means, sizes, strict=True)) / sum(sizes)
+    bar.set_postfix(_postfix(epoch, train_loss, strategy), refresh=False)
+    return train_loss
+
+
+def _check_finite(
+    losses: list[Tensor],
+    start: int,
+    epoch: int,
+    strategy: Strategy,
+    optimiser: torch.optim.Optimizer,
+    checkpoint: Path | None,
+    world: int,
+) -> None:
+    """Raise :class:`NonFiniteLossError` at the first step from ``start`` whose task loss or
+    objective (``losses[step]``, averaged over ranks) is not finite."""
+    values = _global_mean(torch.stack(losses[start:]), world)
+    for step, (batch_loss, objective) in enumerate(values, start):
+        if not (math.isfinite(batch_loss) and math.isfinite(objective)):
+            kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint"
+            raise NonFiniteLossError(
+                f"loss: non-finite value at epoch {epoch}, step {step} (task loss {batch_loss}, "
+                f"objective {objective}; strategy {strategy.name}, "
+                f"lr {optimiser.param_groups[0]['lr']:.3g}); {kept}"
+            )
 
 
 def _parameter_groups(
@@ -397,6 +426,17 @@ def _parameter_groups(
     ]
 
 
+def _adam_kernel(groups: list[dict[str, Any]], device: torch.device) -> dict[str, bool]:
+    """Adam's fused kernel (one pass over all parameters) where torch has one for these
+    parameters, else the multi-tensor (foreach) one: both replace a Python loop over the
+    parameters and implement the same update."""
+    parameters = [p for group in groups for p in group["params"]]
+    fused = device.type in ("cpu", "cuda") and all(
+        p.is_floating_point() and p.device == device for p in parameters
+    )
+    return {"fused": True} if fused else {"foreach": True}
+
+
 def _postfix(epoch: int, loss: float, strategy: Strategy) -> dict[str, str]:
     state = strategy.log()
     out = {"epoch": str(epoch), "loss": f"{loss:.3e}"}
@@ -409,7 +449,13 @@ def _postfix(epoch: int, loss: float, strategy: Strategy) -> dict[str, str]:
 
 @torch.no_grad()
 def _evaluate(
-    model: nn.Module, strategy: Strategy, task: Task, config: TrainConfig, device: torch.device
+    model: nn.Module,
+    strategy: Strategy,
+    task: Task,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    precise: bool,
 ) -> tuple[dict[str, Any], nn.Module]:
     """The validation record of the model the strategy evaluates (``val``, its
     ``equivariance_error`` and, when it is not the trained model, ``val_relaxed`` of the
@@ -418,22 +464,34 @@ def _evaluate(
     record: dict[str, Any] = {"val": _metric(evaluated, task, task.val, config, device)}
     if evaluated is not model and relaxed_layers(model):
         record["val_relaxed"] = _metric(model, task, task.val, config, device)
+    record["equivariance_error"] = _equivariance_error(
+        evaluated, task, config, device, precise=precise
+    )
+    return record, evaluated
+
+
+@torch.no_grad()
+def _equivariance_error(
+    model: nn.Module, task: Task, config: TrainConfig, device: torch.device, *, precise: bool
+) -> float:
+    """The mean relative equivariance error of ``model`` on the first
+    ``equivariance_samples`` validation inputs (4 group elements each), in the model's dtype
+    during training and in float64 (on CPU) for the ``precise`` check after the last epoch."""
     inputs, _ = _to_device(task.val, device)
     sample = index(inputs, torch.arange(min(config.equivariance_samples, batch_size(inputs))))
-    was_training = evaluated.training
-    evaluated.eval()
+    was_training = model.training
+    model.eval()
     error = equivariance_error(
-        TaskOutput(evaluated),
+        TaskOutput(model),
         sample,
         task.action_in,
         task.action_out,
         num_samples=4,
         generator=torch.Generator().manual_seed(config.seed),
-        dtype=torch.float64 if device.type == "cpu" else None,
+        dtype=torch.float64 if precise and device.type == "cpu" else None,
     )
-    evaluated.train(was_training)
-    record["equivariance_error"] = error.mean
-    return record, evaluated
+    model.train(was_training)
+    return error.mean
 
 
 def _metric(model: nn.Module, task: Task, split: Split, config: TrainConfig, device: Any) -> float:

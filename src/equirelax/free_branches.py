@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +32,13 @@ class DenseFreeBranch(nn.Module):
     """A dense map on the last ``len(in_shape)`` axes: ``(..., *in_shape) -> (..., *out_shape)``.
 
     The leading axes (batch, nodes, points) are shared, so the branch sees each sample's
-    flattened features and nothing else.
+    flattened features and nothing else. It is affine (:attr:`affine`), so CR's Lie-derivative
+    regulariser takes it in closed form.
     """
+
+    affine: ClassVar[bool] = True
+    """``forward`` is affine in its inputs, ``W x + b`` (see
+    :func:`equirelax.metrics.lie_derivative`)."""
 
     def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], bias: bool = True):
         super().__init__()
@@ -141,7 +147,9 @@ def _centroid(x: Tensor, mask: Tensor | None) -> Tensor:
 
 class VectorNeuronFreeBranch(nn.Module):
     """A dense map on the flattened ``(C, 3)`` features of each point of a vector-neuron
-    tensor ``(B, C, 3, ...)``."""
+    tensor ``(B, C, 3, ...)`` (affine, like :class:`DenseFreeBranch`)."""
+
+    affine: ClassVar[bool] = True
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -158,7 +166,9 @@ class SteerableFreeBranch(nn.Module):
     """The free branch of a relaxed :class:`SteerableLinear`: a dense map on the concatenated
     flattened features, ``f_free(x_1, ..., x_k, a) = W [x_1, ..., x_k, a] + b`` (no symmetry
     constraint; leading axes broadcast as in the layer, so the concatenation is never
-    formed)."""
+    formed); affine, like :class:`DenseFreeBranch`."""
+
+    affine: ClassVar[bool] = True
 
     def __init__(self, in_features: Sequence[int], attr_features: int, out_features: int) -> None:
         super().__init__()

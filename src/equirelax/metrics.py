@@ -237,6 +237,7 @@ def lie_derivative(
     kwargs: dict[str, Any] | None = None,
     output: Any = None,
     check: bool = True,
+    affine: bool = False,
 ) -> Tensor:
     """Lie derivative ``L_A f(x) = d/dt [A_out(exp(-t A)) f(A_in(exp(t A)) x)]_{t=0}``.
 
@@ -265,6 +266,10 @@ def lie_derivative(
     check:
         Check ``x`` (tensors with finite values that ``action_in`` accepts); ``False`` skips
         the check and its device synchronisation, e.g. inside a training loss.
+    affine:
+        ``f`` is affine in its positional arguments, ``f(x) = L x + b`` (e.g. a dense free
+        branch): the closed form ``J_f(x) t = f(t) - f(0)`` replaces the ``jvp``, so
+        ``L_A f(x) = f(dA_in x) - f(0) - dA_out f(x)`` costs one forward pass on the tangents.
     """
     action_out = check_action_pair(action_in, action_out)
     group = action_in.group
@@ -298,7 +303,11 @@ def lie_derivative(
     else:  # k copies of the batch (and of batched keyword tensors), one tangent per copy
         tangents = [t_in[i].flatten(0, 1) for i in diff]  # type: ignore[union-attr]
         stacked = functools.partial(f, **repeat_batched(kwargs, batch, k)) if kwargs else f
-        pushed = _jvp(stacked, repeat(x_parts, k), diff, tangents).unflatten(0, (k, batch))
+        if affine:
+            pushed = _affine_pushforward(fixed, stacked, x_parts, diff, tangents, k)
+        else:
+            pushed = _jvp(stacked, repeat(x_parts, k), diff, tangents)
+        pushed = pushed.unflatten(0, (k, batch))
     if all(t is None for t in t_out):
         return pushed
     moved_out = [
@@ -321,6 +330,25 @@ def _jvp(
 
     _, out = torch.func.jvp(moving, tuple(args[i] for i in diff), tuple(tangents))
     return out
+
+
+def _affine_pushforward(
+    f: Callable[..., Any],
+    stacked: Callable[..., Any],
+    args: tuple[Tensor, ...],
+    diff: list[int],
+    tangents: list[Tensor],
+    k: int,
+) -> Tensor:
+    """``J_f . tangents = f(t) - f(0)`` (flattened per sample) for ``f`` affine in its positional
+    arguments: ``stacked`` (``f`` on ``k`` copies of the batch ``args``) at the tangents, with the
+    arguments outside ``diff`` at 0, minus ``f`` at 0 on one copy."""
+    zeros = [torch.zeros_like(arg) for arg in args]
+    moving = [zero.repeat(k, *[1] * (zero.ndim - 1)) for zero in zeros]
+    for i, tangent in zip(diff, tangents, strict=True):
+        moving[i] = tangent
+    at_zero = flat(f(*zeros))
+    return (flat(stacked(*moving)).unflatten(0, (k, -1)) - at_zero).flatten(0, 1)
 
 
 def _lie_derivative_by_path(

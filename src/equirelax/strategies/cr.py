@@ -387,6 +387,8 @@ def free_branch_terms(
     sum_h ||W(h x_b) - h W(x_b)||^2)`` over the Lie-algebra basis ``A_k`` and the discrete
     generators ``h`` of the actions' group. ``x`` is ``args[0]`` or, for several arguments, the
     tuple acted on by a :class:`~equirelax.actions.DirectSumAction`; ``kwargs`` are held fixed.
+    A branch with ``affine = True`` (the dense free branches) gets the closed form
+    ``L_A W(x) = W(dA_in x) - W(0) - dA_out W(x)`` instead of a Jacobian-vector product.
     """
     if free is None:
         raise RuntimeError("free: the relaxed layer has no free branch yet; run a forward pass")
@@ -397,7 +399,14 @@ def free_branch_terms(
     r_ld = r_n.new_zeros(())
     if group.lie_algebra().shape[0]:
         derivative = lie_derivative(
-            free, x, action_in, action_out, kwargs=kwargs, output=y, check=False
+            free,
+            x,
+            action_in,
+            action_out,
+            kwargs=kwargs,
+            output=y,
+            check=False,
+            affine=getattr(free, "affine", False),
         )
         r_ld = r_ld + derivative.pow(2).sum()
     generators = group.discrete_generators()
