@@ -214,12 +214,23 @@ def test_matches_edge_by_edge_equations(aggregation: str) -> None:
         torch.testing.assert_close(x_out[b], x_ref, atol=ATOL, rtol=0)
 
 
-def test_default_graph_is_fully_connected_without_self_loops() -> None:
-    layer = _make_layer()
-    data = _inputs(2, 4)
-    full = ~torch.eye(4, dtype=torch.bool).expand(2, 4, 4)
+@pytest.mark.parametrize("nodes", [1, 2, 4])
+@pytest.mark.parametrize("aggregation", ["mean", "sum"])
+def test_default_graph_is_fully_connected_without_self_loops(nodes: int, aggregation: str) -> None:
+    """The default graph computes only the N (N - 1) pairs j != i; it equals the dense path
+    with the full adjacency (self loops masked) exactly, edge attributes and velocities
+    included."""
+    layer = _make_layer(
+        edge_features=E, velocity=True, attention=True, coordinate_aggregation=aggregation
+    )
+    data = _inputs(2, nodes)
+    full = ~torch.eye(nodes, dtype=torch.bool).expand(2, nodes, nodes)
+    args, edge_attr = (data["h"], data["x"], data["v"]), data["edge_attr"]
     torch.testing.assert_close(
-        layer(data["h"], data["x"]), layer(data["h"], data["x"], adjacency=full), atol=0, rtol=0
+        layer(*args, edge_attr=edge_attr),
+        layer(*args, edge_attr=edge_attr, adjacency=full),
+        atol=0,
+        rtol=0,
     )
 
 

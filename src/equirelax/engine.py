@@ -8,7 +8,8 @@ What one call does:
   step (the last good checkpoint is kept);
 * every ``eval_every`` epochs (and after the last) evaluates the model the strategy evaluates
   (projected for strict, CR and ACE-equality) on the validation split, with its equivariance
-  error, and the relaxed model beside it when the two differ (``val_relaxed``);
+  error (in the model's dtype; in float64 on the CPU after the last epoch, and for a run
+  stopped early), and the relaxed model beside it when the two differ (``val_relaxed``);
 * selects the model by validation (SPEC 2.7, as the papers report): keeps the evaluated
   model's weights at the best validation epoch (in memory and, with ``out_dir``, in
   ``out_dir/best.pt``, written atomically and loadable with ``weights_only=True``), reports
@@ -17,6 +18,7 @@ What one call does:
 * accepts models that return a :class:`~equirelax.canonical.Canonicalization` (a
   :class:`~equirelax.canonical.Canonicalized` model): the loss, metric and equivariance error
   see its ``output`` and its weighted prior is added to the objective;
+* times each epoch's training (``epoch_seconds``) and evaluation (``eval_seconds``) apart;
 * appends one JSON line per epoch to ``out_dir/metrics.jsonl`` and writes
   ``out_dir/checkpoint.pt`` atomically (model, optimiser, scheduler, strategy state with
   multipliers and slacks, RNG states, epoch); ``resume=True`` continues from it and gives the
@@ -61,6 +63,7 @@ __all__ = [
     "NonFiniteLossError",
     "TrainConfig",
     "TrainResult",
+    "make_optimiser",
     "split_means",
     "train",
 ]
@@ -207,10 +210,7 @@ def train(
     )
     train_inputs, train_targets = strategy.split_training_data(train_inputs, train_targets)
     _build_lazy_branches(model, train_inputs)
-    groups = _parameter_groups(model, strategy, config)
-    optimiser = torch.optim.Adam(
-        groups, lr=config.lr, weight_decay=config.weight_decay, **_adam_kernel(groups, device)
-    )
+    optimiser = make_optimiser(model, strategy, config)
     steps_per_epoch = math.ceil(batch_size(train_inputs) / config.batch_size)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.epochs * steps_per_epoch)
@@ -256,10 +256,11 @@ def train(
                 "epoch_seconds": time.perf_counter() - started,
             }
             if (epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1:
+                evaluating = time.perf_counter()
                 evaluation, evaluated = _evaluate(
                     model, strategy, task, config, device, precise=epoch == config.epochs - 1
                 )
-                record.update(evaluation)
+                record.update(evaluation, eval_seconds=time.perf_counter() - evaluating)
                 if best is None or best.improved_by(evaluation["val"]):
                     best = _Best(epoch, evaluation["val"], _detached(evaluated, model))
                     if rank == 0 and best_path is not None:
@@ -400,6 +401,24 @@ def _check_finite(
             )
 
 
+def make_optimiser(
+    model: nn.Module, strategy: Strategy, config: TrainConfig
+) -> torch.optim.Optimizer:
+    """The Adam optimiser :func:`train` uses: the trainable parameters of ``model`` in one
+    group per learning rate of ``config.lr_scale`` and the strategy's own (ACE's levels and
+    slacks) at ``lr``, with ``config.weight_decay``; the fused kernel where torch has one for
+    these parameters, else the multi-tensor one (both replace a Python loop over the
+    parameters). Build it after ``strategy.attach``."""
+    groups = _parameter_groups(model, strategy, config)
+    parameters = [p for group in groups for p in group["params"]]
+    device = parameters[0].device if parameters else torch.device("cpu")
+    fused = device.type in ("cpu", "cuda") and all(
+        p.is_floating_point() and p.device == device for p in parameters
+    )
+    kernel = {"fused": True} if fused else {"foreach": True}
+    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, **kernel)
+
+
 def _parameter_groups(
     model: nn.Module, strategy: Strategy, config: TrainConfig
 ) -> list[dict[str, Any]]:
@@ -424,17 +443,6 @@ def _parameter_groups(
     return [
         {"params": params, "lr": config.lr * scale} for scale, params in groups.items() if params
     ]
-
-
-def _adam_kernel(groups: list[dict[str, Any]], device: torch.device) -> dict[str, bool]:
-    """Adam's fused kernel (one pass over all parameters) where torch has one for these
-    parameters, else the multi-tensor (foreach) one: both replace a Python loop over the
-    parameters and implement the same update."""
-    parameters = [p for group in groups for p in group["params"]]
-    fused = device.type in ("cpu", "cuda") and all(
-        p.is_floating_point() and p.device == device for p in parameters
-    )
-    return {"fused": True} if fused else {"foreach": True}
 
 
 def _postfix(epoch: int, loss: float, strategy: Strategy) -> dict[str, str]:
