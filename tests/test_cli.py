@@ -34,9 +34,10 @@ def _compare(out: Path, *extra: str) -> int:
 
 @pytest.mark.slow
 def test_compare_writes_results_json_markdown_and_plots(tmp_path: Path) -> None:
-    assert _compare(tmp_path) == 0
+    assert _compare(tmp_path, "--jobs", "2") == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results) >= {"setup", "command", "machine", "runs"}
+    assert results["machine"]["jobs"] == 2
     assert results["setup"]["task_options"] == {"train_size": 12, "val_size": 8, "test_size": 8}
     assert [(r["strategy"], r["seed"]) for r in results["runs"]] == [
         (s, k) for s in ("strict", "cr", "ace-resilient") for k in (0, 1)
@@ -141,6 +142,7 @@ def test_tasks_lists_names_and_symmetry(capsys: pytest.CaptureFixture[str]) -> N
         (["train", "nbody", "--strategy", "magic"], "received 'magic'"),
         (["compare", "nbody", "--epochs", "-1"], "--epochs: expected a positive integer"),
         (["compare", "nbody", "--seeds", "0"], "--seeds: expected a positive integer"),
+        (["compare", "nbody", "--jobs", "0"], "--jobs: expected a positive integer"),
         (["compare", "nbody", "--lr", "0"], "--lr: expected a positive number"),
         (["compare", "nbody", "--option", "cr.weight"], "expected KEY=VALUE"),
         (["compare", "nbody", "--strategies", "cr", "--option", "ace.mode=x"], "--option"),

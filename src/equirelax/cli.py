@@ -8,6 +8,8 @@ Examples
     The quick comparison (small splits, few epochs) of the default strategies with EGNN.
 ``equirelax compare nbody --model segnn --strategies strict,cr,ace-equality --seeds 3 --full``
     The published protocol.
+``equirelax compare nbody --seeds 3 --jobs 4``
+    Four runs at a time in worker processes (default: one per core).
 ``equirelax train nbody --model egnn --strategy cr --option weight=0.1 --epochs 20``
     One run.
 ``equirelax adapt mnist --group c8``
@@ -161,6 +163,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("--seeds", type=_positive_int, default=1, help="seeds per strategy")
     comp.add_argument(
+        "--jobs",
+        type=_positive_int,
+        metavar="N",
+        help="train N runs at a time in worker processes, each on cores/N torch threads "
+        "(default: one per available core, at most one per run left to do; 1: one after "
+        "the other in this process, on torch's default threads)",
+    )
+    comp.add_argument(
         "--option",
         type=_key_value,
         action="append",
@@ -305,9 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             task_options=recorded_task_options,
             command=command,
             reference=info.reference if args.full else None,
+            jobs=args.jobs,
         )
     except (TypeError, ValueError) as error:
-        print(f"equirelax {args.command}: error: {error}", file=sys.stderr)
+        notes = "".join(f"\n  {note}" for note in getattr(error, "__notes__", ()))
+        print(f"equirelax {args.command}: error: {error}{notes}", file=sys.stderr)
         return 2
     print()
     rows = summarize(results["runs"])

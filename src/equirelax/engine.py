@@ -176,12 +176,15 @@ def train(
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    progress_position: int | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train ``model`` on ``task`` with ``strategy`` (see the module docstring).
 
     ``overrides`` replace fields of ``config`` (``train(m, s, t, epochs=5, lr=1e-2)``).
     ``resume=True`` needs ``out_dir`` and continues from its checkpoint if one exists.
+    ``progress_position`` puts the progress bar on that line of the terminal (one line per
+    worker of a parallel :func:`equirelax.compare.compare`; the bar is cleared at the end).
     """
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
     if not isinstance(strategy, Strategy):
@@ -236,8 +239,10 @@ def train(
         total=config.epochs * steps_per_epoch,
         initial=start_epoch * steps_per_epoch,
         disable=not progress or rank != 0,
-        desc=f"{task.name}/{strategy.name}",
+        desc=f"{task.name}/{strategy.name} seed {config.seed}",
         dynamic_ncols=True,
+        position=progress_position,
+        leave=progress_position is None,
     )
     try:
         for epoch in range(start_epoch, 0 if stopped else config.epochs):

@@ -172,7 +172,8 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> None:
         f"Command: `{results.get('command') or 'equirelax.compare.compare(...)'}`",
         "",
         f"Machine: {machine.get('processor')}, {machine.get('cpus')} CPUs, "
-        f"{machine.get('torch_threads')} torch threads, torch {machine.get('torch')}, "
+        f"{_jobs(machine)}{machine.get('torch_threads')} torch threads, "
+        f"torch {machine.get('torch')}, "
         f"device {machine.get('device')}{', ' + machine['gpu'] if 'gpu' in machine else ''}",
         "",
         f"Task options: `{json.dumps(setup['task_options'])}`; training: "
@@ -199,6 +200,12 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> None:
             histories[run["strategy"]].append(_read_history(Path(run["history"])))
     _plot_curves(histories, metric, out / CURVES_PNG)
     _plot_levels(histories, out / LEVELS_PNG)
+
+
+def _jobs(machine: dict[str, Any]) -> str:
+    """``"4 worker processes x "`` when the runs were trained side by side, else ``""``."""
+    jobs = machine.get("jobs", 1)
+    return f"{jobs} worker processes x " if jobs > 1 else ""
 
 
 def _read_history(path: Path) -> list[dict[str, Any]]:
@@ -245,7 +252,8 @@ def _plot_curves(histories: dict[str, list], metric: str, path: Path) -> None:
         ylabel=f"validation {metric}\n(evaluated model, mean over seeds)",
         yscale="log",
     )
-    axis.legend()
+    if axis.get_legend_handles_labels()[0]:  # no curve when every run failed
+        axis.legend()
     axis.grid(alpha=0.3)
     figure.savefig(path, dpi=120)
 
