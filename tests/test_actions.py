@@ -22,6 +22,7 @@ from equirelax.actions import (
     _pixel_grid,
     _pixel_permutation,
     _rotate_bilinear,
+    increment_action,
 )
 from equirelax.groups import (
     O3,
@@ -431,3 +432,20 @@ def test_bad_constructor_arguments() -> None:
         TrivialAction("SO3")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"^representation:"):
         RepresentationAction(SO3())  # type: ignore[arg-type]
+
+
+def test_increment_action_moves_differences_of_points() -> None:
+    """``increment_action``: a point part becomes a vector part (``g (x - y) = R (x - y)``);
+    actions without a point part come back as they are."""
+    group = Euclidean(O3())
+    points = DirectSumAction(TrivialAction(group), PointAction(group))
+    increments = increment_action(points)
+    g = group.sample(4, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(4, 5, 3, dtype=torch.float64)
+    y = torch.randn(4, 5, 3, dtype=torch.float64)
+    h = torch.randn(4, 5, 2, dtype=torch.float64)
+    moved = points(g, (h, x))[1] - points(g, (h, y))[1]
+    torch.testing.assert_close(increments(g, (h, x - y))[1], moved)
+    assert (points(g, (h, x - y))[1] - moved).abs().max() > 0.1  # the translation
+    vectors = DirectSumAction(TrivialAction(group), VectorAction(group))
+    assert increment_action(vectors) is vectors

@@ -15,16 +15,19 @@ from equirelax.actions import (
     RepresentationAction,
     TrivialAction,
     VectorAction,
+    increment_action,
 )
 from equirelax.free_branches import (
     DenseFreeBranch,
+    EGNNFreeBranch,
     SteerableFreeBranch,
     VectorNeuronFreeBranch,
 )
 from equirelax.groups import O3, SO2, SO3, CyclicGroup, DihedralGroup, Euclidean
 from equirelax.metrics import lie_derivative
-from equirelax.nn import EquivariantLinear, GatedNonlinearity, VNLinear
+from equirelax.nn import EGNNLayer, EquivariantLinear, GatedNonlinearity, VNLinear
 from equirelax.strategies import CR, get
+from equirelax.strategies.cr import free_branch_terms
 
 F64 = torch.float64
 
@@ -373,6 +376,59 @@ def test_closed_form_is_not_taken_for_a_non_affine_branch(generator):
     jvp = lie_derivative(branch, x, action, action)
     assert (closed - jvp).abs().max() > 1e-3
     assert not getattr(branch, "affine", False)
+
+
+@pytest.mark.parametrize("centred", [True, False])
+def test_translation_generators_are_skipped_only_where_they_vanish(centred, generator):
+    """The EGNN branch on centroid-relative coordinates is translation invariant: its Lie
+    derivatives along the 3 translations of E(3) are exactly 0, so CR computes only the
+    rotations and gets the same R_LD as with all 6 generators; on raw coordinates they are not
+    0 and all 6 are kept."""
+    torch.manual_seed(2)
+    layer = EGNNLayer(4, 8, velocity=True, group=Euclidean(O3()))
+    free = EGNNFreeBranch(4, 4, 8, velocity=True, centred=centred).to(F64)
+    args = tuple(torch.randn(3, 5, d, dtype=F64, generator=generator) for d in (4, 3, 3))
+    action_out = increment_action(layer.action_out)  # the branch's dx is a vector
+    derivative = lie_derivative(free, args, layer.action_in, action_out)  # (6, B, D)
+    translations = float(derivative[3:].abs().max())
+    assert free.translation_invariant == centred
+    assert (translations < 1e-12) if centred else (translations > 1e-3)
+    r_ld, _ = free_branch_terms(free, args, {}, layer.action_in, layer.action_out)
+    free.translation_invariant = False  # every generator
+    r_ld_all, _ = free_branch_terms(free, args, {}, layer.action_in, layer.action_out)
+    assert float(r_ld_all) > 0.1
+    assert float(r_ld) == pytest.approx(float(r_ld_all), rel=1e-12)
+
+
+class EGNNIncrement(nn.Module):
+    """An E(3)-equivariant free branch for an EGNN layer: the layer's own update
+    ``(h', x' - x)``, whose coordinate part is a vector."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, h, x, v):
+        h_out, x_out = self.layer(h, x, v)
+        return h_out, x_out - x
+
+
+def test_lie_regulariser_vanishes_for_an_equivariant_egnn_update(generator):
+    """The coordinate output of a relaxed EGNN layer is a point, so its free branch's is a
+    vector (it is added to the point): an equivariant update gives R_LD = 0 exactly, with the
+    translations (a point action on the branch's output would leave 1 per node and
+    translation, whatever the branch)."""
+    torch.manual_seed(4)
+    layer = EGNNLayer(4, 8, velocity=True, group=Euclidean(O3())).to(F64)
+    branch = EGNNIncrement(copy.deepcopy(layer))
+    branch.layer.phi_x[-1].weight.data.normal_()  # a coordinate update of size ~1
+    args = tuple(torch.randn(3, 5, d, dtype=F64, generator=generator) for d in (4, 3, 3))
+    r_ld, r_n = free_branch_terms(branch, args, {}, layer.action_in, layer.action_out)
+    assert float(r_n) > 1.0
+    assert float(r_ld) < 1e-12
+    points, vectors = layer.action_out.actions[1], increment_action(layer.action_out).actions[1]
+    assert isinstance(points, PointAction)
+    assert not isinstance(vectors, PointAction)
 
 
 def test_gradient_flows_through_the_lie_derivative_to_the_free_branch_only(generator):

@@ -48,6 +48,7 @@ __all__ = [
     "TrivialAction",
     "VectorAction",
     "check_action_pair",
+    "increment_action",
 ]
 
 
@@ -290,6 +291,24 @@ class DirectSumAction(Action):
 
     def __repr__(self) -> str:
         return f"DirectSumAction({', '.join(repr(a) for a in self.actions)})"
+
+
+def increment_action(action: Action) -> Action:
+    """The action on differences of values that ``action`` moves: a point part becomes a vector
+    part (``g (x - y) = R (x - y)``, the translation cancels), every other part is unchanged.
+
+    A free branch added to a layer's output, ``f_eq(x) + W(x)``, must give an increment: the sum
+    is a point when ``W(x)`` is a vector (EGNN's coordinate update), so ``W`` is equivariant
+    under the layer's input action and this output action.
+    """
+    if isinstance(action, PointAction) and type(action).act is PointAction.act:
+        return VectorAction(action.group, action.dim)
+    if isinstance(action, DirectSumAction) and type(action).act is DirectSumAction.act:
+        parts = tuple(increment_action(part) for part in action.actions)
+        if all(new is old for new, old in zip(parts, action.actions, strict=True)):
+            return action
+        return DirectSumAction(*parts)
+    return action
 
 
 @functools.lru_cache(maxsize=64)

@@ -90,7 +90,9 @@ class EGNNFreeBranch(nn.Module):
     It sees coordinates relative to the centroid ``x_c`` of the (real) nodes, so it breaks
     rotations and reflections but keeps the data's exact translation symmetry (SPEC 2.7;
     ``centred=False`` gives it raw coordinates), and no neighbours; padded nodes (``mask``
-    false) get zero updates. Called with the layer's arguments.
+    false) get zero updates. Called with the layer's arguments. ``translation_invariant``
+    (true when centred): translating every node leaves the output unchanged, so CR skips the
+    translation generators of its Lie-derivative regulariser (exactly 0 for this branch).
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class EGNNFreeBranch(nn.Module):
         self.spatial_dim = check_positive_int("spatial_dim", spatial_dim)
         self.out_features = out_features
         self.centred = bool(centred)
+        self.translation_invariant = self.centred
         width = node_features + spatial_dim * (2 if velocity else 1)
         self.mlp = nn.Sequential(
             nn.Linear(width, hidden_features),

@@ -58,7 +58,8 @@ from torch.utils.hooks import RemovableHandle
 
 from equirelax._batches import flat, index, parts, repeat, repeat_batched, sample_per_sample
 from equirelax._checks import batch_size, check_bool, check_non_negative
-from equirelax.actions import Action
+from equirelax.actions import Action, increment_action
+from equirelax.groups import Euclidean
 from equirelax.metrics import lie_derivative
 from equirelax.relaxed import Relaxed
 from equirelax.strategies.base import Strategy, require_relaxed, set_levels
@@ -387,22 +388,33 @@ def free_branch_terms(
     sum_h ||W(h x_b) - h W(x_b)||^2)`` over the Lie-algebra basis ``A_k`` and the discrete
     generators ``h`` of the actions' group. ``x`` is ``args[0]`` or, for several arguments, the
     tuple acted on by a :class:`~equirelax.actions.DirectSumAction`; ``kwargs`` are held fixed.
+    ``action_in`` / ``action_out`` are the relaxed layer's; the branch's output is added to the
+    layer's, so it transforms as an increment of it (:func:`~equirelax.actions.increment_action`:
+    a point part of the output, such as EGNN's coordinates, is a vector part for ``W``).
     A branch with ``affine = True`` (the dense free branches) gets the closed form
-    ``L_A W(x) = W(dA_in x) - W(0) - dA_out W(x)`` instead of a Jacobian-vector product.
+    ``L_A W(x) = W(dA_in x) - W(0) - dA_out W(x)`` instead of a Jacobian-vector product; a
+    branch with ``translation_invariant = True`` under a Euclidean group (the EGNN branch, which
+    sees centroid-relative coordinates) has ``L_A W = 0`` for every translation ``A`` by
+    construction, so only the rotation generators are computed.
     """
     if free is None:
         raise RuntimeError("free: the relaxed layer has no free branch yet; run a forward pass")
+    action_out = increment_action(action_out)
     x = args[0] if len(args) == 1 else tuple(args)
     y = free(*args, **kwargs)
     r_n = flat(y).pow(2).sum()
     group = action_in.group
     r_ld = r_n.new_zeros(())
     if group.lie_algebra().shape[0]:
+        algebra = None
+        if isinstance(group, Euclidean) and getattr(free, "translation_invariant", False):
+            algebra = group.lie_algebra()[: -group.d]  # rotations; the last d: translations
         derivative = lie_derivative(
             free,
             x,
             action_in,
             action_out,
+            algebra=algebra,
             kwargs=kwargs,
             output=y,
             check=False,
