@@ -400,6 +400,37 @@ def test_translation_generators_are_skipped_only_where_they_vanish(centred, gene
     assert float(r_ld) == pytest.approx(float(r_ld_all), rel=1e-12)
 
 
+@pytest.mark.parametrize("centred", [True, False])
+@pytest.mark.parametrize("velocity", [True, False])
+@pytest.mark.parametrize("masked", [True, False])
+def test_egnn_branch_pushforward_equals_the_jvp(centred, velocity, masked, generator):
+    """The EGNN branch's closed-form Jacobian-vector products (CR's Lie derivative without a
+    jvp) equal torch.func.jvp's, in value and parameter gradients, with padding masks."""
+    torch.manual_seed(6)
+    layer = EGNNLayer(4, 8, velocity=velocity, group=Euclidean(O3()))
+    free = EGNNFreeBranch(4, 4, 8, velocity=velocity, centred=centred).to(F64)
+    args = tuple(
+        torch.randn(3, 5, d, dtype=F64, generator=generator) for d in (4, 3, 3)[: 2 + velocity]
+    )
+    kwargs = {}
+    if masked:
+        kwargs["mask"] = torch.tensor([[True] * 5, [True] * 3 + [False] * 2, [True] * 4 + [False]])
+    action_out = increment_action(layer.action_out)
+    forms = []
+    for pushforward in (free.pushforward, None):
+        free.zero_grad()
+        derivative = lie_derivative(
+            free, args, layer.action_in, action_out, kwargs=kwargs, pushforward=pushforward
+        )
+        derivative.pow(2).sum().backward()
+        forms.append((derivative.detach(), [p.grad.clone() for p in free.parameters()]))
+    (closed, closed_grads), (jvp, jvp_grads) = forms
+    assert jvp.abs().max() > 0.1
+    torch.testing.assert_close(closed, jvp, rtol=1e-10, atol=1e-12)
+    for got, expected in zip(closed_grads, jvp_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
 class EGNNIncrement(nn.Module):
     """An E(3)-equivariant free branch for an EGNN layer: the layer's own update
     ``(h', x' - x)``, whose coordinate part is a vector."""

@@ -238,6 +238,7 @@ def lie_derivative(
     output: Any = None,
     check: bool = True,
     affine: bool = False,
+    pushforward: Callable[..., Any] | None = None,
 ) -> Tensor:
     """Lie derivative ``L_A f(x) = d/dt [A_out(exp(-t A)) f(A_in(exp(t A)) x)]_{t=0}``.
 
@@ -270,6 +271,12 @@ def lie_derivative(
         ``f`` is affine in its positional arguments, ``f(x) = L x + b`` (e.g. a dense free
         branch): the closed form ``J_f(x) t = f(t) - f(0)`` replaces the ``jvp``, so
         ``L_A f(x) = f(dA_in x) - f(0) - dA_out f(x)`` costs one forward pass on the tangents.
+    pushforward:
+        ``J_f(x) t`` in closed form, ``pushforward(x_parts, tangents, **kwargs)``: ``x_parts``
+        the parts of ``x``, ``tangents`` one ``(k, *part.shape)`` tensor per part (``None``
+        for a part the algebra does not move); returns the output's tangents, ``(k, B, ...)``
+        per part (e.g. :meth:`equirelax.free_branches.EGNNFreeBranch.pushforward`). Replaces
+        the ``jvp``.
     """
     action_out = check_action_pair(action_in, action_out)
     group = action_in.group
@@ -303,7 +310,10 @@ def lie_derivative(
     else:  # k copies of the batch (and of batched keyword tensors), one tangent per copy
         tangents = [t_in[i].flatten(0, 1) for i in diff]  # type: ignore[union-attr]
         stacked = functools.partial(f, **repeat_batched(kwargs, batch, k)) if kwargs else f
-        if affine:
+        if pushforward is not None:
+            out = pushforward(x_parts, t_in, **kwargs)
+            pushed = torch.cat([part.reshape(k * batch, -1) for part in parts(out)], dim=-1)
+        elif affine:
             pushed = _affine_pushforward(fixed, stacked, x_parts, diff, tangents, k)
         else:
             pushed = _jvp(stacked, repeat(x_parts, k), diff, tangents)

@@ -395,7 +395,8 @@ def free_branch_terms(
     ``L_A W(x) = W(dA_in x) - W(0) - dA_out W(x)`` instead of a Jacobian-vector product; a
     branch with ``translation_invariant = True`` under a Euclidean group (the EGNN branch, which
     sees centroid-relative coordinates) has ``L_A W = 0`` for every translation ``A`` by
-    construction, so only the rotation generators are computed.
+    construction, so only the rotation generators are computed; a branch with a
+    ``pushforward`` method (the EGNN branch) gives its Jacobian-vector products in closed form.
     """
     if free is None:
         raise RuntimeError("free: the relaxed layer has no free branch yet; run a forward pass")
@@ -419,6 +420,7 @@ def free_branch_terms(
             output=y,
             check=False,
             affine=getattr(free, "affine", False),
+            pushforward=getattr(free, "pushforward", None),
         )
         r_ld = r_ld + derivative.pow(2).sum()
     generators = group.discrete_generators()
