@@ -104,6 +104,12 @@ def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None
         "--eval-every", type=_positive_int, help="validate every N epochs (and after the last)"
     )
     training.add_argument(
+        "--compile",
+        action="store_const",
+        const=True,
+        help="run the training forward pass through torch.compile (first steps compile)",
+    )
+    training.add_argument(
         "--patience",
         type=_positive_int,
         help="stop after N epochs without a better validation metric (default: never)",
@@ -367,6 +373,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             "max_grad_norm",
             "eval_every",
             "patience",
+            "compile",
         )
         if getattr(args, name) is not None
     }

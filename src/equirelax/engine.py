@@ -90,6 +90,10 @@ class TrainConfig:
     ``eval_every`` evaluates on the validation split every that many epochs (and always after
     the last); ``patience`` (``None``: never) stops training once that many epochs have passed
     since the best validation epoch.
+
+    ``compile`` runs the training forward pass through ``torch.compile`` (the model itself,
+    its evaluation, projection and checkpoints stay eager); the first steps pay the
+    compilation (``benchmarks/speed.md`` gives the compiled/eager step ratio per model).
     """
 
     epochs: int = 10
@@ -105,6 +109,7 @@ class TrainConfig:
     eval_every: int = 1
     patience: int | None = None
     device: str = "cpu"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "equivariance_samples"):
@@ -127,6 +132,8 @@ class TrainConfig:
                 "lr_scale: expected a dict of parameter-name prefix -> positive multiplier, "
                 f"received {self.lr_scale!r}"
             )
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile: expected True or False, received {self.compile!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(
                 f"max_grad_norm: expected a positive number or None, "
@@ -235,6 +242,8 @@ def train(
         _rewrite_history(directory / METRICS, history)
 
     wrapped = _wrap(model, world, device)
+    if config.compile:
+        wrapped = torch.compile(wrapped)
     bar = tqdm(
         total=config.epochs * steps_per_epoch,
         initial=start_epoch * steps_per_epoch,
