@@ -25,7 +25,7 @@ from equirelax.actions import (
 from equirelax.free_branches import SteerableFreeBranch
 from equirelax.groups import O3, Euclidean, SymmetricGroup
 from equirelax.metrics import equivariance_error, lie_derivative
-from equirelax.models.segnn import NBodySEGNN
+from equirelax.models.segnn import NBodySEGNN, _spherical_harmonics
 from equirelax.nn import SEGNNLayer, SteerableGate, SteerableLinear
 from equirelax.strategies.cr import free_branch_terms
 
@@ -166,6 +166,18 @@ def test_gate_activations_have_unit_second_moment() -> None:
 
 
 # --------------------------------------------------------------------------- SEGNN
+
+
+def test_spherical_harmonics_are_e3nns_and_zero_vectors_give_no_nan() -> None:
+    vectors = torch.cat([_randn(20, 3, seed=1), torch.zeros(1, 3, dtype=torch.float64)])
+    vectors.requires_grad_(True)
+    y = _spherical_harmonics(vectors)
+    reference = o3.spherical_harmonics(ATTR, vectors, normalize=True, normalization="component")
+    torch.testing.assert_close(y, reference, atol=1e-14, rtol=0)
+    torch.testing.assert_close(y[-1], torch.tensor([1.0, 0, 0, 0], dtype=torch.float64))
+    (grad,) = torch.autograd.grad(y.sum(), vectors)
+    (expected,) = torch.autograd.grad(reference.sum(), vectors)
+    torch.testing.assert_close(grad, expected, atol=1e-12, rtol=0)
 
 
 def test_model_is_e3_equivariant() -> None:

@@ -178,6 +178,12 @@ class ImageCanonicalizer(nn.Module):
             )
 
 
+_DEGENERATE = (
+    "x: the canonicalizer's vectors are degenerate (norm <= eps) for some input: the frame is "
+    "undefined (e.g. all points at their centroid)"
+)
+
+
 class PointCloudCanonicalizer(nn.Module):
     """An SO(3) / O(3) / E(3) canonicalizer for point clouds ``(B, N, 3)``.
 
@@ -267,11 +273,11 @@ class PointCloudCanonicalizer(nn.Module):
 
     def _unit(self, v: Tensor) -> Tensor:
         norm = v.norm(dim=-1, keepdim=True)
-        if bool((norm <= self.eps).any()):
-            raise ValueError(
-                "x: the canonicalizer's vectors are degenerate (norm <= eps) for some input: "
-                "the frame is undefined (e.g. all points at their centroid)"
-            )
+        degenerate = (norm <= self.eps).any()
+        if torch.compiler.is_compiling():  # checked in the graph (a RuntimeError), no break
+            torch._assert_async(~degenerate, _DEGENERATE)
+        elif bool(degenerate):
+            raise ValueError(_DEGENERATE)
         return v / norm
 
     def forward(self, x: Tensor, *rest: Tensor) -> Canonicalization:

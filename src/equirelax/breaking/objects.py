@@ -230,6 +230,7 @@ class OrderingBreaker(nn.Module):
             allowed = mask > 0
         marks = torch.zeros(batch, n, dtype=torch.float64, device=items.device)
         rows = torch.arange(batch, device=items.device)
+        columns = torch.arange(n, device=items.device)
         stale = True  # whether the marks changed since the colours were last refined
         for step in range(1 if self.code == "mark" else n):
             c = self.colours(items, pairwise, marks)
@@ -239,12 +240,15 @@ class OrderingBreaker(nn.Module):
             if self.code == "rank":
                 open_ &= ties.sum(dim=2) > 1
             active = open_.any(dim=1)
-            if not bool(active.any()):
+            # Stop once nothing is open (under torch.compile: go on, a step without an open
+            # item changes nothing, so that the graph does not depend on the data).
+            if not torch.compiler.is_compiling() and not bool(active.any()):
                 break
             key = (c @ self.key).squeeze(-1).masked_fill(~open_, float("inf"))
             first = key.argmin(dim=1)  # a node of the first open class
             chosen = _pick(ties[rows, first] & open_ | ~active[:, None], self.tie_break, generator)
-            marks[rows[active], chosen[active]] = step + 1.0
+            hit = active[:, None] & (columns == chosen[:, None])  # the chosen item of active rows
+            marks = marks.masked_fill(hit, step + 1.0)
             stale = True
         if self.code == "mark":
             return (marks > 0).to(items.dtype).unsqueeze(-1)

@@ -12,7 +12,10 @@ layer, as the official CR and ACE N-body code; each gets a dense map on its flat
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from e3nn import o3
 from torch import Tensor, nn
 
@@ -34,13 +37,17 @@ _ATTR = o3.Irreps("1x0e + 1x1o")  # spherical harmonics up to l = 1
 _INPUT = o3.Irreps("1x1o + 1x1o + 1x0e")  # x_i - x_c, v_i, |v_i|
 _OUTPUT = o3.Irreps("1x1o")
 _OUTPUT_GAIN = 1e-3  # initial scale of the output layer's weights
+_SQRT3 = math.sqrt(3.0)
 
 
 def _spherical_harmonics(vectors: Tensor) -> Tensor:
     """``Y(r / |r|)`` up to ``l = 1`` in e3nn's ``"component"`` normalisation:
     ``(1, sqrt(3) r / |r|)``, each component of unit mean square over the sphere (a zero
-    vector gives ``(1, 0, 0, 0)``)."""
-    return o3.spherical_harmonics(_ATTR, vectors, normalize=True, normalization="component")
+    vector gives ``(1, 0, 0, 0)``). Written out (it equals ``o3.spherical_harmonics(_ATTR,
+    vectors, normalize=True, normalization="component")``, tested) so that ``torch.compile``
+    never meets e3nn's ``Irreps`` in the forward pass."""
+    unit = F.normalize(vectors, dim=-1)  # as e3nn: a zero vector stays 0, not nan
+    return torch.cat([torch.ones_like(unit[..., :1]), _SQRT3 * unit], dim=-1)
 
 
 class NBodySEGNN(nn.Module):

@@ -16,6 +16,7 @@ a dense map on the concatenated features ``[x, a]``
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -102,8 +103,9 @@ class _Plan(NamedTuple):
     fused: list[_Fused]
     # Per output irrep: (output type, the products (input block, attribute block, kind))
     product_first: list[tuple[int, list[tuple[int, int, str]]]]
-    # The weight matrices of both, in this order, as one gather from the flat weight.
-    index: Tensor
+    # The weight matrices of both, in this order, as one gather from the flat weight: the
+    # gather's indices are row ``row`` of the layer's ``_plan_index`` buffer.
+    row: int
     shapes: list[tuple[int, int]]
 
 
@@ -261,7 +263,23 @@ class SteerableLinear(nn.Module):
         ]
         self._type_dims = [t.dim for t in types]
         self._out_shapes = [(mul, ir.dim) for mul, ir in self.irreps_out]
+        # One plan per pattern of full parts (2 ** parts of them), made here so that forward()
+        # is plain tensor code on ints and tuples (torch.compile traces it without guarding on
+        # e3nn objects); the gather indices of each plan, a permutation of the flat weight, in a
+        # non-persistent buffer that follows the module's device (int32: half the memory).
         self._plans: dict[tuple[bool, ...], _Plan] = {}
+        indices: list[list[int]] = []
+        for pattern in itertools.product((True, False), repeat=len(parts)):
+            full = [f for f, blocks in zip(pattern, self._part_blocks, strict=True) for _ in blocks]
+            plan, index = self._make_plan(full, len(indices))
+            self._plans[pattern] = plan
+            indices.append(index)
+        self._plan_index: Tensor
+        self.register_buffer(
+            "_plan_index",
+            torch.tensor(indices, dtype=torch.int32 if start < 2**31 else torch.long),
+            persistent=False,
+        )
         scalar = o3.Irrep("0e")
         self._bias_type = types.index(scalar) if scalar in types else -1
         num_biases = sum(mul for mul, ir in self.irreps_out if ir == scalar)
@@ -276,7 +294,6 @@ class SteerableLinear(nn.Module):
         parts, a = self._check_inputs(inputs)
         lead = torch.broadcast_shapes(*(p.shape[:-1] for p in parts), a.shape[:-1])
         xs: list[Tensor] = []  # per input block, as (..., d, mul): weights act on mul
-        full: list[bool] = []  # whether the block has the output's leading shape
         for part, indices in zip(parts, self._part_blocks, strict=True):
             pieces = part.split(
                 [self._in_shapes[b][0] * self._in_shapes[b][1] for b in indices], -1
@@ -288,7 +305,6 @@ class SteerableLinear(nn.Module):
                     if d == 1
                     else piece.unflatten(-1, (mul, d)).transpose(-1, -2)
                 )
-                full.append(tuple(part.shape[:-1]) == tuple(lead))
         # Attribute blocks as (..., mul, d) and, for mul = 1, as columns (..., d, 1).
         attrs = [
             piece.unflatten(-1, (mul, d))
@@ -297,13 +313,11 @@ class SteerableLinear(nn.Module):
             )
         ]
         columns_a = [block.transpose(-1, -2) if block.shape[-2] == 1 else block for block in attrs]
-        key = (*full, str(a.device))
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = self._make_plan(full, a.device)
+        # Whether each part has the output's leading shape (else it is broadcast).
+        plan = self._plans[tuple(tuple(part.shape[:-1]) == tuple(lead) for part in parts)]
         # Every weight matrix of this pattern in one gather (coefficients folded in).
         scale, coefficients = self._constants_for(self.weight.dtype, self.weight.device)
-        flat = (self.weight * scale)[plan.index]
+        flat = (self.weight * scale)[self._plan_index[plan.row]]
         matrices = iter(
             w.view(shape)
             for w, shape in zip(
@@ -385,9 +399,10 @@ class SteerableLinear(nn.Module):
             ) from None
         return parts, a
 
-    def _make_plan(self, full: list[bool], device: torch.device) -> _Plan:
+    def _make_plan(self, full: list[bool], row: int) -> tuple[_Plan, list[int]]:
         """Group the paths for inputs whose blocks do (``full``) or do not have the output's
-        leading shape: product first only for elementwise kinds of full blocks."""
+        leading shape: product first only for elementwise kinds of full blocks. Returns the
+        plan and its gather indices (the plan's ``row`` of ``_plan_index``)."""
         first = [p for p in self._paths if full[p.i_in] and p.kind in _PRODUCT_FIRST]
         rest = [p for p in self._paths if not (full[p.i_in] and p.kind in _PRODUCT_FIRST)]
         groups: dict[tuple[o3.Irrep, int, int, int], list[_Path]] = {}
@@ -440,19 +455,24 @@ class SteerableLinear(nn.Module):
             (len(rows), len(rows[0]) and sum(p.mul_attr * p.mul_out for p, _ in rows[0]))
             for rows in matrices
         ]
-        index_tensor = torch.tensor(index, dtype=torch.long, device=device)
-        return _Plan(weights_first, fused, product_first, index_tensor, shapes)
+        assert sorted(index) == list(range(self.weight_numel))  # every weight, once
+        return _Plan(weights_first, fused, product_first, row, shapes), index
 
     def _constants_for(
         self, dtype: torch.dtype, device: torch.device
     ) -> tuple[Tensor, list[Tensor]]:
+        """The float64 constants in ``dtype`` on ``device``: cached in eager mode; converted in
+        the graph under ``torch.compile`` (no cache to guard on or mutate)."""
         key = (dtype, device)
-        if key not in self._constants:
+        if torch.compiler.is_compiling() or key not in self._constants:
             scale, coefficients = self._constants64
-            self._constants[key] = (
+            constants = (
                 scale.to(dtype=dtype, device=device),
                 [c.to(dtype=dtype, device=device) for c in coefficients],
             )
+            if torch.compiler.is_compiling():
+                return constants
+            self._constants[key] = constants
         return self._constants[key]
 
     def extra_repr(self) -> str:
@@ -626,7 +646,9 @@ def _neighbours(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
 def off_diagonal(edges: Tensor) -> Tensor:
     """The ``(B, N, N - 1, ...)`` entries ``j != i`` of a dense edge tensor ``(B, N, N, ...)``
     (neighbour ``k`` of node ``i`` is node ``k + (k >= i)``)."""
-    rows, cols = _neighbours(edges.shape[1], edges.device)
+    # Under torch.compile the indices are traced (and constant-folded), not cached.
+    neighbours = _neighbours.__wrapped__ if torch.compiler.is_compiling() else _neighbours
+    rows, cols = neighbours(edges.shape[1], edges.device)
     return edges[:, rows, cols]
 
 
