@@ -105,9 +105,11 @@ def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None
     )
     training.add_argument(
         "--compile",
-        action="store_const",
+        nargs="?",
         const=True,
-        help="run the training forward pass through torch.compile (first steps compile)",
+        metavar="BACKEND",
+        help="run the training forward pass through torch.compile (default backend: inductor; "
+        "the first steps compile)",
     )
     training.add_argument(
         "--patience",

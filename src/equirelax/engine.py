@@ -91,9 +91,10 @@ class TrainConfig:
     the last); ``patience`` (``None``: never) stops training once that many epochs have passed
     since the best validation epoch.
 
-    ``compile`` runs the training forward pass through ``torch.compile`` (the model itself,
-    its evaluation, projection and checkpoints stay eager); the first steps pay the
-    compilation (``benchmarks/speed.md`` gives the compiled/eager step ratio per model).
+    ``compile`` runs the training forward pass through ``torch.compile`` (``True``: its
+    default backend, inductor; a string: that backend, e.g. ``"aot_eager"``); the model itself,
+    its evaluation, projection and checkpoints stay eager. The first steps pay the compilation
+    (``benchmarks/speed.md`` gives the compiled/eager step ratio per model).
     """
 
     epochs: int = 10
@@ -109,7 +110,7 @@ class TrainConfig:
     eval_every: int = 1
     patience: int | None = None
     device: str = "cpu"
-    compile: bool = False
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "equivariance_samples"):
@@ -133,7 +134,7 @@ class TrainConfig:
                 f"received {self.lr_scale!r}"
             )
         if not isinstance(self.compile, bool):
-            raise ValueError(f"compile: expected True or False, received {self.compile!r}")
+            check_choice("compile", self.compile, torch.compiler.list_backends(exclude_tags=()))
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(
                 f"max_grad_norm: expected a positive number or None, "
@@ -243,7 +244,8 @@ def train(
 
     wrapped = _wrap(model, world, device)
     if config.compile:
-        wrapped = torch.compile(wrapped)
+        backend = config.compile if isinstance(config.compile, str) else "inductor"
+        wrapped = torch.compile(wrapped, backend=backend)
     bar = tqdm(
         total=config.epochs * steps_per_epoch,
         initial=start_epoch * steps_per_epoch,
