@@ -217,9 +217,8 @@ def test_matches_edge_by_edge_equations(aggregation: str) -> None:
 @pytest.mark.parametrize("nodes", [1, 2, 4])
 @pytest.mark.parametrize("aggregation", ["mean", "sum"])
 def test_default_graph_is_fully_connected_without_self_loops(nodes: int, aggregation: str) -> None:
-    """The default graph computes only the N (N - 1) pairs j != i; it equals the dense path
-    with the full adjacency (self loops masked) exactly, edge attributes and velocities
-    included."""
+    """The default graph is the full adjacency without self loops, exactly, edge attributes and
+    velocities included."""
     layer = _make_layer(
         edge_features=E, velocity=True, attention=True, coordinate_aggregation=aggregation
     )

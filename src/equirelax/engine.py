@@ -25,9 +25,10 @@ What one call does:
   same weights as an uninterrupted run (bitwise on CPU). Checkpoints load with
   ``torch.load(weights_only=True)``;
 * under ``torchrun`` (``WORLD_SIZE > 1``) it joins the process group (gloo on CPU, nccl on
-  CUDA), wraps the model in ``DistributedDataParallel``, gives each rank an equal share of every
-  global batch (the loss is rescaled so the averaged gradient is the global batch's), and lets
-  only rank 0 write files and show progress.
+  CUDA, each rank on ``cuda:LOCAL_RANK`` for ``device="cuda"``), wraps the model in
+  ``DistributedDataParallel``, gives each rank an equal share of every global batch (the loss
+  is rescaled so the averaged gradient is the global batch's), and lets only rank 0 write
+  files and show progress.
 """
 
 from __future__ import annotations
@@ -201,8 +202,8 @@ def train(
         raise TypeError(f"task: expected an equirelax Task, received {task!r}")
     if resume and out_dir is None:
         raise ValueError("out_dir: resume=True needs the run's directory, received None")
+    device = _local_device(config.device)
     world, rank = _join_process_group(config.device)
-    device = torch.device(config.device)
     _seed_everything(config.seed)
     directory = Path(out_dir) if out_dir is not None else None
     if directory is not None and rank == 0:
@@ -574,6 +575,18 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _local_device(device: str) -> torch.device:
+    """``device``, with ``"cuda"`` meaning ``cuda:LOCAL_RANK`` (made current) under torchrun, so
+    that every rank of a machine trains on its own GPU."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    out = torch.device(device)
+    if out.type == "cuda" and out.index is None and local_rank is not None:
+        out = torch.device("cuda", int(local_rank))
+    if out.type == "cuda" and out.index is not None:
+        torch.cuda.set_device(out)
+    return out
 
 
 def _join_process_group(device: str) -> tuple[int, int]:

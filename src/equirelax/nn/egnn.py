@@ -3,10 +3,7 @@
 The layer works on dense, batched graphs: ``B`` graphs of (at most) ``N`` nodes, with node
 features ``h`` ``(B, N, F)``, coordinates ``x`` ``(B, N, d)`` for any ``d``, optional edge
 attributes ``(B, N, N, E)``, a node mask for padding and an adjacency matrix. Every graph, node
-and edge is handled by one tensor operation: there is no Python loop over them. Without a mask
-or an adjacency matrix (fully connected graphs, as N-body) only the ``N (N - 1)`` pairs
-``j != i`` are computed, ``(B, N, N - 1, H)`` messages; otherwise all ``N^2`` pairs, with the
-non-edges masked.
+and edge is handled by one tensor operation: there is no Python loop over them.
 """
 
 from __future__ import annotations
@@ -223,45 +220,27 @@ class EGNNLayer(nn.Module):
         )
         batch, n, _ = h.shape
 
-        edges: Tensor | None  # (B, N, N_j, 1) float where some of the N_j pairs are not edges
-        if adjacency is None and mask is None:
-            # Fully connected: only the N (N - 1) pairs j != i, neighbours[i] = [j != i].
-            steps = torch.arange(n - 1, device=h.device).unsqueeze(0)
-            neighbours = steps + (steps >= torch.arange(n, device=h.device).unsqueeze(1)).long()
-
-            def senders(values: Tensor) -> Tensor:  # (B, N, C) -> (B, N, N - 1, C): value_j
-                return values[:, neighbours]
-
-            x_in, edges = x, None
-            if edge_attr is not None:
-                rows = torch.arange(n, device=h.device).unsqueeze(1)
-                edge_attr = edge_attr.expand(batch, n, n, -1)[:, rows, neighbours]
+        # Edges present in the computation: (B, N, N) float, edge[b, i, j] for j -> i.
+        if adjacency is None:
+            edges = ~torch.eye(n, dtype=torch.bool, device=h.device).unsqueeze(0)
         else:
-            # Dense: all N^2 pairs, the non-edges (self loops, padding, adjacency) masked.
-
-            def senders(values: Tensor) -> Tensor:  # (B, N, C) -> (B, 1, N, C)
-                return values.unsqueeze(1)
-
-            pairs = (
-                ~torch.eye(n, dtype=torch.bool, device=h.device).unsqueeze(0)
-                if adjacency is None
-                else adjacency
-            )
+            edges = adjacency
+        if mask is not None:
+            edges = edges & mask.unsqueeze(1) & mask.unsqueeze(2)
+            keep = mask.unsqueeze(-1)
+            h = torch.where(keep, h, h.new_zeros(()))
+            x_in = torch.where(keep, x, x.new_zeros(()))
+            if v is not None:
+                v = torch.where(keep, v, v.new_zeros(()))
+        else:
             x_in = x
-            if mask is not None:
-                pairs = pairs & mask.unsqueeze(1) & mask.unsqueeze(2)
-                keep = mask.unsqueeze(-1)
-                h = torch.where(keep, h, h.new_zeros(()))
-                x_in = torch.where(keep, x, x.new_zeros(()))
-                if v is not None:
-                    v = torch.where(keep, v, v.new_zeros(()))
-            edges_bool = pairs.expand(batch, n, n).unsqueeze(-1)  # (B, N, N, 1)
-            if edge_attr is not None:
-                edge_attr = torch.where(edges_bool, edge_attr, h.new_zeros(()))
-            edges = edges_bool.to(h.dtype)
+        edges_bool = edges.expand(batch, n, n).unsqueeze(-1)  # (B, N, N, 1)
+        if edge_attr is not None:
+            edge_attr = torch.where(edges_bool, edge_attr, h.new_zeros(()))
+        edges = edges_bool.to(h.dtype)
 
-        diff = x_in.unsqueeze(2) - senders(x_in)  # (B, N, N_j, d): x_i - x_j
-        radial = diff.square().sum(dim=-1, keepdim=True)  # (B, N, N_j, 1)
+        diff = x_in.unsqueeze(2) - x_in.unsqueeze(1)  # (B, N, N, d): x_i - x_j
+        radial = diff.square().sum(dim=-1, keepdim=True)  # (B, N, N, 1)
 
         # Eq. (3), with phi_e's first Linear split over its inputs.
         first: nn.Linear = self.phi_e[0]  # type: ignore[assignment]
@@ -269,30 +248,24 @@ class EGNNLayer(nn.Module):
         weight = first.weight
         pre = (
             F.linear(h, weight[:, :f], first.bias).unsqueeze(2)  # h_i
-            + senders(F.linear(h, weight[:, f : 2 * f]))  # h_j
+            + F.linear(h, weight[:, f : 2 * f]).unsqueeze(1)  # h_j
             + radial * weight[:, 2 * f]
         )
         if edge_attr is not None:
             pre = pre + F.linear(edge_attr, weight[:, 2 * f + 1 :])
         messages = pre
         for layer in list(self.phi_e)[1:]:
-            messages = layer(messages)  # (B, N, N_j, H)
+            messages = layer(messages)  # (B, N, N, H)
         if self.phi_inf is not None:
             messages = messages * self.phi_inf(messages)
-        if edges is not None:
-            messages = messages * edges
+        messages = messages * edges
 
         # Eq. (4) (plus the velocity term).
         if self.phi_x is not None:
             direction = diff / torch.sqrt(radial + self.eps**2) if self.normalize else diff
-            shift = direction * self.phi_x(messages)
-            if edges is not None:
-                shift = shift * edges
-            shift = shift.sum(dim=2)  # (B, N, d)
+            shift = (direction * self.phi_x(messages) * edges).sum(dim=2)  # (B, N, d)
             if self.coordinate_aggregation == "mean":
-                shift = shift / (
-                    max(n - 1, 1) if edges is None else edges.sum(dim=2).clamp_min(1.0)
-                )
+                shift = shift / edges.sum(dim=2).clamp_min(1.0)
             if self.phi_v is not None and v is not None:
                 shift = shift + self.phi_v(h) * v
             if mask is not None:
