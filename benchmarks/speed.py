@@ -1,6 +1,6 @@
 """Training speed, side by side in one process: ``python benchmarks/speed.py``.
 
-Sections (``--sections``, default all but ``jobs``), each a markdown table on standard output
+Sections (``--sections``, default all), each a markdown table on standard output
 (and in ``--out``):
 
 ``strict``
@@ -110,7 +110,7 @@ def main() -> int:
 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="strict,strategies,eval,compile")
+    parser.add_argument("--sections", default="strict,strategies,eval,compile,jobs")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--steps", type=int, default=30, help="timed rounds per row")
@@ -119,7 +119,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--strategy-threads", type=int, default=2, help="threads of the strategies section"
     )
-    parser.add_argument("--compare-epochs", type=int, default=20)
+    parser.add_argument(
+        "--compare-epochs", type=int, default=60, help="epochs of the eval and jobs compares"
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--official-egnn", type=Path, help="a checkout of vgsatorras/egnn")
     parser.add_argument("--out", type=Path, help="also write the tables to this file")
@@ -363,7 +365,7 @@ def _equirelax(*arguments: str) -> float:
         [sys.executable, "-m", "equirelax", *arguments],
         check=True,
         stdout=subprocess.DEVNULL,
-        env={**os.environ, "TQDM_DISABLE": "1"},
+        stderr=subprocess.DEVNULL,
     )
     return time.perf_counter() - started
 

@@ -81,7 +81,11 @@ _QUICK_ACE = {
 # run at 5.07e-2 (3 seeds) against strict's 2.27e-2; 1e-5 gave 2.10e-2 (seed 0, strict 2.11e-2).
 _NBODY_RPP = {"rpp": {"equivariant_prior": 1e-5}}
 # Both N-body presets validate every 5 epochs, as the official EGNN code (main_nbody.py,
-# test_interval 5): at every epoch, validation took 31-44% of a quick run's wall time.
+# test_interval 5): at every epoch, validation took 23-34% of a quick run's wall time, at every
+# 5th 6-10% (benchmarks/speed.md). The full preset compiles the training forward: the compiled
+# step took 0.65x (EGNN) and 0.34-0.37x (SEGNN) of the eager one, for 41 s and 113 s of
+# compilation on a cold cache, against 300,000 steps (benchmarks/speed.md); the quick preset's
+# 240 steps would not repay it.
 _SYNTHETIC_QUICK: dict[str, dict[str, Any]] = {
     "task": {"train_size": 1000, "val_size": 500, "test_size": 1000},
     "train": {"epochs": 100, "batch_size": 100, "lr": 3e-3, "lr_schedule": "cosine"},
@@ -136,6 +140,7 @@ TASKS: dict[str, TaskInfo] = {
                 "weight_decay": 1e-12,
                 "lr_schedule": "constant",
                 "eval_every": 5,
+                "compile": True,
             },
             "strategies": {"cr": {"rotate_batches": True}, **_NBODY_RPP},
         },
