@@ -263,7 +263,7 @@ def compare(
         return results
     total = len(plan)
     for i, (label, seed) in enumerate(plan):
-        run_dir = root / "runs" / label / f"seed{seed}"
+        run_dir = _run_dir(root, label, seed)
         finished = run_dir / RUN_RESULT
         if resume and finished.exists():
             record = json.loads(finished.read_text())
