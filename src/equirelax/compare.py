@@ -244,6 +244,9 @@ def compare(
         "reference": reference or {},
         "runs": [],
     }
+    records = _finished_earlier(plan, pending, root, progress)
+    if records:
+        _publish(results, records, root)
     if workers > 1:
         _compare_in_workers(
             task,
@@ -254,6 +257,7 @@ def compare(
             threads=threads,
             root=root,
             results=results,
+            records=records,
             config=config,
             resume=resume,
             progress=progress,
@@ -262,33 +266,25 @@ def compare(
         )
         return results
     total = len(plan)
-    for i, (label, seed) in enumerate(plan):
-        run_dir = _run_dir(root, label, seed)
-        finished = run_dir / RUN_RESULT
-        if resume and finished.exists():
-            record = json.loads(finished.read_text())
-            _say(progress, f"[{i + 1}/{total}] {label} seed {seed}: finished earlier, read back")
-        else:
-            _say(progress, f"[{i + 1}/{total}] {label} seed {seed}")
-            try:
-                record = run_one(
-                    task,
-                    model_name,
-                    label,
-                    seed=seed,
-                    config=config,
-                    out_dir=run_dir,
-                    resume=resume,
-                    progress=progress,
-                    model_options=model_options,
-                    strategy_options=(strategy_options or {}).get(label),
-                )
-            except NonFiniteLossError as error:  # one diverged run must not end the comparison
-                _say(progress, f"  {label} seed {seed} failed: {error}")
-                record = _failed_run(label, seed, error)
-        results["runs"].append(record)
-        write_report(results, root)
-        _write_json(root / RESULTS_JSON, results)
+    for i in pending:
+        label, seed = plan[i]
+        _say(progress, f"[{i + 1}/{total}] {label} seed {seed}")
+        records[i] = _run_or_record_failure(
+            task,
+            model_name,
+            label,
+            seed=seed,
+            config=config,
+            out_dir=_run_dir(root, label, seed),
+            resume=resume,
+            progress=progress,
+            progress_position=None,
+            model_options=model_options,
+            strategy_options=(strategy_options or {}).get(label),
+        )
+        if "error" in records[i]:  # one diverged run must not end the comparison
+            _say(progress, f"  {label} seed {seed} failed: {records[i]['error']}")
+        _publish(results, records, root)
     return results
 
 
@@ -302,6 +298,7 @@ def _compare_in_workers(
     threads: int,
     root: Path,
     results: dict[str, Any],
+    records: dict[int, dict[str, Any]],
     config: TrainConfig,
     resume: bool,
     progress: bool,
@@ -310,16 +307,9 @@ def _compare_in_workers(
 ) -> None:
     """:func:`compare`'s loop with ``workers`` processes: at most ``workers`` runs are handed
     out at a time, each with a free slot number (its line in the progress output), so a run
-    starts when it is handed out; ``results["runs"]`` is rebuilt in plan order after each."""
+    starts when it is handed out; each finished run joins ``records`` (plan index -> record)
+    and ``results["runs"]`` is rebuilt in plan order."""
     total = len(plan)
-    records: dict[int, dict[str, Any]] = {}
-    waiting = set(pending)
-    for i, (label, seed) in enumerate(plan):
-        if i not in waiting:
-            records[i] = json.loads((_run_dir(root, label, seed) / RUN_RESULT).read_text())
-            _say(progress, f"[{i + 1}/{total}] {label} seed {seed}: finished earlier, read back")
-    if records:
-        _publish(results, records, root)
     queue = deque(pending)
     try:  # ~1 MB and ~10 ms for N-body's full splits
         payload = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
@@ -409,6 +399,30 @@ def _run_dir(root: Path, label: str, seed: int) -> Path:
     return root / "runs" / label / f"seed{seed}"
 
 
+def _finished_earlier(
+    plan: list[tuple[str, int]], pending: list[int], root: Path, progress: bool
+) -> dict[int, dict[str, Any]]:
+    """The records of the runs of ``plan`` not in ``pending`` (finished by an earlier call),
+    read back from their ``result.json``, by plan index."""
+    waiting, records = set(pending), {}
+    for i, (label, seed) in enumerate(plan):
+        if i not in waiting:
+            records[i] = json.loads((_run_dir(root, label, seed) / RUN_RESULT).read_text())
+            _say(
+                progress, f"[{i + 1}/{len(plan)}] {label} seed {seed}: finished earlier, read back"
+            )
+    return records
+
+
+def _run_or_record_failure(task: Task, model_name: str, label: str, **run: Any) -> dict[str, Any]:
+    """:func:`run_one` (``run``: its keyword arguments); a non-finite loss gives the failed
+    run's record instead, so that one diverged run does not end the comparison."""
+    try:
+        return run_one(task, model_name, label, **run)
+    except NonFiniteLossError as error:
+        return _failed_run(label, run["seed"], error)
+
+
 def _failed_run(label: str, seed: int, error: BaseException) -> dict[str, Any]:
     return {"strategy": label, "seed": seed, "final": {}, "error": str(error)}
 
@@ -478,22 +492,19 @@ def _run_in_worker(
     terminal; a non-finite loss gives the failed run's record, as in :func:`compare`."""
     if _WORKER_TASK is None:
         raise RuntimeError("_run_in_worker: the worker was started without a task")
-    try:
-        return run_one(
-            _WORKER_TASK,
-            model_name,
-            label,
-            seed=seed,
-            config=config,
-            out_dir=out_dir,
-            resume=resume,
-            progress=progress,
-            progress_position=slot,
-            model_options=model_options,
-            strategy_options=strategy_options,
-        )
-    except NonFiniteLossError as error:
-        return _failed_run(label, seed, error)
+    return _run_or_record_failure(
+        _WORKER_TASK,
+        model_name,
+        label,
+        seed=seed,
+        config=config,
+        out_dir=out_dir,
+        resume=resume,
+        progress=progress,
+        progress_position=slot,
+        model_options=model_options,
+        strategy_options=strategy_options,
+    )
 
 
 def _stop_workers(executor: ProcessPoolExecutor) -> None:
