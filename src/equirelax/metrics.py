@@ -307,13 +307,13 @@ def lie_derivative(
     if not diff:
         y_flat = flat(y)
         pushed = y_flat.new_zeros(k, batch, y_flat.shape[1])
+    elif pushforward is not None:  # all k tangents at once, on the batch itself
+        out = pushforward(x_parts, t_in, **kwargs)
+        pushed = torch.cat([part.reshape(k, batch, -1) for part in parts(out)], dim=-1)
     else:  # k copies of the batch (and of batched keyword tensors), one tangent per copy
         tangents = [t_in[i].flatten(0, 1) for i in diff]  # type: ignore[union-attr]
         stacked = functools.partial(f, **repeat_batched(kwargs, batch, k)) if kwargs else f
-        if pushforward is not None:
-            out = pushforward(x_parts, t_in, **kwargs)
-            pushed = torch.cat([part.reshape(k * batch, -1) for part in parts(out)], dim=-1)
-        elif affine:
+        if affine:
             pushed = _affine_pushforward(fixed, stacked, x_parts, diff, tangents, k)
         else:
             pushed = _jvp(stacked, repeat(x_parts, k), diff, tangents)
