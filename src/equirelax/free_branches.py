@@ -132,13 +132,18 @@ class EGNNFreeBranch(nn.Module):
                 f"x: expected {self.spatial_dim} coordinates per node for the free branch, "
                 f"received shape {tuple(x.shape)}"
             )
-        if self.centred:
-            x = _centred(x, mask)
-        parts = [h, x] if v is None else [h, x, v]
-        out = self.mlp(torch.cat(parts, dim=-1))
+        out = self.mlp(torch.cat(self._inputs(h, x, v, mask), dim=-1))
         if mask is not None:
             out = out * mask.unsqueeze(-1).to(out.dtype)
         return out[..., : self.out_features], out[..., self.out_features :]
+
+    def _inputs(
+        self, h: Tensor, x: Tensor, v: Tensor | None = None, mask: Tensor | None = None
+    ) -> list[Tensor]:
+        """The MLP's inputs ``[h, x - x_c, (v)]`` (``x`` raw when not centred)."""
+        if self.centred:
+            x = _centred(x, mask)
+        return [h, x] if v is None else [h, x, v]
 
     def pushforward(
         self,
@@ -155,11 +160,8 @@ class EGNNFreeBranch(nn.Module):
         ``silu'(z) = s (1 + z (1 - s))``, ``s = sigmoid(z)``. ``primals`` as :meth:`forward`'s
         positional arguments; ``tangents`` one ``(k, *primal.shape)`` tensor each (``None``:
         0); returns ``(k, ...)`` tangents of ``(dh, dx)``. Used by CR's regulariser."""
-        h, x, *rest = primals
-        if self.centred:
-            x = _centred(x, mask)
         first, last = self.mlp[0], self.mlp[2]
-        inputs = [h, x, *rest]
+        inputs = self._inputs(*primals, mask=mask)
         weight = first.weight  # read once: a parametrisation recomputes it
         z = F.linear(torch.cat(inputs, dim=-1), weight, first.bias)
         gate = torch.sigmoid(z)
