@@ -273,7 +273,7 @@ def test_cache_name_depends_on_every_parameter(tmp_path):
         params = json.loads(str(stored["params"]))
     for key in (
         "format_version", "num_particles", "frame_in", "frame_out", "dt", "sample_every",
-        "steps", "max_force", "loc_std", "vel_norm", "seed", "split", "size",
+        "steps", "max_force", "loc_std", "vel_norm", "seed", "generator", "split", "size",
     ):  # fmt: skip
         assert key in params
     assert nbody_module._cache_name(params) == Path(path).name
@@ -388,3 +388,68 @@ def test_simulate_accepts_tensors():
     x, v, q = initial_conditions(2, seed=0)
     pos, _ = simulate(torch.from_numpy(x), torch.from_numpy(v), torch.from_numpy(q), steps=100)
     np.testing.assert_array_equal(pos, simulate(x, v, q, steps=100)[0])
+
+
+# The first training system of the EGNN repository's nbody_small files, from its own simulator
+# (github.com/vgsatorras/egnn, n_body_system/dataset: np.random.seed(43), ChargedParticlesSim
+# (noise_var=0, n_balls=5, vel_norm=0.5).sample_trajectory(T=5000, sample_freq=100)), at
+# frames 30 (positions, velocities) and 40 (positions), particles as rows; its charges were
+# [-1, 1, -1, -1, -1].
+EGNN_FIRST_POSITIONS_30 = [
+    [2.989116317166655, 1.7693701204465262, -1.1712942795381607],
+    [0.06995112699594831, 0.11228359246320845, 1.3656530512661111],
+    [-0.9238757220080382, 0.6131790103122096, 1.3339073366756902],
+    [0.3920945581339576, 0.2990995581732736, -1.7798811766294882],
+    [-0.05206918373568528, -2.6627322017803485, -1.7504374012291943],
+]
+EGNN_FIRST_VELOCITIES_30 = [
+    [1.1338110406668451, 0.39568061256371995, -0.22660657308868634],
+    [-0.0570647040548398, 0.34777561521443145, 0.44538905812257457],
+    [-0.2253070079646826, -0.1388227001170665, 0.5830045162802407],
+    [-0.18940130946643147, 0.30410254035607515, -0.7416207003427772],
+    [0.07705715020473165, -0.7990492554037132, -0.5727229037810229],
+]
+EGNN_FIRST_POSITIONS_40 = [
+    [4.1654998367653935, 2.191309138415654, -1.3826188023600456],
+    [-0.549322315126418, 0.5470967935416903, 1.8077873644485798],
+    [-0.5968713104822592, 0.39296191465155966, 1.905819621015626],
+    [0.17929104582269279, 0.6260655409674976, -2.524870663959486],
+    [0.01571500895905927, -3.5165464953480843, -2.3207265914093873],
+]
+
+
+def test_egnn_generator_gives_the_reference_files_first_system(tmp_path):
+    task = nbody_task(
+        train_size=2, val_size=1, test_size=1, generator="egnn", cache_dir=tmp_path,
+        progress=False,
+    )  # fmt: skip
+    (positions, velocities, charges), targets = task.train
+    expected = torch.tensor(EGNN_FIRST_POSITIONS_30)
+    torch.testing.assert_close(positions[0], expected.float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(velocities[0], torch.tensor(EGNN_FIRST_VELOCITIES_30).float(),
+                               atol=1e-6, rtol=0)  # fmt: skip
+    torch.testing.assert_close(targets[0], torch.tensor(EGNN_FIRST_POSITIONS_40).float(),
+                               atol=1e-6, rtol=0)  # fmt: skip
+    assert charges[0, :, 0].tolist() == [-1.0, 1.0, -1.0, -1.0, -1.0]
+    assert task.extra["seed"] == 43
+    assert task.extra["generator"] == "egnn"
+    # validation and test come after the reference's 10000 training draws: not the train prefix
+    assert not torch.equal(task.val[0][0][0], positions[0])
+    assert not torch.equal(task.test[0][0][0], task.val[0][0][0])
+
+
+def test_egnn_initial_conditions_are_prefixes_and_bounded():
+    small = nbody_module.egnn_initial_conditions({"train": 3, "val": 2})
+    large = nbody_module.egnn_initial_conditions({"train": 5, "val": 4})
+    for split, size in (("train", 3), ("val", 2)):
+        for a, b in zip(small[split], large[split], strict=True):
+            np.testing.assert_array_equal(a, b[:size])
+    _, velocities, charges = large["val"]
+    np.testing.assert_allclose(np.linalg.norm(velocities, axis=-1), 0.5)
+    assert set(np.unique(charges)) <= {-1.0, 1.0}
+    with pytest.raises(ValueError, match=r"sizes\['val'\].*at most.*2000.*2001"):
+        nbody_module.egnn_initial_conditions({"val": 2001})
+    with pytest.raises(ValueError, match=r"train_size.*10000.*10001"):
+        nbody_task(train_size=10001, val_size=1, generator="egnn", progress=False)
+    with pytest.raises(ValueError, match=r"generator.*'nrI'"):
+        nbody_task(train_size=1, val_size=1, generator="nrI", progress=False)

@@ -20,6 +20,9 @@ arXiv:1802.04687; ``ChargedParticlesSim`` of ``synthetic_sim.py``, as called by 
   (step 4100). Only the ``100 (frame_out + 1)`` steps the task uses are simulated (4100, not the
   reference's 5000).
 - Splits 3000 train / 2000 val / 2000 test, each drawn from its own seed ``(seed, split_index)``.
+- ``generator="egnn"`` draws the initial states of the EGNN repository's ``nbody_small`` files
+  instead (``generate_dataset.py --num-train 10000 --seed 43 --sufix small``, the data of the
+  EGNN and SEGNN papers' N-body numbers): see :func:`egnn_initial_conditions`.
 
 Symmetry: E(3) (rotations, reflections and translations act on positions; rotations and
 reflections on velocities; charges are invariant) times permutations of the particles. The force
@@ -57,7 +60,15 @@ from equirelax.actions import (
 from equirelax.groups import O3, Euclidean, SymmetricGroup
 from equirelax.tasks.base import Task
 
-__all__ = ["SYMMETRY", "energy", "initial_conditions", "nbody_task", "simulate"]
+__all__ = [
+    "EGNN_SPLIT_SIZES",
+    "SYMMETRY",
+    "egnn_initial_conditions",
+    "energy",
+    "initial_conditions",
+    "nbody_task",
+    "simulate",
+]
 
 SYMMETRY = "E(3) x S_5"
 """The task's symmetry (for the default five particles), for task listings."""
@@ -69,6 +80,9 @@ LOC_STD = 1.0
 VEL_NORM = 0.5
 FORMAT_VERSION = 2  # bump when the generator or the file layout changes
 _SPLITS = ("train", "val", "test")
+GENERATORS = ("equirelax", "egnn")
+EGNN_SPLIT_SIZES = {"train": 10000, "val": 2000, "test": 2000}
+"""Systems per split of the EGNN repository's ``nbody_small`` files, drawn in this order."""
 _ARRAYS = ("positions", "velocities", "charges", "targets")
 
 
@@ -108,6 +122,69 @@ def initial_conditions(
     velocities *= VEL_NORM / np.linalg.norm(velocities, axis=-1, keepdims=True)
     charges = np.where(streams[2].random((num_systems, num_particles, 1)) < 0.5, -1.0, 1.0)
     return positions, velocities, charges
+
+
+def egnn_initial_conditions(
+    sizes: dict[str, int], num_particles: int = 5, *, seed: int = 43
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The initial states of the EGNN repository's N-body files (``nbody_small``: seed 43).
+
+    ``n_body_system/dataset/generate_dataset.py`` of github.com/vgsatorras/egnn (the data of the
+    EGNN and SEGNN papers' N-body numbers) seeds NumPy's legacy generator once and simulates
+    :data:`EGNN_SPLIT_SIZES` training, then validation, then test systems, each drawing in turn
+    its charges (``choice([-1, 0, 1], p=[1/2, 0, 1/2])``), positions ``N(0, I)``, velocities
+    (normal, rescaled to norm 0.5) and two noise arrays of its 49 saved frames (scaled by 0 and
+    unused). This replays those draws without the simulation; :func:`simulate` then gives the
+    reference's trajectories up to float64 rounding (on its first 40 training systems, against
+    its own simulator: median deviation 1.7e-14 and max 5e-6 at frame 40, where close encounters
+    amplify rounding).
+
+    Parameters
+    ----------
+    sizes:
+        ``{split: S}`` for splits among ``"train"``, ``"val"``, ``"test"``: the first ``S``
+        systems of each (as the reference loader's ``max_samples``), at most
+        :data:`EGNN_SPLIT_SIZES`.
+    num_particles:
+        Particles per system (the files have 5).
+    seed:
+        The legacy generator's seed (43 for ``nbody_small``).
+
+    Returns
+    -------
+    dict
+        ``{split: (positions (S, N, 3), velocities (S, N, 3), charges (S, N, 1))}``, float64.
+    """
+    num_particles = check_int("num_particles", num_particles, minimum=2)
+    seed = check_int("seed", seed, minimum=0)
+    for split, size in sizes.items():
+        if split not in EGNN_SPLIT_SIZES:
+            raise ValueError(f"sizes: expected splits among {_SPLITS}, received {split!r}")
+        check_positive_int(f"sizes[{split!r}]", size)
+        if size > EGNN_SPLIT_SIZES[split]:
+            raise ValueError(
+                f"sizes[{split!r}]: expected at most the reference's "
+                f"{EGNN_SPLIT_SIZES[split]} systems, received {size}"
+            )
+    generator = np.random.RandomState(seed)
+    frames = 5000 // SAMPLE_EVERY - 1
+    charge_types = np.array([-1.0, 0.0, 1.0])
+    last = max((_SPLITS.index(split) for split in sizes), default=-1)
+    out = {}
+    for split in _SPLITS[: last + 1]:  # every earlier split is drawn, wanted or not
+        states = []
+        for _ in range(EGNN_SPLIT_SIZES[split] if split != _SPLITS[last] else sizes[split]):
+            charges = generator.choice(charge_types, size=(num_particles, 1), p=[0.5, 0.0, 0.5])
+            positions = LOC_STD * generator.standard_normal((3, num_particles))
+            velocities = generator.standard_normal((3, num_particles))
+            velocities = velocities * VEL_NORM / np.sqrt((velocities**2).sum(axis=0))
+            generator.standard_normal((frames, 3, num_particles))  # noise on positions
+            generator.standard_normal((frames, 3, num_particles))  # noise on velocities
+            states.append((positions.T, velocities.T, charges))
+        if split in sizes:
+            kept = states[: sizes[split]]
+            out[split] = tuple(np.stack(part) for part in zip(*kept, strict=True))
+    return out
 
 
 def simulate(
@@ -277,7 +354,8 @@ def nbody_task(
     num_particles: int = 5,
     frame_in: int = 30,
     frame_out: int = 40,
-    seed: int = 0,
+    seed: int | None = None,
+    generator: str = "equirelax",
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> Task:
@@ -296,7 +374,11 @@ def nbody_task(
         Input and target frames (frame ``k``: after ``100 (k + 1)`` steps of ``dt = 0.001``,
         the reference's numbering).
     seed:
-        Non-negative base seed.
+        Non-negative base seed (default 0; 43 with ``generator="egnn"``, the reference files').
+    generator:
+        Where the initial states come from: ``"equirelax"`` (:func:`initial_conditions`, one
+        stream per split) or ``"egnn"`` (:func:`egnn_initial_conditions`: the EGNN repository's
+        ``nbody_small`` draws, at most 10000 / 2000 / 2000 systems).
     cache_dir:
         Where the ``.npz`` files go (default: see the module docstring).
     progress:
@@ -328,7 +410,17 @@ def nbody_task(
         raise ValueError(
             f"frame_out: expected a frame after frame_in={frame_in}, received {frame_out}"
         )
-    seed = check_int("seed", seed, minimum=0)
+    if generator not in GENERATORS:
+        raise ValueError(f"generator: expected one of {GENERATORS}, received {generator!r}")
+    seed = check_int("seed", (0 if generator == "equirelax" else 43) if seed is None else seed,
+                     minimum=0)  # fmt: skip
+    if generator == "egnn":
+        for split, size in sizes.items():
+            if size > EGNN_SPLIT_SIZES[split]:
+                raise ValueError(
+                    f"{split}_size: expected at most the {EGNN_SPLIT_SIZES[split]} systems of "
+                    f"the reference's {split} split with generator='egnn', received {size}"
+                )
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected a bool, received {progress!r}")
     directory = _cache_directory(cache_dir)
@@ -345,6 +437,7 @@ def nbody_task(
         "loc_std": LOC_STD,
         "vel_norm": VEL_NORM,
         "seed": seed,
+        "generator": generator,
     }
     wanted = [s for s in _SPLITS if sizes[s] > 0]
     params = {s: {**common, "split": s, "size": sizes[s]} for s in wanted}
@@ -396,12 +489,18 @@ def _generate(
 ) -> dict[str, dict[str, np.ndarray]]:
     """Simulate the given splits in one vectorised run; float32 inputs/targets, int8 charges."""
     first = params[splits[0]]
-    starts = [
-        initial_conditions(
-            params[s]["size"], first["num_particles"], seed=(first["seed"], _SPLITS.index(s))
+    if first["generator"] == "egnn":
+        drawn = egnn_initial_conditions(
+            {s: params[s]["size"] for s in splits}, first["num_particles"], seed=first["seed"]
         )
-        for s in splits
-    ]
+        starts = [drawn[s] for s in splits]
+    else:
+        starts = [
+            initial_conditions(
+                params[s]["size"], first["num_particles"], seed=(first["seed"], _SPLITS.index(s))
+            )
+            for s in splits
+        ]
     x0, v0, q = (np.concatenate(parts) for parts in zip(*starts, strict=True))
     positions, velocities = simulate(
         x0,
