@@ -61,6 +61,13 @@ def test_reported_test_is_the_metric_of_the_saved_best_weights_at_the_best_val_e
     # val and the curves are the evaluated (projected) model's; the relaxed one is labelled
     assert result.history[-1]["val"] == _metric(result.evaluation_model, task.val)
     assert result.history[-1]["val_relaxed"] == _metric(result.model, task.val)
+    # the trained (relaxed) model's test at the evaluated model's best epoch and at the end
+    relaxed = vector_model(seed=1)
+    relaxed.load_state_dict(saved["relaxed"])
+    assert _metric(relaxed, task.test) == result.final["test_relaxed"]
+    assert result.final["test_relaxed"] != result.final["test"]
+    assert result.final["test_relaxed_final"] == _metric(result.model, task.test)
+    assert result.final["test_relaxed_final"] != result.final["test_relaxed"]
     assert not list(tmp_path.glob("*.tmp"))
 
 

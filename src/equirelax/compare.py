@@ -50,7 +50,7 @@ import torch
 from tqdm import tqdm
 
 from equirelax import models, strategies
-from equirelax.engine import NonFiniteLossError, TrainConfig, train
+from equirelax.engine import NonFiniteLossError, TrainConfig, check_continuation, train
 from equirelax.relaxed import relax
 from equirelax.report import write_report
 from equirelax.tasks.base import Task
@@ -227,12 +227,12 @@ def compare(
         "seeds": seeds,
         "config": {k: v for k, v in asdict(config).items() if k != "seed"},
     }
-    _check_resumable(root / RESULTS_JSON, setup, resume)
+    _check_resumable(root / RESULTS_JSON, setup, resume, config, strategy_options or {})
     plan = [(label, seed) for label in labels for seed in range(seeds)]
     pending = [
         i
         for i, (label, seed) in enumerate(plan)
-        if not (resume and (_run_dir(root, label, seed) / RUN_RESULT).exists())
+        if not (resume and _finished(_run_dir(root, label, seed), config.epochs))
     ]
     cores = _cores()
     workers = 1 if world > 1 else min(jobs or cores, max(len(pending), 1))
@@ -518,15 +518,41 @@ def _stop_workers(executor: ProcessPoolExecutor) -> None:
             process.terminate()
 
 
-def _check_resumable(path: Path, setup: dict[str, Any], resume: bool) -> None:
+def _check_resumable(
+    path: Path,
+    setup: dict[str, Any],
+    resume: bool,
+    config: TrainConfig,
+    strategy_options: dict[str, dict[str, Any]],
+) -> None:
+    """Refuse to resume a comparison of another setup; its training settings may differ as
+    :func:`~equirelax.engine.check_continuation` allows (more epochs at a constant learning
+    rate, without CR; compile, device)."""
     if not (resume and path.exists()):
         return
-    previous = json.loads(path.read_text()).get("setup")
-    if previous != json.loads(json.dumps(setup)):
+    previous = json.loads(path.read_text()).get("setup") or {}
+    ours = json.loads(json.dumps(setup))
+    if {k: v for k, v in previous.items() if k != "config"} != {
+        k: v for k, v in ours.items() if k != "config"
+    } or not isinstance(previous.get("config"), dict):
         raise ValueError(
             f"resume: {path} was written by a different comparison; expected setup "
             f"{previous}, received {setup} (use another --out or drop --resume)"
         )
+    for label in setup["strategies"]:
+        check_continuation(
+            {**previous["config"], "seed": config.seed},
+            config,
+            make_strategy(label, **strategy_options.get(label, {})),
+            where=str(path),
+        )
+
+
+def _finished(run_dir: Path, epochs: int) -> bool:
+    """Whether the run in ``run_dir`` has a result of at least ``epochs`` epochs (a shorter
+    one is continued from its checkpoint by a comparison that asks for more)."""
+    path = run_dir / RUN_RESULT
+    return path.exists() and json.loads(path.read_text())["config"]["epochs"] >= epochs
 
 
 def _machine(device: str, *, jobs: int, threads: int) -> dict[str, Any]:

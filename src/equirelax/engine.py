@@ -64,6 +64,7 @@ __all__ = [
     "NonFiniteLossError",
     "TrainConfig",
     "TrainResult",
+    "check_continuation",
     "make_optimiser",
     "split_means",
     "train",
@@ -152,7 +153,10 @@ class TrainResult:
     ``best_model`` that model's copy at the best validation epoch ``best_epoch``, ``history``
     one record per epoch (the lines of ``metrics.jsonl``) and ``final`` the last record (over
     the last evaluated one) plus ``epochs_run``, ``best_epoch``, ``best_val``, ``test`` (at the
-    best validation epoch) and ``test_final``.
+    best validation epoch) and ``test_final``; when the evaluated model is not the trained one
+    (a projection of a relaxed model), also the trained model's ``test_relaxed`` at the best
+    validation epoch (of the evaluated model) and ``test_relaxed_final``, as the ACE paper
+    reports both.
     """
 
     model: nn.Module
@@ -166,11 +170,13 @@ class TrainResult:
 
 @dataclass
 class _Best:
-    """The evaluated model's copy at the best validation epoch so far."""
+    """The evaluated model's copy at the best validation epoch so far, and the trained
+    (relaxed) model's when the evaluated one is its projection."""
 
     epoch: int
     val: float
     model: nn.Module
+    relaxed: nn.Module | None = None
 
     def improved_by(self, val: float) -> bool:
         return math.isfinite(val) and (not math.isfinite(self.val) or val < self.val)
@@ -234,7 +240,7 @@ def train(
     checkpoint = directory / CHECKPOINT if directory is not None else None
     best_path = directory / BEST if directory is not None else None
     if resume and checkpoint is not None and checkpoint.exists():
-        state = _load_checkpoint(checkpoint, model, optimiser, scheduler, strategy)
+        state = _load_checkpoint(checkpoint, model, optimiser, scheduler, strategy, config)
         start_epoch, stopped = state["epoch"] + 1, bool(state.get("stopped", False))
         history = _read_history(directory / METRICS, start_epoch)  # type: ignore[operator]
         best = _load_best(best_path, state.get("best"), strategy, model)
@@ -279,7 +285,12 @@ def train(
                 )
                 record.update(evaluation, eval_seconds=time.perf_counter() - evaluating)
                 if best is None or best.improved_by(evaluation["val"]):
-                    best = _Best(epoch, evaluation["val"], _detached(evaluated, model))
+                    best = _Best(
+                        epoch,
+                        evaluation["val"],
+                        _detached(evaluated, model),
+                        copy.deepcopy(model) if "val_relaxed" in evaluation else None,
+                    )
                     if rank == 0 and best_path is not None:
                         _save_best(best_path, best)
             if best is not None:
@@ -326,6 +337,9 @@ def train(
             if best is not None
             else final["test_final"]
         )
+        if best is not None and best.relaxed is not None:
+            final["test_relaxed"] = _metric(best.relaxed, task, task.test, config, device)
+            final["test_relaxed_final"] = _metric(model, task, task.test, config, device)
     return TrainResult(
         model,
         evaluation_model,
@@ -691,8 +705,12 @@ def _detached(evaluated: nn.Module, model: nn.Module) -> nn.Module:
 
 
 def _save_best(path: Path, best: _Best) -> None:
-    """``best.pt``: the evaluated model's weights at the best validation epoch."""
-    _atomic_save({"epoch": best.epoch, "val": best.val, "model": best.model.state_dict()}, path)
+    """``best.pt``: the evaluated model's weights at the best validation epoch (and the
+    trained model's, ``relaxed``, when they differ)."""
+    state = {"epoch": best.epoch, "val": best.val, "model": best.model.state_dict()}
+    if best.relaxed is not None:
+        state["relaxed"] = best.relaxed.state_dict()
+    _atomic_save(state, path)
 
 
 def _load_best(
@@ -710,7 +728,47 @@ def _load_best(
     state = torch.load(path, weights_only=True, map_location="cpu")
     best = _detached(strategy.evaluation_model(model), model)
     best.load_state_dict(state["model"])
-    return _Best(int(state["epoch"]), float(state["val"]), best)
+    relaxed = None
+    if "relaxed" in state:
+        relaxed = copy.deepcopy(model)
+        relaxed.load_state_dict(state["relaxed"])
+    return _Best(int(state["epoch"]), float(state["val"]), best, relaxed)
+
+
+_FREE_ON_RESUME = ("compile", "device", "eval_batch_size")
+
+
+def check_continuation(
+    recorded: dict[str, Any], config: TrainConfig, strategy: Strategy, *, where: str
+) -> None:
+    """Refuse to resume a run recorded with the settings ``recorded`` under ``config``,
+    unless they differ only in how it runs (``compile``, ``device``, ``eval_batch_size``) or
+    in more ``epochs`` for a run that does not plan over its length: a constant learning rate
+    and a strategy without :attr:`~equirelax.strategies.Strategy.plans_over_epochs` (CR's
+    schedule). ``where`` names the checkpoint in the message."""
+    new = asdict(config)
+    changed = sorted(
+        key for key in new if key not in _FREE_ON_RESUME and recorded.get(key) != new[key]
+    )
+    if changed == ["epochs"] and new["epochs"] > recorded["epochs"]:
+        if config.lr_schedule != "constant" or strategy.plans_over_epochs:
+            planned = (
+                f"the {config.lr_schedule} learning rate"
+                if config.lr_schedule != "constant"
+                else f"{strategy.name}'s schedule"
+            )
+            raise ValueError(
+                f"resume: {where} planned {recorded['epochs']} epochs and {planned} depends on "
+                f"that length; received epochs={new['epochs']} (start a new run to train longer)"
+            )
+        return
+    if changed:
+        differences = ", ".join(f"{k}={recorded.get(k)!r} -> {new[k]!r}" for k in changed)
+        raise ValueError(
+            f"resume: {where} was trained with other settings ({differences}); resume with "
+            "the recorded settings, or start a new run (only more epochs at a constant "
+            "learning rate, compile, device and eval_batch_size may change)"
+        )
 
 
 def _load_checkpoint(
@@ -719,9 +777,12 @@ def _load_checkpoint(
     optimiser: torch.optim.Optimizer,
     scheduler: Any,
     strategy: Strategy,
+    config: TrainConfig,
 ) -> dict[str, Any]:
-    """Restore the training state from ``path``; returns the checkpoint (epoch, best, ...)."""
+    """Restore the training state from ``path`` after :func:`check_continuation` of its
+    settings against ``config``; returns the checkpoint (epoch, best, ...)."""
     state = torch.load(path, weights_only=True, map_location="cpu")
+    check_continuation(state["config"], config, strategy, where=str(path))
     model.load_state_dict(state["model"])
     optimiser.load_state_dict(state["optimiser"])
     if scheduler is not None and state["scheduler"] is not None:

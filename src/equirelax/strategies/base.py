@@ -48,7 +48,9 @@ class Strategy:
     :attr:`needs_actions` (``attach`` then requires ``action_in``), :attr:`fixed_level`
     (a level ``attach`` gives every relaxed layer, if any) and :attr:`placement` (where its
     method relaxes a model: the ``placement`` of :func:`equirelax.relax`, ``"hidden"`` by
-    default, ``"linear"`` for RPP).
+    default, ``"linear"`` for RPP). :attr:`plans_over_epochs` says that its behaviour depends
+    on the planned length of training given to ``attach`` (CR's schedule), so that a run cannot
+    be continued to more epochs than it planned.
     """
 
     name: ClassVar[str] = "strategy"
@@ -56,6 +58,7 @@ class Strategy:
     projects: ClassVar[bool] = False
     needs_actions: ClassVar[bool] = False
     fixed_level: ClassVar[float | None] = None
+    plans_over_epochs: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.model: nn.Module | None = None

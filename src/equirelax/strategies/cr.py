@@ -111,6 +111,7 @@ class CR(Strategy):
 
     name: ClassVar[str] = "cr"
     projects: ClassVar[bool] = True
+    plans_over_epochs: ClassVar[bool] = True
 
     def __init__(
         self,
