@@ -91,9 +91,17 @@ _SYNTHETIC_QUICK: dict[str, dict[str, Any]] = {
     "train": {"epochs": 100, "batch_size": 100, "lr": 3e-3, "lr_schedule": "cosine"},
     "strategies": _QUICK_ACE,
 }
+# The full synthetic runs validate every 5 epochs: at every epoch, RECM on gap-dial spent 0.57 s
+# validating (and checking equivariance) against 0.37 s training per epoch (2 steps of 500).
 _SYNTHETIC_FULL: dict[str, dict[str, Any]] = {
     "task": {"train_size": 1000, "val_size": 1000, "test_size": 5000},
-    "train": {"epochs": 500, "batch_size": 500, "lr": 3e-3, "lr_schedule": "cosine"},
+    "train": {
+        "epochs": 500,
+        "batch_size": 500,
+        "lr": 3e-3,
+        "lr_schedule": "cosine",
+        "eval_every": 5,
+    },
 }
 
 
