@@ -214,6 +214,41 @@ def test_matches_edge_by_edge_equations(aggregation: str) -> None:
         torch.testing.assert_close(x_out[b], x_ref, atol=ATOL, rtol=0)
 
 
+def test_coordinate_clamp_clips_each_edge_term_as_the_official_code() -> None:
+    """``coordinate_clamp=c`` clips every edge's ``(x_i - x_j) phi_x(m_ij)`` to ``[-c, c]``
+    before the mean (the official E_GCL clips at 100); below the clip it changes nothing."""
+    data = _inputs(2, 5)
+    args = (data["h"], 30.0 * data["x"])  # far-apart nodes: edge terms of order 10-100
+    plain, clamped = _make_layer(), _make_layer(coordinate_clamp=2.0)
+    _, x_plain = plain(*args)
+    _, x_clamped = clamped(*args)
+    x = args[1]
+    terms = (x.unsqueeze(2) - x.unsqueeze(1)) * plain.phi_x(
+        _messages(plain, data["h"], x)
+    )  # (B, N, N, 3)
+    off_diagonal = ~torch.eye(5, dtype=torch.bool).unsqueeze(-1)
+    expected = x + (terms.clamp(-2.0, 2.0) * off_diagonal).sum(dim=2) / 4
+    assert (terms.abs() > 2.0).any()
+    torch.testing.assert_close(x_clamped, expected, atol=ATOL, rtol=0)
+    assert not torch.allclose(x_clamped, x_plain)
+    assert ((x_clamped - x).abs() <= 2.0 + ATOL).all()  # the mean of clipped terms
+    _, x_loose = _make_layer(coordinate_clamp=1e9)(*args)
+    torch.testing.assert_close(x_loose, x_plain, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"coordinate_clamp.*-1"):
+        EGNNLayer(4, 8, coordinate_clamp=-1)
+
+
+def _messages(layer: EGNNLayer, h: Tensor, x: Tensor) -> Tensor:
+    """``m_ij = phi_e(h_i, h_j, |x_i - x_j|^2)`` for every pair, without edge attributes."""
+    n = h.shape[1]
+    radial = (x.unsqueeze(2) - x.unsqueeze(1)).square().sum(-1, keepdim=True)
+    pairs = torch.cat(
+        [h.unsqueeze(2).expand(-1, -1, n, -1), h.unsqueeze(1).expand(-1, n, -1, -1), radial],
+        dim=-1,
+    )
+    return layer.phi_e(pairs)
+
+
 @pytest.mark.parametrize("nodes", [1, 2, 4])
 @pytest.mark.parametrize("aggregation", ["mean", "sum"])
 def test_default_graph_is_fully_connected_without_self_loops(nodes: int, aggregation: str) -> None:
@@ -343,3 +378,9 @@ def test_layer_actions_give_zero_lie_derivative_and_a_finite_check(velocity: boo
 def test_group_must_be_a_group() -> None:
     with pytest.raises(TypeError, match="group"):
         EGNNLayer(4, 8, group="E3")  # type: ignore[arg-type]
+
+
+def test_nbody_egnn_clips_its_coordinate_terms_at_100_as_the_official_model() -> None:
+    from equirelax.models.egnn import NBodyEGNN
+
+    assert [layer.coordinate_clamp for layer in NBodyEGNN(hidden_features=8).layers] == [100.0] * 4

@@ -8,6 +8,7 @@ and edge is handled by one tensor operation: there is no Python loop over them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -88,6 +89,11 @@ class EGNNLayer(nn.Module):
         See above.
     velocity:
         Create ``\phi_v`` and require velocities ``v`` in :meth:`forward`.
+    coordinate_clamp:
+        Clip each edge's term ``(x_i - x_j) \phi_x(m_{ij})`` of eq. (4) componentwise to
+        ``[-c, c]`` before aggregating (``None``: no clip). The official EGNN code clips at 100
+        (``E_GCL.coord_model``); the clip only acts on runaway updates, where it breaks
+        rotation equivariance (componentwise) but bounds the step.
     group:
         Optional group of the coordinates (e.g. ``Euclidean(O3())`` for E(3)). If given, the
         layer exposes ``action_in`` (on ``(h, x)`` or ``(h, x, v)``: invariant ``h``, points
@@ -119,6 +125,7 @@ class EGNNLayer(nn.Module):
         normalize: bool = False,
         tanh: bool = False,
         velocity: bool = False,
+        coordinate_clamp: float | None = None,
         group: Group | None = None,
     ) -> None:
         super().__init__()
@@ -144,6 +151,16 @@ class EGNNLayer(nn.Module):
         self.normalize = bool(normalize)
         self.tanh = bool(tanh)
         self.velocity = bool(velocity)
+        if coordinate_clamp is not None and not (
+            isinstance(coordinate_clamp, (int, float))
+            and not isinstance(coordinate_clamp, bool)
+            and 0 < coordinate_clamp < math.inf
+        ):
+            raise ValueError(
+                "coordinate_clamp: expected a positive finite number or None, received "
+                f"{coordinate_clamp!r}"
+            )
+        self.coordinate_clamp = None if coordinate_clamp is None else float(coordinate_clamp)
         if group is not None:
             if not isinstance(group, Group):
                 raise TypeError(f"group: expected an equirelax Group or None, received {group!r}")
@@ -263,7 +280,10 @@ class EGNNLayer(nn.Module):
         # Eq. (4) (plus the velocity term).
         if self.phi_x is not None:
             direction = diff / torch.sqrt(radial + self.eps**2) if self.normalize else diff
-            shift = (direction * self.phi_x(messages) * edges).sum(dim=2)  # (B, N, d)
+            terms = direction * self.phi_x(messages)  # (B, N, N, d)
+            if self.coordinate_clamp is not None:
+                terms = terms.clamp(-self.coordinate_clamp, self.coordinate_clamp)
+            shift = (terms * edges).sum(dim=2)  # (B, N, d)
             if self.coordinate_aggregation == "mean":
                 shift = shift / edges.sum(dim=2).clamp_min(1.0)
             if self.phi_v is not None and v is not None:
