@@ -481,16 +481,6 @@ _register(
                 )
                 for generator in ("equirelax", "egnn")
             ),
-            *(
-                Part(
-                    f"e200-equirelax-data{seed}",
-                    _strict_egnn("generator=equirelax", f"seed={seed}"),
-                    200,
-                    2,
-                    fixed=True,
-                )
-                for seed in (1, 2)
-            ),
         ),
         rows=(
             Row(
