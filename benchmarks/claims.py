@@ -817,7 +817,7 @@ def _machine(machine: dict[str, Any]) -> str:
 
 
 def part_section(claim: Claim, part: Part, root: Path) -> str:
-    """Command, machine, wall time and curves of one part."""
+    """Runner and compare commands, machine, training time and curves of one part."""
     directory = root / claim.name / part.name
     runner = f"python benchmarks/claims.py --claim {claim.name} --part {part.name} --resume"
     path = directory / "results.json"
@@ -826,14 +826,16 @@ def part_section(claim: Claim, part: Part, root: Path) -> str:
     results = json.loads(path.read_text())
     runs = results.get("runs", [])
     setup = results.get("setup", {})
+    machine = results.get("machine", {})
     planned = len(setup.get("strategies", [])) * setup.get("seeds", 0)
     wall = sum(run.get("wall_seconds", 0.0) for run in runs)
+    jobs = max(int(machine.get("jobs", 1)), 1)
     epochs = setup.get("config", {}).get("epochs")
     lines = [
-        f"- `{part.name}` ({len(runs)} of {planned} runs finished, {epochs} epochs): "
-        f"`{results.get('command') or runner}`",
-        f"  - machine: {_machine(results.get('machine', {}))}; training time summed over runs "
-        f"{_seconds(wall)}",
+        f"- `{part.name}` ({len(runs)} of {planned} runs finished, {epochs} epochs): `{runner}`",
+        f"  - last compare: `{results.get('command')}`",
+        f"  - machine: {_machine(machine)}; training time summed over runs {_seconds(wall)} "
+        f"(about {_seconds(wall / jobs)} of wall time at {jobs} jobs)",
     ]
     if (directory / "curves.png").exists():
         relative = (
@@ -1020,7 +1022,9 @@ INTRODUCTION = (
     "the paper's, the length is in the row and the runner continues it "
     "(`python benchmarks/claims.py --claim NAME --epochs E --resume`). This file is written by "
     "`python benchmarks/claims.py --report` from `benchmarks/results/claims/`; the notes below "
-    "the table are ours."
+    "the table are ours. Machine: 2 CPU cores, no GPU, torch 2.13.0+cpu, one torch thread per "
+    "run; up to four runs shared the two cores, so seconds per epoch hold contention "
+    "(`benchmarks/speed.md` has the step times measured alone)."
 )
 
 
