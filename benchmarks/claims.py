@@ -129,52 +129,53 @@ def load_arm(root: Path, arm: Arm) -> ArmResult:
 HOLDS, FAILS, NOISE, MISSING = "holds", "does not hold", "within noise", "not run yet"
 
 
-def _difference_se(a: ArmResult, b: ArmResult) -> float:
-    return math.sqrt(a.standard_error() ** 2 + b.standard_error() ** 2)
+def _standardised_difference(a: ArmResult, b: ArmResult) -> float | None:
+    """``mean_b - mean_a`` in standard errors of the difference, ``sqrt(s_a^2 / n_a +
+    s_b^2 / n_b)`` (``None`` below 2 finished seeds per arm)."""
+    if a.n < 2 or b.n < 2:
+        return None
+    difference = b.mean_std()[0] - a.mean_std()[0]
+    se = math.sqrt(a.standard_error() ** 2 + b.standard_error() ** 2)
+    if se == 0:
+        return math.copysign(math.inf, difference) if difference else 0.0
+    return difference / se
 
 
 @dataclass(frozen=True)
-class Lower:
-    """The claim "``better`` has a lower test metric than ``worse``": holds when the difference
-    of the means exceeds :data:`NOISE_SE` standard errors of the difference
-    ``sqrt(s_a^2 / n_a + s_b^2 / n_b)``, does not hold when it exceeds that in the other
-    direction, within noise otherwise."""
+class _Pair:
+    """Two arms compared by :func:`_standardised_difference` (second minus first)."""
 
-    better: Arm
-    worse: Arm
+    first: Arm
+    second: Arm
 
     def arms(self) -> tuple[Arm, ...]:
-        return (self.better, self.worse)
+        return (self.first, self.second)
+
+    def _z(self, results: dict[Arm, ArmResult]) -> float | None:
+        return _standardised_difference(results[self.first], results[self.second])
+
+
+class Lower(_Pair):
+    """The claim "``first`` has a lower test metric than ``second``": holds when the difference
+    of the means exceeds :data:`NOISE_SE` standard errors of the difference, does not hold when
+    it exceeds that in the other direction, within noise otherwise."""
 
     def judge(self, results: dict[Arm, ArmResult]) -> str:
-        a, b = results[self.better], results[self.worse]
-        if a.n < 2 or b.n < 2:
+        z = self._z(results)
+        if z is None:
             return MISSING
-        difference, se = b.mean_std()[0] - a.mean_std()[0], _difference_se(a, b)
-        if difference > NOISE_SE * se:
-            return HOLDS
-        if difference < -NOISE_SE * se:
-            return FAILS
-        return NOISE
+        return HOLDS if z > NOISE_SE else FAILS if z < -NOISE_SE else NOISE
 
 
-@dataclass(frozen=True)
-class Same:
-    """The claim "``a`` and ``b`` give the same test metric": does not hold when their means
-    differ by more than :data:`NOISE_SE` standard errors of the difference, holds otherwise."""
-
-    a: Arm
-    b: Arm
-
-    def arms(self) -> tuple[Arm, ...]:
-        return (self.a, self.b)
+class Same(_Pair):
+    """The claim "``first`` and ``second`` give the same test metric": does not hold when their
+    means differ by more than :data:`NOISE_SE` standard errors of the difference."""
 
     def judge(self, results: dict[Arm, ArmResult]) -> str:
-        a, b = results[self.a], results[self.b]
-        if a.n < 2 or b.n < 2:
+        z = self._z(results)
+        if z is None:
             return MISSING
-        difference = abs(a.mean_std()[0] - b.mean_std()[0])
-        return FAILS if difference > NOISE_SE * _difference_se(a, b) else HOLDS
+        return FAILS if abs(z) > NOISE_SE else HOLDS
 
 
 @dataclass(frozen=True)
@@ -345,6 +346,10 @@ DELTAS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 def _egnn_arm(label: str) -> Arm:
     return STRICT_EGNN if label == "strict" else Arm("nbody-relaxed/egnn", label, f"{label} EGNN")
+
+
+def _segnn_arm(label: str) -> Arm:
+    return Arm("nbody-relaxed/segnn", label, f"{label} SEGNN")
 
 
 def _size_arm(label: str, size: int) -> Arm:
@@ -566,30 +571,22 @@ _register(
                 "strict SEGNN reaches the ACE paper's MSE",
                 "5.6e-3",
                 SEGNN_PROTOCOL,
-                Reaches(Arm("nbody-relaxed/segnn", "strict", "strict SEGNN"), 5.6e-3),
+                Reaches(_segnn_arm("strict"), 5.6e-3),
                 paper_epochs=2000,
             ),
-            Row(
-                "2",
-                "SEGNN+CR below SEGNN",
-                "4.9e-3 vs 5.6e-3",
-                SEGNN_PROTOCOL,
-                Lower(
-                    Arm("nbody-relaxed/segnn", "cr", "CR SEGNN"),
-                    Arm("nbody-relaxed/segnn", "strict", "strict SEGNN"),
-                ),
-                paper_epochs=2000,
-            ),
-            Row(
-                "2",
-                "SEGNN+ACE below SEGNN (projected model; relaxed beside it)",
-                "3.8e-3 vs 5.6e-3",
-                SEGNN_PROTOCOL,
-                Lower(
-                    Arm("nbody-relaxed/segnn", "ace-equality", "ACE-equality SEGNN"),
-                    Arm("nbody-relaxed/segnn", "strict", "strict SEGNN"),
-                ),
-                paper_epochs=2000,
+            *(
+                Row(
+                    "2",
+                    f"SEGNN+{name} below SEGNN{extra}",
+                    f"{figure} vs 5.6e-3",
+                    SEGNN_PROTOCOL,
+                    Lower(_segnn_arm(label), _segnn_arm("strict")),
+                    paper_epochs=2000,
+                )
+                for label, name, figure, extra in (
+                    ("cr", "CR", "4.9e-3", ""),
+                    ("ace-equality", "ACE", "3.8e-3", " (projected model; relaxed beside it)"),
+                )
             ),
             *_nbody_egnn_rows(),
         ),
@@ -924,8 +921,8 @@ PICKS = (
     Pick("N-body, EGNN", STRICT_EGNN, tuple(_egnn_arm(label) for label in RELAXED_EGNN)),
     Pick(
         "N-body, SEGNN",
-        Arm("nbody-relaxed/segnn", "strict", "strict"),
-        tuple(Arm("nbody-relaxed/segnn", label, label) for label in SEGNN_ARMS[1:]),
+        _segnn_arm("strict"),
+        tuple(_segnn_arm(label) for label in SEGNN_ARMS[1:]),
     ),
     *(
         Pick(
