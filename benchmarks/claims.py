@@ -844,6 +844,27 @@ def part_section(claim: Claim, part: Part, root: Path) -> str:
     return "\n".join(lines)
 
 
+def _new_figure() -> tuple[Any, Any]:
+    """A figure and its axes (matplotlib imported here: only the report needs it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(5, 3.5))
+
+
+def _save_figure(figure: Any, path: Path, alt: str) -> str:
+    """Write ``figure`` to ``path`` and return its markdown image link from the report."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return f"![{alt}]({path.relative_to(REPORT.parent)})"
+
+
 def _plot_sample_efficiency(root: Path) -> str:
     series = {}
     for label in ("strict", "ace-equality"):
@@ -855,12 +876,7 @@ def _plot_sample_efficiency(root: Path) -> str:
         series[label] = points
     if not any(len(points) >= 2 for points in series.values()):
         return ""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5, 3.5))
+    figure, axis = _new_figure()
     for label, points in series.items():
         if points:
             sizes, means, stds = zip(*points, strict=True)
@@ -873,36 +889,21 @@ def _plot_sample_efficiency(root: Path) -> str:
         title="N-body EGNN: MSE vs samples",
     )
     axis.legend()
-    path = root / "sample-efficiency" / "mse-vs-samples.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return f"![MSE vs samples]({path.relative_to(REPORT.parent)})"
+    return _save_figure(figure, root / "sample-efficiency" / "mse-vs-samples.png", "MSE vs samples")
 
 
 def _plot_recm_levels(root: Path) -> str:
     points = [(delta, level) for delta in DELTAS for level in _recm_levels(root, delta)]
     if len({delta for delta, _ in points}) < 2:
         return ""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5, 3.5))
+    figure, axis = _new_figure()
     axis.scatter([_gap(d) for d, _ in points], [level for _, level in points], label="runs")
     axis.set(
         xlabel="exact symmetry gap 2 delta^2 / 9 (MSE)",
         ylabel="final mean RECM level",
         title="RECM on gap-dial",
     )
-    path = root / "recm" / "levels-vs-gap.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return f"![RECM levels vs gap]({path.relative_to(REPORT.parent)})"
+    return _save_figure(figure, root / "recm" / "levels-vs-gap.png", "RECM levels vs gap")
 
 
 PLOTS = {"sample-efficiency": _plot_sample_efficiency, "recm": _plot_recm_levels}
