@@ -956,9 +956,9 @@ def _cost(result: ArmResult, strict: ArmResult) -> float:
 
 
 def advice(picks: Sequence[Pick], root: Path) -> str:
-    """ "What a user should pick": per setting, the strategy with the lowest mean test metric,
-    whether it beats strict beyond noise (the :class:`Lower` rule) and its time per epoch over
-    strict's."""
+    """The advice: per setting, the strategy with the lowest mean test metric, whether it
+    beats strict beyond noise (the :class:`Lower` rule) and its time per epoch over strict's
+    (as measured in the runs, contention included)."""
     lines = []
     for pick in picks:
         strict = load_arm(root, pick.strict)
@@ -990,7 +990,8 @@ def advice(picks: Sequence[Pick], root: Path) -> str:
                 f"- **{pick.setting}** ({epochs}): nothing beats strict ({_number(s_mean)} ± "
                 f"{_number(s_std)}) beyond noise; the lowest mean is {best.arm.strategy} "
                 f"({_number(b_mean)} ± {_number(b_std)}, {_cost(best, strict):.2f}x strict's "
-                "time per epoch). Use strict: it is as good and the cheapest."
+                "time per epoch). Use strict: no strategy is better beyond noise, and strict "
+                "pays no relaxation cost (`benchmarks/speed.md`)."
             )
     return "\n".join(lines)
 
@@ -1019,6 +1020,7 @@ def report(claims: Sequence[Claim], root: Path, picks: Sequence[Pick] = PICKS) -
                 table(rows, root),
                 RULES,
                 "## What a user should pick",
+                ADVICE_CAVEAT,
                 advice(picks, root),
                 "## Per claim: commands, machine, wall time, curves",
                 *sections,
@@ -1028,6 +1030,12 @@ def report(claims: Sequence[Claim], root: Path, picks: Sequence[Pick] = PICKS) -
     )
 
 
+ADVICE_CAVEAT = (
+    "Computed from the rows above. Times per epoch are the runs' own, and runs shared the two "
+    "cores unevenly, so a ratio here can be off by 2x; `benchmarks/speed.md` has each "
+    "strategy's step time over strict's measured alone (1.1-1.4x for free, augment, RPP, ACE "
+    "and RECM; 2-2.7x for CR and the penalty)."
+)
 INTRODUCTION = (
     "Each row is a claim of a paper, run here on the paper's protocol where 2 CPU cores allow "
     "it, 3 seeds per arm (5 for the EGNN baseline), side by side; where a run is shorter than "
