@@ -219,9 +219,9 @@ def test_training_engine_adds_the_weighted_prior_to_the_objective(prior_weight) 
 def test_split_output_separates_a_canonicalization_from_plain_outputs() -> None:
     canon = ImageCanonicalizer(CyclicGroup(4), 1)
     model = Canonicalized(canon, nn.Flatten(), prior_weight=3.0)
-    x = torch.randn(2, 1, 5, 5)
+    x = torch.randn(2, 1, 9, 9)
     output, prior = split_output(model(x))
-    assert output.shape == (2, 25)
+    assert output.shape == (2, 81)
     assert torch.allclose(prior, 3.0 * canon(x).prior)
     plain = torch.ones(2)
     assert split_output(plain) == (plain, None)
@@ -246,9 +246,9 @@ def test_point_canonicalizer_moves_every_input_tensor_with_its_action() -> None:
 
 
 def test_c8_canonicalization_is_exact_on_the_c4_subgroup_only() -> None:
-    """C8 rotates by bilinear interpolation: invariance is exact under the multiples of 90
-    degrees (tolerance 1e-12) and not claimed under 45 degrees, where the output moves by
-    O(1) (the documented limitation of interpolated group convolutions)."""
+    """On white-noise images (not band-limited) invariance is exact under the multiples of 90
+    degrees (tolerance 1e-12) and not claimed under 45 degrees, where the bilinear rotation of
+    the noise moves the output by O(1); smooth images: tests/test_disc_basis.py."""
     group = CyclicGroup(8)
     torch.manual_seed(0)
     x = torch.randn(8, 1, 13, 13, dtype=F64)

@@ -35,6 +35,7 @@ exactly symmetric inputs are equivariant only up to the stabiliser.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import torch
@@ -53,6 +54,7 @@ __all__ = [
     "ImageCanonicalizer",
     "PointCloudCanonicalizer",
     "TaskOutput",
+    "disc_weights",
     "split_output",
 ]
 
@@ -82,18 +84,22 @@ class ImageCanonicalizer(nn.Module):
     Parameters
     ----------
     group:
-        ``CyclicGroup(n)`` or ``DihedralGroup(n)``. Exact for n in {1, 2, 4}. Other n rotate
-        filters and images by bilinear interpolation: the model is still exactly invariant
-        under the elements that are multiples of 90 degrees, but not under the others, and the
-        interpolated 5 x 5 filters are smoother than the originals, which biases the choice
-        (measured for C8 on random smooth 29 x 29 images: every chosen element was a multiple
-        of 90 degrees, so ``c(g x) = g c(x)`` failed for every 45-degree ``g``).
+        ``CyclicGroup(n)`` or ``DihedralGroup(n)``. Exact for n in {1, 2, 4}. For other n the
+        group CNN uses steerable filters (a band-limited ring / harmonic basis rotated exactly
+        in coefficient space, as e2cnn), so no element is favoured: exact for multiples of 90
+        degrees, and for the others ``c(g x) = g c(x)`` held for every ``g`` of C8 on 117 of 120
+        random smooth images (``tests/test_disc_basis.py``). With the interpolated pixel
+        filters (``basis="pixel"``) 5 of 120 did: the interpolated filters are smoother than
+        the originals and the choice falls on multiples of 90 degrees.
     in_channels:
         Image channels.
     hidden:
         Channels of the group CNN.
     kernel_size:
         Odd filter size of its two layers.
+    basis:
+        Filter parametrisation of the group CNN (``"pixel"``, ``"steerable"`` or ``None``:
+        :mod:`equirelax.nn.group_conv`'s default for the group).
     beta:
         Softmax temperature of the straight-through weights and of the prior.
     gumbel:
@@ -110,6 +116,7 @@ class ImageCanonicalizer(nn.Module):
         *,
         hidden: int = 8,
         kernel_size: int = 5,
+        basis: str | None = None,
         beta: float = 1.0,
         gumbel: bool = False,
         prior_distribution: Tensor | None = None,
@@ -126,8 +133,8 @@ class ImageCanonicalizer(nn.Module):
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.beta, self.gumbel = float(beta), bool(gumbel)
         hidden = check_positive_int("hidden", hidden)
-        self.lift = LiftingConv2d(in_channels, hidden, kernel_size, group)
-        self.conv = GroupConv2d(hidden, 1, kernel_size, group)
+        self.lift = LiftingConv2d(in_channels, hidden, kernel_size, group, basis=basis)
+        self.conv = GroupConv2d(hidden, 1, kernel_size, group, basis=basis)
         order = group.order
         if prior_distribution is None:
             prior_distribution = torch.zeros(order)
@@ -146,10 +153,17 @@ class ImageCanonicalizer(nn.Module):
         self.register_buffer("elements", group.elements(), persistent=False)
 
     def logits(self, x: Tensor) -> Tensor:
-        """One logit per group element, ``(B, |G|)``; ``logits(g x)[h] = logits(x)[g^-1 h]``."""
+        """One logit per group element, ``(B, |G|)``; ``logits(g x)[h] = logits(x)[g^-1 h]``.
+
+        The group CNN's output is averaged over a disc with a smooth edge
+        (:func:`disc_weights`), inside the reach of the zero padding at the image border, so
+        that neither the square's corners nor its padded border favour an element.
+        """
         self._check(x)
         features = self.conv(F.relu(self.lift(x)))  # (B, 1, |G|, H, W), regular fibre
-        return features.mean(dim=(1, 3, 4))
+        margin = (self.lift.kernel_size // 2) + (self.conv.kernel_size // 2)
+        weights = disc_weights(x.shape[-1], margin).to(device=x.device, dtype=features.dtype)
+        return torch.einsum("bcghw,hw->bg", features, weights) / features.shape[1]
 
     def forward(self, x: Tensor) -> Canonicalization:
         """``(c(x)^-1 x, c(x), prior)`` (see the module docstring for the training path)."""
@@ -176,6 +190,43 @@ class ImageCanonicalizer(nn.Module):
                 f"x: expected square images (B, {self.in_channels}, H, H), received shape "
                 f"{tuple(x.shape)}"
             )
+
+
+DISC_TAPER = 3.0
+"""Width in pixels of the cosine edge of :func:`disc_weights`."""
+
+
+@functools.lru_cache(maxsize=16)
+def disc_weights(size: int, margin: int, taper: float = DISC_TAPER) -> Tensor:
+    r"""Weights ``(size, size)`` summing to 1 of a disc with a smooth edge, centred on the image.
+
+    .. math::
+
+        w(\rho) \propto \tfrac12 \left(1 + \cos\left(\pi\,
+        \mathrm{clip}\left(\tfrac{\rho - (R - t)}{t}, 0, 1\right)\right)\right),
+        \qquad R = \tfrac{size}{2} - margin,
+
+    ``rho`` the distance of a pixel centre from the image centre and ``t`` the taper (at most
+    ``R``). A hard
+    disc on the pixel grid is not rotation invariant at its edge; the smooth edge is, up to the
+    sampling of a smooth function (measured: the C8 canonicalizer's choice was equivariant on
+    98% of 200 random smooth images with it, 85-90% with a hard disc). Cached: do not modify the
+    result in place.
+    """
+    size, margin = check_positive_int("size", size), int(margin)
+    radius = size / 2 - margin
+    if radius <= 0:
+        raise ValueError(
+            f"x: expected images larger than twice the canonicalizer's padding margin of "
+            f"{margin} pixels, received size {size}"
+        )
+    taper = min(taper, radius)
+    centre = (size - 1) / 2
+    coords = torch.arange(size, dtype=torch.float64) - centre
+    rho = torch.sqrt(coords[None, :] ** 2 + coords[:, None] ** 2)
+    edge = ((rho - (radius - taper)) / taper).clamp(0, 1)
+    weights = 0.5 * (1 + torch.cos(torch.pi * edge))
+    return weights / weights.sum()
 
 
 _DEGENERATE = (

@@ -1,9 +1,11 @@
 """Equivariant building blocks: linear and bilinear maps between representations, nonlinearities,
-vector neurons, EGNN layers, group convolutions and steerable layers on e3nn irreps (SEGNN).
+vector neurons, EGNN layers, group convolutions (pixel or steerable filters) and steerable
+layers on e3nn irreps (SEGNN).
 Each exposes ``action_in`` / ``action_out`` where its actions are fixed, so
 :func:`equirelax.assert_equivariant` can check it without further arguments."""
 
 from equirelax.nn.bilinear import EquivariantBilinear
+from equirelax.nn.disc_basis import DiscHarmonicBasis
 from equirelax.nn.egnn import EGNN, EGNNLayer
 from equirelax.nn.group_conv import GroupConv2d, GroupPool, LiftingConv2d
 from equirelax.nn.linear import EquivariantLinear
@@ -13,6 +15,7 @@ from equirelax.nn.vector_neurons import VNLeakyReLU, VNLinear
 
 __all__ = [
     "EGNN",
+    "DiscHarmonicBasis",
     "EGNNLayer",
     "EquivariantBilinear",
     "EquivariantLinear",

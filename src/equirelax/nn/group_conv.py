@@ -10,9 +10,22 @@ maps and :class:`GroupPool` reduces the group axis to obtain an image again. Wit
 * regular feature maps: ``(g . f)(h, x) = f(g^-1 h, g^-1 x)``,
 
 every layer satisfies ``layer(g . x) = g . layer(x)``. Equivariance is exact for groups whose
-elements map the pixel grid onto itself (C_1, C_2, C_4, D_1, D_2, D_4) and odd kernel sizes;
-for other rotation angles the filters and inputs are rotated by bilinear interpolation, so it is
-only approximate (exact again for the elements that are multiples of 90 degrees).
+elements map the pixel grid onto itself (C_1, C_2, C_4, D_1, D_2, D_4) and odd kernel sizes.
+
+Filters come from one of two parametrisations (``basis=``):
+
+* ``"pixel"``: a free ``k x k`` filter, moved to each group element by the image action (a
+  pixel permutation for multiples of 90 degrees, bilinear interpolation otherwise). Exact for
+  the groups above, with the most parameters; for other angles the interpolated filters are
+  smoother than the original, which favours the 90-degree elements.
+* ``"steerable"``: coefficients over a band-limited basis of Gaussian rings times circular
+  harmonics (:class:`~equirelax.nn.DiscHarmonicBasis`, as e2cnn / escnn), rotated exactly in
+  coefficient space, so every element's filter samples the exactly rotated continuous filter
+  and no element is favoured. Exact for multiples of 90 degrees; for other angles equivariant
+  up to the sampling of smooth inputs.
+
+The default (``basis=None``) is ``"pixel"`` for the groups above and ``"steerable"`` for every
+other C_n and D_n.
 
 Every layer builds its whole transformed filter bank with one batched call of the action and
 then runs a single :func:`torch.nn.functional.conv2d`.
@@ -34,6 +47,7 @@ from torch import Tensor, nn
 from equirelax._checks import check_dim, check_ndim, check_positive_int, check_tensor
 from equirelax.actions import ImageAction
 from equirelax.groups import FiniteGroup, Group
+from equirelax.nn.disc_basis import DiscHarmonicBasis
 
 __all__ = ["GroupConv2d", "GroupPool", "LiftingConv2d"]
 
@@ -54,6 +68,20 @@ def _check_kernel_size(kernel_size: object) -> int:
             f"rotated about it), received {size}"
         )
     return size
+
+
+BASES = ("pixel", "steerable")
+"""Filter parametrisations of the planar group convolutions (see the module docstring)."""
+
+
+def _check_basis(basis: object, group: FiniteGroup) -> str:
+    if basis is None:
+        return "pixel" if ImageAction(group).exact else "steerable"
+    if basis not in BASES:
+        raise ValueError(f"basis: expected one of {BASES} or None, received {basis!r}")
+    if basis == "steerable" and group.standard_representation().dim != 2:
+        raise ValueError(f"basis: 'steerable' needs a group of the plane, received {group}")
+    return str(basis)
 
 
 def _check_padding(padding: object, kernel_size: int) -> int:
@@ -108,9 +136,11 @@ class _GroupConvolution(nn.Module):
         *,
         padding: int | None = None,
         bias: bool = True,
+        basis: str | None = None,
     ) -> None:
         super().__init__()
         self.group = _check_group(group)
+        self.basis_kind = _check_basis(basis, self.group)
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.out_channels = check_positive_int("out_channels", out_channels)
         self.kernel_size = _check_kernel_size(kernel_size)
@@ -119,15 +149,42 @@ class _GroupConvolution(nn.Module):
         self.action_out = ImageAction(self.group, "regular")
         fibre = (self.group.order,) if self.regular_input else ()
         k = self.kernel_size
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *fibre, k, k))
+        self.basis: DiscHarmonicBasis | None = None
+        if self.basis_kind == "steerable":
+            self.basis = DiscHarmonicBasis(k)
+            matrices = self.group.standard_representation()(self.group.elements())
+            # D(h) for every element, derived from the group: not part of a state dict.
+            self.register_buffer("steering", self.basis.steering(matrices), persistent=False)
+            if self.regular_input:
+                # source[h, h'] = index(h^-1 h'), the filter's group axis seen from h.
+                inverses = self.group.index(self.group.inverse(self.group.elements()))
+                table = self.group.multiplication_table
+                self.register_buffer("source", table[inverses], persistent=False)
+            shape: tuple[int, ...] = (*fibre, self.basis.size)
+        else:
+            shape = (*fibre, k, k)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *shape))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Re-draw the weight and bias (uniform, bound ``1 / sqrt(fan_in)``, with
-        ``fan_in = C_in k^2``, times ``|G|`` for a group-axis input)."""
+        """Re-draw the weight and bias (uniform, bound ``b = 1 / sqrt(fan_in)``, with
+        ``fan_in = C_in k^2``, times ``|G|`` for a group-axis input). Steerable coefficients use
+        ``b k / sqrt(n)`` for ``n`` unit-norm basis functions, so that a filter's expected
+        energy is that of a pixel filter."""
         fibre = self.group.order if self.regular_input else 1
-        _init_parameters(self.weight, self.bias, self.in_channels * fibre * self.kernel_size**2)
+        k = self.kernel_size
+        _init_parameters(self.weight, self.bias, self.in_channels * fibre * k**2)
+        if self.basis is not None:
+            with torch.no_grad():
+                self.weight.mul_(k / math.sqrt(self.basis.size))
+
+    def base_filter(self) -> Tensor:
+        """The filter ``psi`` at the identity as pixels: ``weight`` itself (``"pixel"``) or
+        the sampled expansion of its coefficients (``"steerable"``)."""
+        if self.basis is None:
+            return self.weight
+        return self.basis.filters(self.weight)
 
     def filter_bank(self) -> Tensor:
         """The transformed filters as one conv2d weight."""
@@ -145,7 +202,8 @@ class _GroupConvolution(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"group={self.group}, padding={self.padding}, bias={self.bias is not None}"
+            f"group={self.group}, padding={self.padding}, bias={self.bias is not None}, "
+            f"basis={self.basis_kind!r}"
         )
 
 
@@ -177,13 +235,21 @@ class LiftingConv2d(_GroupConvolution):
         Zero padding on each side; ``None`` (default) pads ``k // 2`` ("same" output size).
     bias : bool, optional
         Add a learnable bias per output channel, shared over the group axis (default ``True``).
+    basis : {"pixel", "steerable"} or None, optional
+        Filter parametrisation (see the module docstring); ``None`` (default): pixel filters
+        for C_1, C_2, C_4, D_1, D_2, D_4, steerable filters otherwise.
 
     Attributes
     ----------
     group : FiniteGroup
     in_channels, out_channels, kernel_size, padding : int
+    basis_kind : str
+        ``"pixel"`` or ``"steerable"``.
+    basis : DiscHarmonicBasis or None
+        The steerable basis (``None`` for pixel filters).
     weight : torch.nn.Parameter
-        The base filter ``psi`` of shape ``(C_out, C_in, k, k)``.
+        The base filter ``psi``: ``(C_out, C_in, k, k)`` pixels, or ``(C_out, C_in, n)``
+        coefficients over ``basis`` (:meth:`base_filter` gives its pixels).
     bias : torch.nn.Parameter or None
         Shape ``(C_out,)``.
     action_in : ImageAction
@@ -193,9 +259,10 @@ class LiftingConv2d(_GroupConvolution):
 
     Notes
     -----
-    Exact for C_1, C_2, C_4, D_1, D_2, D_4; other groups rotate the filter by bilinear
-    interpolation and are only approximately equivariant. The weight is initialised like
-    :class:`torch.nn.Conv2d`, uniformly with bound ``1 / sqrt(C_in k^2)``.
+    Exact for C_1, C_2, C_4, D_1, D_2, D_4; for other groups the default steerable filters
+    (``basis``) are equivariant up to the sampling of smooth inputs, and pixel filters rotated
+    by interpolation favour the 90-degree elements (see the module docstring). The weight is
+    initialised like :class:`torch.nn.Conv2d`, uniformly with bound ``1 / sqrt(C_in k^2)``.
 
     References
     ----------
@@ -216,6 +283,10 @@ class LiftingConv2d(_GroupConvolution):
         """The transformed filters ``h . psi`` for all ``h``, as a conv2d weight
         ``(C_out |G|, C_in, k, k)`` (output channel ``c |G| + index(h)``)."""
         n, k = self.group.order, self.kernel_size
+        if self.basis is not None:
+            steering = self.steering.to(self.weight.dtype)
+            coefficients = torch.einsum("hij,ocj->ohci", steering, self.weight)
+            return self.basis.filters(coefficients).reshape(-1, self.in_channels, k, k)
         psi = self.weight.reshape(1, -1, k, k).expand(n, -1, -1, -1)
         rotated = self.action_in(self.group.elements(), psi)  # (|G|, C_out C_in, k, k)
         rotated = rotated.reshape(n, self.out_channels, self.in_channels, k, k)
@@ -249,13 +320,18 @@ class GroupConv2d(_GroupConvolution):
         Zero padding on each side; ``None`` (default) pads ``k // 2`` ("same" output size).
     bias : bool, optional
         Add a learnable bias per output channel, shared over the group axis (default ``True``).
+    basis : {"pixel", "steerable"} or None, optional
+        Filter parametrisation, as :class:`LiftingConv2d`.
 
     Attributes
     ----------
     group : FiniteGroup
     in_channels, out_channels, kernel_size, padding : int
+    basis_kind : str
+    basis : DiscHarmonicBasis or None
     weight : torch.nn.Parameter
-        The base filter ``psi`` of shape ``(C_out, C_in, |G|, k, k)``.
+        The base filter ``psi``: ``(C_out, C_in, |G|, k, k)`` pixels, or
+        ``(C_out, C_in, |G|, n)`` coefficients over ``basis``.
     bias : torch.nn.Parameter or None
         Shape ``(C_out,)``.
     action_in : ImageAction
@@ -290,6 +366,12 @@ class GroupConv2d(_GroupConvolution):
         ``c' |G| + index(h')``)."""
         n, k = self.group.order, self.kernel_size
         c_out, c_in = self.out_channels, self.in_channels
+        if self.basis is not None:
+            # (h . psi)(h', y) = psi(h^-1 h', h^-1 y): permute the group axis, steer in space.
+            steering = self.steering.to(self.weight.dtype)
+            permuted = self.weight[:, :, self.source]  # (C_out, C_in, |G| (h), |G| (h'), n)
+            coefficients = torch.einsum("hij,ochgj->ohcgi", steering, permuted)
+            return self.basis.filters(coefficients).reshape(c_out * n, c_in * n, k, k)
         psi = self.weight.reshape(1, c_out * c_in, n, k, k).expand(n, -1, -1, -1, -1)
         moved = self.action_in(self.group.elements(), psi)  # (|G|, C_out C_in, |G|, k, k)
         moved = moved.reshape(n, c_out, c_in, n, k, k).transpose(0, 1)
