@@ -13,7 +13,14 @@ from torch import nn
 
 from equirelax import models
 from equirelax.actions import ImageAction
-from equirelax.adapt import ARMS, adapt, format_adapt_table, identity_fraction, rotated_accuracy
+from equirelax.adapt import (
+    ARMS,
+    adapt,
+    format_adapt_table,
+    identity_fraction,
+    rotate_test_images,
+    rotated_accuracy,
+)
 from equirelax.canonical import Canonicalized, ImageCanonicalizer
 from equirelax.cli import main
 from equirelax.engine import TrainConfig
@@ -48,6 +55,22 @@ def test_rotated_accuracy_is_the_mean_over_every_rotation(task) -> None:
     assert rotated_accuracy(model, task.test, CyclicGroup(1)) == pytest.approx(by_hand[0])
     with pytest.raises(ValueError, match="group"):
         rotated_accuracy(model, task.test, "so2")
+
+
+def test_test_images_are_padded_rotated_and_cropped_back() -> None:
+    # Quarter turns stay exact pixel permutations; at 45 degrees the corners repeat the image's
+    # border (a constant image stays constant), where rotating without padding fills zeros.
+    group = CyclicGroup(8)
+    images = torch.randn(3, 1, 12, 12, dtype=torch.float64)
+    for k in (0, 2, 4, 6):
+        g = torch.full((3,), k)
+        torch.testing.assert_close(
+            rotate_test_images(images, g, group), ImageAction(group)(g, images)
+        )
+    constant = torch.full((2, 1, 12, 12), 0.7, dtype=torch.float64)
+    g = torch.full((2,), 1)
+    torch.testing.assert_close(rotate_test_images(constant, g, group), constant)
+    assert float(ImageAction(group)(g, constant).min()) < 0.1
 
 
 def test_identity_fraction_counts_inputs_canonicalized_to_the_identity() -> None:

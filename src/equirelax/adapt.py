@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from equirelax._checks import batch_size, check_positive_int
@@ -52,6 +54,7 @@ __all__ = [
     "format_adapt_table",
     "identity_fraction",
     "pretrain",
+    "rotate_test_images",
     "rotated_accuracy",
 ]
 
@@ -80,14 +83,34 @@ def pretrain(
     return train(predictor, Free(), task, config, out_dir=out_dir, progress=progress).model
 
 
+TEST_PAD_FRACTION = 0.4
+"""Edge padding around a test image before it is rotated, as a fraction of its size (equiadapt's
+``GroupInference``: ``ceil(0.4 H)`` pixels, edge mode)."""
+
+
+def rotate_test_images(
+    images: torch.Tensor, elements: torch.Tensor, group: FiniteGroup
+) -> torch.Tensor:
+    """Rotate ``(B, C, H, W)`` test images by ``elements`` ``(B, ...)`` as the reference
+    library does: pad by ``ceil(0.4 H)`` pixels repeating the edge, rotate about the centre
+    (:class:`~equirelax.actions.ImageAction`: pixel permutations for multiples of 90 degrees,
+    bilinear otherwise), crop the centre back to ``H x W``. The corners of a rotated image hold
+    the image's own border instead of zeros; multiples of 90 degrees stay exact permutations.
+    """
+    size = images.shape[-1]
+    pad = math.ceil(TEST_PAD_FRACTION * size)
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    rotated = ImageAction(group)(elements, padded)
+    return rotated[..., pad : pad + size, pad : pad + size]
+
+
 @torch.no_grad()
 def rotated_accuracy(
     model: nn.Module, split: Split, group: FiniteGroup | str, *, eval_batch_size: int = 500
 ) -> float:
-    """``mean_g accuracy(model(g x), y)`` over every element ``g`` of ``group`` (C4: exact
-    pixel permutations; other angles: bilinear rotation about the image centre)."""
+    """``mean_g accuracy(model(g x), y)`` over every element ``g`` of ``group``, the images
+    rotated by :func:`rotate_test_images` (C4: exact pixel permutations)."""
     group = parse_planar_group(group)
-    action = ImageAction(group)
     inputs, targets = split
     check_positive_int("eval_batch_size", eval_batch_size)
     was_training = model.training
@@ -97,7 +120,7 @@ def rotated_accuracy(
     for element in group.elements(device=device):
         for start in range(0, count, eval_batch_size):
             x = inputs[start : start + eval_batch_size].to(device)
-            moved = action(element.expand(x.shape[0], *element.shape), x)
+            moved = rotate_test_images(x, element.expand(x.shape[0], *element.shape), group)
             logits, _ = split_output(model(moved))
             correct += int((logits.argmax(-1) == targets[start : start + len(x)].to(device)).sum())
     model.train(was_training)
