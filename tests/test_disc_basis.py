@@ -11,7 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from equirelax.actions import ImageAction
-from equirelax.canonical import ImageCanonicalizer, disc_weights
+from equirelax.canonical import (
+    Canonicalized,
+    ImageCanonicalizer,
+    ImageRotationCanonicalizer,
+    disc_weights,
+)
 from equirelax.groups import SO3, CyclicGroup, DihedralGroup, FiniteGroup
 from equirelax.nn.disc_basis import DiscHarmonicBasis
 from equirelax.nn.group_conv import GroupConv2d, LiftingConv2d
@@ -209,3 +214,74 @@ def test_c8_canonicalizer_choice_is_equivariant_on_smooth_images() -> None:
 def test_canonicalizer_rejects_images_smaller_than_its_reach() -> None:
     with pytest.raises(ValueError, match="x: expected images larger than twice"):
         ImageCanonicalizer(CyclicGroup(8), 1)(torch.randn(2, 1, 7, 7))
+
+
+# --------------------------------------------------------------------------- SO(2) images
+
+
+def _angles(vectors: Tensor) -> Tensor:
+    return torch.atan2(vectors[:, 1], vectors[:, 0])
+
+
+def test_so2_canonicalizer_is_exact_for_quarter_turns() -> None:
+    torch.manual_seed(0)
+    canon = ImageRotationCanonicalizer().double()
+    predictor = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(15 * 15, 3)).double()
+    model = Canonicalized(canon, predictor)
+    x = torch.randn(4, 1, 15, 15, dtype=F64)
+    out = model(x)
+    c4 = CyclicGroup(4)
+    for k in range(4):
+        g = torch.full((4,), k)
+        moved = model(ImageAction(c4)(g, x))
+        rotation = c4.standard_representation()(g).to(F64)
+        torch.testing.assert_close(moved.elements, rotation @ out.elements, atol=1e-12, rtol=0)
+        torch.testing.assert_close(moved.output, out.output, atol=1e-10, rtol=0)
+
+
+def test_so2_canonicalizer_follows_any_rotation_of_smooth_images() -> None:
+    # angle(c(g x)) = angle(g) + angle(c(x)) for 7 angles on 60 random smooth images, up to
+    # the sampling of the filters (measured: median 0.0036 rad, 95th percentile 0.037 rad,
+    # worst 0.10 rad, over 3 untrained canonicalizers).
+    size, errors = 29, []
+    with torch.no_grad():
+        for net in range(3):
+            torch.manual_seed(net)
+            canon = ImageRotationCanonicalizer().double()
+            blobs = _smooth_images(20, 1, size, seed=200 + net)
+            reference = _angles(canon.vector(_render(blobs, size)))
+            for alpha in torch.linspace(0.1, 2 * math.pi - 0.1, 7, dtype=F64).tolist():
+                matrix = torch.tensor(
+                    [[math.cos(alpha), -math.sin(alpha)], [math.sin(alpha), math.cos(alpha)]],
+                    dtype=F64,
+                )
+                moved = _angles(canon.vector(_render(blobs, size, matrix)))
+                turn = torch.remainder(moved - reference - alpha + math.pi, 2 * math.pi)
+                errors.append((turn - math.pi).abs())
+    errors_all = torch.cat(errors)
+    assert float(errors_all.median()) < 0.01
+    assert float(errors_all.quantile(0.95)) < 0.1
+
+
+def test_so2_canonicalizer_prior_is_the_distance_to_the_identity_and_trains() -> None:
+    torch.manual_seed(1)
+    canon = ImageRotationCanonicalizer().double()
+    x = torch.randn(6, 1, 15, 15, dtype=F64)
+    result = canon(x)
+    rotation = result.elements
+    identity = torch.eye(2, dtype=F64)
+    torch.testing.assert_close(
+        result.prior, (rotation - identity).square().sum(dim=(-2, -1)).mean()
+    )
+    torch.testing.assert_close(rotation @ rotation.transpose(-1, -2), identity.expand(6, 2, 2))
+    torch.testing.assert_close(torch.linalg.det(rotation), torch.ones(6, dtype=F64))
+    result.prior.backward()
+    assert float(canon.lift.weight.grad.abs().sum()) > 0
+
+
+def test_so2_canonicalizer_leaves_an_input_without_a_direction_as_it_is() -> None:
+    canon = ImageRotationCanonicalizer().double()
+    blank = torch.zeros(2, 1, 15, 15, dtype=F64)
+    result = canon(blank)
+    torch.testing.assert_close(result.elements, torch.eye(2, dtype=F64).expand(2, 2, 2))
+    assert float(result.prior.detach()) == 0.0

@@ -22,6 +22,8 @@ Canonicalizers here:
   ``w = onehot(argmax) + s - stop_gradient(s)``, ``s = softmax(logits / beta)`` (or hard
   Gumbel-softmax with ``gumbel=True``), so the forward pass uses the hard choice and gradients
   reach the canonicalizer through ``s``.
+* :class:`ImageRotationCanonicalizer`: SO(2) on images. A steerable C_n group CNN gives a
+  pooled planar vector; its angle is the rotation.
 * :class:`PointCloudCanonicalizer`: SO(3), O(3) and E(3) on point clouds ``(B, N, 3)``.
   Vector-neuron layers on the centred points give equivariant vectors; Gram-Schmidt and a cross
   product turn them into a rotation (O(3): the handedness from a third vector); the centroid is
@@ -45,13 +47,14 @@ from torch import Tensor, nn
 from equirelax._batches import call
 from equirelax._checks import check_positive_int, check_tensor
 from equirelax.actions import Action, ImageAction, PointAction
-from equirelax.groups import O3, SO3, CyclicGroup, DihedralGroup, Euclidean, FiniteGroup, Group
+from equirelax.groups import O3, SO2, SO3, CyclicGroup, DihedralGroup, Euclidean, FiniteGroup, Group
 from equirelax.nn import GroupConv2d, LiftingConv2d, VNLeakyReLU, VNLinear
 
 __all__ = [
     "Canonicalization",
     "Canonicalized",
     "ImageCanonicalizer",
+    "ImageRotationCanonicalizer",
     "PointCloudCanonicalizer",
     "TaskOutput",
     "disc_weights",
@@ -184,12 +187,7 @@ class ImageCanonicalizer(nn.Module):
         return Canonicalization(canonical, chosen, prior)
 
     def _check(self, x: object) -> None:
-        x = check_tensor("x", x)
-        if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-1] != x.shape[-2]:
-            raise ValueError(
-                f"x: expected square images (B, {self.in_channels}, H, H), received shape "
-                f"{tuple(x.shape)}"
-            )
+        _check_square_images(x, self.in_channels)
 
 
 DISC_TAPER = 3.0
@@ -227,6 +225,89 @@ def disc_weights(size: int, margin: int, taper: float = DISC_TAPER) -> Tensor:
     edge = ((rho - (radius - taper)) / taper).clamp(0, 1)
     weights = 0.5 * (1 + torch.cos(torch.pi * edge))
     return weights / weights.sum()
+
+
+class ImageRotationCanonicalizer(nn.Module):
+    r"""An SO(2) canonicalizer for images ``(B, C, H, W)``: continuous rotations.
+
+    A steerable group CNN on a ``C_n`` lattice (lifting and group convolution, as
+    :class:`ImageCanonicalizer`) gives regular feature maps ``f(h, p)``; their frequency-1 part
+    is a planar vector field, pooled over a smooth disc (:func:`disc_weights`) to one vector
+
+    .. math::
+
+        v(x) = \sum_{h, p} w(p)\, f(h, p)\, (\cos \theta_h, \sin \theta_h),
+        \qquad c(x) = R(v) = \begin{pmatrix} \hat v_1 & -\hat v_2 \\
+        \hat v_2 & \hat v_1 \end{pmatrix},
+
+    which rotates with the image, ``v(g x) = g v(x)``: exactly for multiples of 90 degrees,
+    up to the sampling of smooth images for other angles. The canonical image is ``x`` rotated
+    by ``c(x)^-1`` (bilinear, differentiable in the angle); the prior is
+    ``mean ||c(x) - I||_F^2`` (Mondal et al. 2023). An input whose vector vanishes (e.g. a
+    rotation-symmetric image, or a blank one) has no preferred angle and is left as it is.
+
+    Parameters
+    ----------
+    in_channels:
+        Image channels.
+    hidden:
+        Channels of the group CNN.
+    kernel_size:
+        Odd filter size of its two layers.
+    lattice:
+        Order ``n`` of the rotation lattice ``C_n`` of the network (default 8).
+    """
+
+    def __init__(
+        self, in_channels: int = 1, *, hidden: int = 8, kernel_size: int = 5, lattice: int = 8
+    ) -> None:
+        super().__init__()
+        self.group = SO2()
+        self.action = ImageAction(self.group)
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        lattice_group = CyclicGroup(check_positive_int("lattice", lattice))
+        hidden = check_positive_int("hidden", hidden)
+        self.lift = LiftingConv2d(in_channels, hidden, kernel_size, lattice_group)
+        self.conv = GroupConv2d(hidden, 1, kernel_size, lattice_group)
+        angles = lattice_group.rotation_angle(lattice_group.elements())
+        directions = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
+        self.register_buffer("directions", directions.float(), persistent=False)
+
+    def vector(self, x: Tensor) -> Tensor:
+        """The pooled equivariant vector ``v(x)`` ``(B, 2)``, ``v(g x) = g v(x)``."""
+        _check_square_images(x, self.in_channels)
+        features = self.conv(F.relu(self.lift(x)))  # (B, 1, n, H, W)
+        margin = (self.lift.kernel_size // 2) + (self.conv.kernel_size // 2)
+        weights = disc_weights(x.shape[-1], margin).to(device=x.device, dtype=features.dtype)
+        pooled = torch.einsum("bcghw,hw->bg", features, weights)
+        return pooled @ self.directions.to(pooled.dtype)
+
+    def forward(self, x: Tensor) -> Canonicalization:
+        """``(c(x)^-1 x, c(x), prior)`` with ``c(x)`` a ``(B, 2, 2)`` rotation matrix."""
+        v = self.vector(x)
+        norm = v.norm(dim=-1, keepdim=True)
+        degenerate = norm <= torch.finfo(v.dtype).eps * 1e3
+        unit = torch.where(
+            degenerate,
+            torch.tensor([1.0, 0.0], dtype=v.dtype, device=v.device),
+            v / norm.clamp_min(torch.finfo(v.dtype).tiny),
+        )
+        rotation = torch.stack(
+            [torch.stack([unit[:, 0], -unit[:, 1]], -1), torch.stack([unit[:, 1], unit[:, 0]], -1)],
+            dim=-2,
+        )
+        canonical = self.action(rotation.transpose(-1, -2), x)
+        identity = torch.eye(2, dtype=rotation.dtype, device=rotation.device)
+        prior = (rotation - identity).square().sum(dim=(-2, -1)).mean()
+        return Canonicalization(canonical, rotation, prior)
+
+
+def _check_square_images(x: object, channels: int) -> None:
+    x = check_tensor("x", x)
+    if x.ndim != 4 or x.shape[1] != channels or x.shape[-1] != x.shape[-2]:
+        raise ValueError(
+            f"x: expected square images (B, {channels}, H, H), received shape {tuple(x.shape)}"
+        )
 
 
 _DEGENERATE = (
