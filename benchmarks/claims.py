@@ -568,10 +568,20 @@ _register(
         ),
     )
 )
+NBODY_RELAXED_NOTES = """\
+Levels at the end of the 200-epoch EGNN runs (`runs/<arm>/seed<k>/metrics.jsonl`, last line):
+ACE-equality's four levels were still -0.22 to -0.32 (its equality constraint had not pulled
+them to 0 in 200 of 1000 epochs); ACE-resilient's were at most 1e-4 in size; CR's schedule had
+brought its levels to 0; RPP's levels are fixed at 1 by construction. On this machine CR on
+SEGNN took 10-12 s per epoch against strict SEGNN's 1.1-1.2 s (runs sharing the two cores), so
+the SEGNN part is the one that needs the most compute to continue."""
+
+
 _register(
     Claim(
         "nbody-relaxed",
         "CR and ACE on N-body (ACE paper, arXiv 2505.13631, Table 1; CR, arXiv 2408.13242)",
+        notes=NBODY_RELAXED_NOTES,
         parts=(
             Part("egnn", (*NBODY, "--model", "egnn", "--strategies", ",".join(RELAXED_EGNN)), 1000),
             Part(
@@ -801,7 +811,8 @@ _register(
                     FAILS,
                     "[canonical.md](canonical.md): C8 canon-prior 95.2 upright / 75.0 C8-avg, "
                     "augmentation 92.4 / 90.0 (the interpolated C8 canonicalizer favours "
-                    "multiples of 90 degrees; issue 18 replaces it); C4 (exact): canon-prior "
+                    "multiples of 90 degrees; measured before issue 18's steerable canonicalizer, "
+                    "whose MNIST rerun is still to come); C4 (exact): canon-prior "
                     "94.6 / 94.6 C4-avg, augmentation 94.8 / 92.75",
                 ),
                 differs="MNIST not CIFAR-10, a small CNN not ResNet-50, 1 seed",
