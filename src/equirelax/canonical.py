@@ -163,10 +163,7 @@ class ImageCanonicalizer(nn.Module):
         that neither the square's corners nor its padded border favour an element.
         """
         self._check(x)
-        features = self.conv(F.relu(self.lift(x)))  # (B, 1, |G|, H, W), regular fibre
-        margin = (self.lift.kernel_size // 2) + (self.conv.kernel_size // 2)
-        weights = disc_weights(x.shape[-1], margin).to(device=x.device, dtype=features.dtype)
-        return torch.einsum("bcghw,hw->bg", features, weights) / features.shape[1]
+        return _pooled_group_features(self.lift, self.conv, x)
 
     def forward(self, x: Tensor) -> Canonicalization:
         """``(c(x)^-1 x, c(x), prior)`` (see the module docstring for the training path)."""
@@ -276,10 +273,7 @@ class ImageRotationCanonicalizer(nn.Module):
     def vector(self, x: Tensor) -> Tensor:
         """The pooled equivariant vector ``v(x)`` ``(B, 2)``, ``v(g x) = g v(x)``."""
         _check_square_images(x, self.in_channels)
-        features = self.conv(F.relu(self.lift(x)))  # (B, 1, n, H, W)
-        margin = (self.lift.kernel_size // 2) + (self.conv.kernel_size // 2)
-        weights = disc_weights(x.shape[-1], margin).to(device=x.device, dtype=features.dtype)
-        pooled = torch.einsum("bcghw,hw->bg", features, weights)
+        pooled = _pooled_group_features(self.lift, self.conv, x)
         return pooled @ self.directions.to(pooled.dtype)
 
     def forward(self, x: Tensor) -> Canonicalization:
@@ -300,6 +294,15 @@ class ImageRotationCanonicalizer(nn.Module):
         identity = torch.eye(2, dtype=rotation.dtype, device=rotation.device)
         prior = (rotation - identity).square().sum(dim=(-2, -1)).mean()
         return Canonicalization(canonical, rotation, prior)
+
+
+def _pooled_group_features(lift: LiftingConv2d, conv: GroupConv2d, x: Tensor) -> Tensor:
+    """``conv(relu(lift(x)))`` averaged over channels and over the smooth disc inside the reach
+    of both layers' zero padding (:func:`disc_weights`): ``(B, |G|)``."""
+    features = conv(F.relu(lift(x)))  # (B, C, |G|, H, W), regular fibre
+    margin = (lift.kernel_size // 2) + (conv.kernel_size // 2)
+    weights = disc_weights(x.shape[-1], margin).to(device=x.device, dtype=features.dtype)
+    return torch.einsum("bcghw,hw->bg", features, weights) / features.shape[1]
 
 
 def _check_square_images(x: object, channels: int) -> None:
