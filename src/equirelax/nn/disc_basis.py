@@ -128,31 +128,26 @@ class DiscHarmonicBasis(nn.Module):
         coords = torch.arange(-half, half + 1, dtype=torch.float64)
         grid = torch.stack([coords[None, :].expand(k, k), coords.flip(0)[:, None].expand(k, k)], -1)
         raw, frequencies, parity = self._raw(grid.reshape(-1, 2))
-        # One scale per (cos, sin) pair so that the pair still rotates as a pair.
-        scales = torch.ones(len(raw), dtype=torch.float64)
-        norms = raw.square().sum(-1)
-        i = 0
-        while i < len(raw):
-            width = 1 if frequencies[i] == 0 else 2
-            scales[i : i + width] = norms[i : i + width].mean().sqrt()
-            i += width
+        # One scale per (cos, sin) pair so that the pair still rotates as a pair: the root mean
+        # squared norm of the pair's members.
+        pair = torch.cumsum(parity == 0, 0) - 1
+        norms = torch.zeros(int(pair[-1]) + 1, dtype=torch.float64)
+        norms.index_add_(0, pair, raw.square().sum(-1))
+        scales = (norms / torch.bincount(pair)).sqrt()[pair]
         keep = scales > 1e-12  # a ring outside the filter has nothing to sample
+        self._keep = keep
+        self.size = int(keep.sum())
+        # Derived from the arguments, so not part of a state dict.
         self.register_buffer("_scales", scales[keep], persistent=False)
         samples = (raw[keep] / scales[keep, None]).reshape(-1, k, k)
-        frequencies = [f for f, kept in zip(frequencies, keep.tolist(), strict=True) if kept]
-        parity = [p for p, kept in zip(parity, keep.tolist(), strict=True) if kept]
-        self._keep = keep
-        self.size = len(samples)
-        # Derived from the arguments, so not part of a state dict.
         self.register_buffer("samples", samples, persistent=False)
-        self.register_buffer(
-            "frequencies", torch.tensor(frequencies, dtype=torch.long), persistent=False
-        )
-        self.register_buffer("parity", torch.tensor(parity, dtype=torch.long), persistent=False)
+        self.register_buffer("frequencies", frequencies[keep], persistent=False)
+        self.register_buffer("parity", parity[keep], persistent=False)
 
-    def _raw(self, points: Tensor) -> tuple[Tensor, list[int], list[int]]:
+    def _raw(self, points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Unscaled basis functions at ``points`` ``(P, 2)`` (``(x, y)``, float64): ``(n', P)``
-        with their frequencies and parities, before rings outside the filter are dropped."""
+        with their frequencies and parities ``(n',)``, before rings outside the filter are
+        dropped."""
         x, y = points[:, 0], points[:, 1]
         rho = torch.sqrt(x * x + y * y)
         z = torch.complex(x, y)
@@ -177,7 +172,7 @@ class DiscHarmonicBasis(nn.Module):
                 rows += [profile * harmonic.real, profile * harmonic.imag]
                 frequencies += [m, m]
                 parity += [0, 1]
-        return torch.stack(rows), frequencies, parity
+        return torch.stack(rows), torch.tensor(frequencies), torch.tensor(parity)
 
     def evaluate(self, points: Tensor) -> Tensor:
         """The (scaled) basis functions at arbitrary points ``(P, 2)`` in pixel units
@@ -208,25 +203,16 @@ class DiscHarmonicBasis(nn.Module):
         """
         m = matrices.to(torch.float64)
         theta = torch.atan2(m[:, 1, 0], m[:, 0, 0])  # rotation angle, or twice the mirror's
-        mirror = torch.linalg.det(m) < 0
-        n = self.size
-        steer = torch.zeros(m.shape[0], n, n, dtype=torch.float64, device=m.device)
-        freq = self.frequencies.to(m.device)
-        i = 0
-        while i < n:
-            if int(freq[i]) == 0:
-                steer[:, i, i] = 1.0
-                i += 1
-                continue
-            angle = float(freq[i]) * theta
-            cos, sin = torch.cos(angle), torch.sin(angle)
-            sign = torch.where(mirror, -1.0, 1.0).to(torch.float64)
-            # rotation: [[c, -s], [s, c]]; mirror: [[c, s], [s, -c]]
-            steer[:, i, i] = cos
-            steer[:, i, i + 1] = -sign * sin
-            steer[:, i + 1, i] = sin
-            steer[:, i + 1, i + 1] = sign * cos
-            i += 2
+        sign = torch.where(torch.linalg.det(m) < 0, -1.0, 1.0).to(torch.float64)[:, None]
+        freq, parity = self.frequencies.to(m.device), self.parity.to(m.device)
+        angle = freq.to(torch.float64) * theta[:, None]  # (B, n)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        # rotation: [[c, -s], [s, c]]; mirror: [[c, s], [s, -c]] on each (cos, sin) pair;
+        # frequency 0 has cos = 1 on the diagonal.
+        steer = torch.diag_embed(torch.where(parity == 1, sign * cos, cos))
+        first = torch.nonzero((parity == 0) & (freq > 0)).squeeze(1)
+        steer[:, first, first + 1] = -sign * sin[:, first]
+        steer[:, first + 1, first] = sin[:, first + 1]
         for value in (0.0, 1.0, -1.0):
             steer = torch.where((steer - value).abs() < 1e-12, torch.full_like(steer, value), steer)
         return steer

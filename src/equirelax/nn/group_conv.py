@@ -74,13 +74,12 @@ BASES = ("pixel", "steerable")
 """Filter parametrisations of the planar group convolutions (see the module docstring)."""
 
 
-def _check_basis(basis: object, group: FiniteGroup) -> str:
+def _check_basis(basis: object, exact: bool) -> str:
+    """``basis`` or, for ``None``, pixels where the group maps the grid onto itself."""
     if basis is None:
-        return "pixel" if ImageAction(group).exact else "steerable"
+        return "pixel" if exact else "steerable"
     if basis not in BASES:
         raise ValueError(f"basis: expected one of {BASES} or None, received {basis!r}")
-    if basis == "steerable" and group.standard_representation().dim != 2:
-        raise ValueError(f"basis: 'steerable' needs a group of the plane, received {group}")
     return str(basis)
 
 
@@ -140,13 +139,13 @@ class _GroupConvolution(nn.Module):
     ) -> None:
         super().__init__()
         self.group = _check_group(group)
-        self.basis_kind = _check_basis(basis, self.group)
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.out_channels = check_positive_int("out_channels", out_channels)
         self.kernel_size = _check_kernel_size(kernel_size)
         self.padding = _check_padding(padding, self.kernel_size)
         self.action_in = ImageAction(self.group, "regular" if self.regular_input else "trivial")
         self.action_out = ImageAction(self.group, "regular")
+        self.basis_kind = _check_basis(basis, self.action_out.exact)
         fibre = (self.group.order,) if self.regular_input else ()
         k = self.kernel_size
         self.basis: DiscHarmonicBasis | None = None
@@ -192,12 +191,18 @@ class _GroupConvolution(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(B, C_in, [|G|,] H, W)`` to ``(B, C_out, |G|, H', W')``."""
+        return self.convolve(x, self.filter_bank(), self.bias)
+
+    def convolve(self, x: Tensor, filter_bank: Tensor, bias: Tensor | None) -> Tensor:
+        """Check ``x`` against this layer's input layout and run one conv2d with
+        ``filter_bank`` ``(C |G|, C_in [|G|], k, k)`` and a per-channel ``bias`` ``(C,)`` shared
+        over the group axis: ``(B, C, |G|, H', W')``, ``C`` read from the bank."""
         n = self.group.order
         x = _check_images(x, self.in_channels, n if self.regular_input else None)
         images = x.flatten(1, 2) if self.regular_input else x
-        bias = None if self.bias is None else self.bias.repeat_interleave(n)
-        out = F.conv2d(images, self.filter_bank(), bias, padding=self.padding)
-        return out.reshape(x.shape[0], self.out_channels, n, *out.shape[-2:])
+        bias = None if bias is None else bias.repeat_interleave(n)
+        out = F.conv2d(images, filter_bank, bias, padding=self.padding)
+        return out.reshape(x.shape[0], -1, n, *out.shape[-2:])
 
     def extra_repr(self) -> str:
         return (

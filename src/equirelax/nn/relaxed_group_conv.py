@@ -32,12 +32,11 @@ convolutions per pixel, with a total-variation regulariser.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from equirelax._checks import check_positive_int
 from equirelax.groups import FiniteGroup
-from equirelax.nn.group_conv import GroupConv2d, LiftingConv2d, _check_images
+from equirelax.nn.group_conv import GroupConv2d, LiftingConv2d
 
 __all__ = ["RelaxedGroupConv2d", "RelaxedLiftingConv2d", "RelaxedTranslationConv2d"]
 
@@ -118,12 +117,7 @@ class _RelaxedGroupConvolution(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(B, C_in, [|G|,] H, W)`` to ``(B, C_out, |G|, H', W')``."""
-        n = self.group.order
-        x = _check_images(x, self.in_channels, n if self.banks.regular_input else None)
-        images = x.flatten(1, 2) if self.banks.regular_input else x
-        bias = None if self.bias is None else self.bias.repeat_interleave(n)
-        out = F.conv2d(images, self.filter_bank(), bias, padding=self.padding)
-        return out.reshape(x.shape[0], self.out_channels, n, *out.shape[-2:])
+        return self.banks.convolve(x, self.filter_bank(), self.bias)
 
     def regularizer(self) -> Tensor:
         """``alpha * mean_{l, (a, b)} |w_l(a) - w_l(b)|`` over neighbouring elements."""
