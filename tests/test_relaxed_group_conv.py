@@ -136,3 +136,14 @@ def test_bad_arguments_are_named() -> None:
         RelaxedTranslationConv2d(1, 2, 3, size=8)(torch.randn(1, 1, 9, 9))
     with pytest.raises(ValueError, match="x: expected"):
         RelaxedGroupConv2d(2, 2, 3, CyclicGroup(4))(torch.randn(1, 2, 9, 9))
+
+
+def test_projection_keeps_the_group_mean_of_each_bank_weight() -> None:
+    # to_equivariant's base filter is sum_l mean_a w_l(a) psi_l, not any other constant choice.
+    torch.manual_seed(3)
+    layer = RelaxedLiftingConv2d(2, 3, 3, CyclicGroup(4), num_banks=2).double()
+    with torch.no_grad():
+        layer.relaxed_weights.copy_(torch.tensor([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 4.0, 0.0]]))
+    banks = layer.banks.weight.reshape(2, 3, 2, 3, 3)
+    expected = 3.0 * banks[0] + 1.0 * banks[1]
+    torch.testing.assert_close(layer.to_equivariant().weight, expected)
