@@ -90,6 +90,16 @@ CASES: dict[str, tuple[Callable[[], Action], Callable[[], Any], bool]] = {
         lambda: _randn(B, 2, 8, 8, 8),
         True,
     ),
+    "image-C4-vector": (
+        lambda: ImageAction(CyclicGroup(4), fibre="vector"),
+        lambda: _randn(B, 3, 2, 9, 9),
+        True,
+    ),
+    "image-D4-vector": (
+        lambda: ImageAction(DihedralGroup(4), fibre="vector"),
+        lambda: _randn(B, 2, 8, 8),
+        True,
+    ),
     "set": (lambda: PermutationAction(SymmetricGroup(5)), lambda: _randn(B, 5, 3), True),
     "graph": (
         lambda: PermutationAction(SymmetricGroup(5), dims=(1, 2)),
@@ -449,3 +459,26 @@ def test_increment_action_moves_differences_of_points() -> None:
     assert (points(g, (h, x - y))[1] - moved).abs().max() > 0.1  # the translation
     vectors = DirectSumAction(TrivialAction(group), VectorAction(group))
     assert increment_action(vectors) is vectors
+
+
+@pytest.mark.parametrize("group", [CyclicGroup(4), DihedralGroup(4), CyclicGroup(8)])
+def test_vector_fibre_turns_positions_and_vectors_alike(group: Any) -> None:
+    """The radial field ``v(p) = p`` (``x`` right, ``y`` up) is invariant under every rotation
+    and mirror; a uniform field turns with the element. Fails if pixels and vectors are turned
+    in different senses."""
+    size = 9
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    centre = (size - 1) / 2
+    radial = torch.stack([cols - centre, centre - rows]).to(F64)
+    radial = radial.expand(len(group.elements()), 2, size, size)
+    action = ImageAction(group, fibre="vector")
+    g = group.elements()
+    moved = action(g, radial)
+    inside = (cols - centre) ** 2 + (rows - centre) ** 2 <= (centre - 1) ** 2
+    atol = 0.0 if action.exact else 0.05
+    assert torch.allclose(moved[..., inside], radial[..., inside], rtol=0, atol=atol)
+    uniform = torch.zeros(len(g), 2, size, size, dtype=F64)
+    uniform[:, 0] = 1.0  # pointing right
+    turned = action(g, uniform)[..., size // 2, size // 2]
+    expected = group.standard_representation()(g).to(F64)[:, :, 0]
+    assert torch.allclose(turned, expected, rtol=0, atol=1e-12)

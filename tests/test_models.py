@@ -111,7 +111,7 @@ def test_registry_builds_models_and_rejects_other_tasks() -> None:
     assert isinstance(models.build("egnn", task, hidden_features=8), NBodyEGNN)
     assert models.build("mlp", task).num_particles == 5
     names = ["canon-mlp", "cnn", "colouring-gnn", "egnn", "emlp", "mlp", "polygon-net", "segnn",
-             "set-decoder"]  # fmt: skip
+             "set-decoder", "smoke-cnn", "smoke-gcnn", "smoke-rgcnn"]  # fmt: skip
     expected = re.escape(f"model: expected one of {names}")
     with pytest.raises(ValueError, match=expected):
         models.build("resnet", task)

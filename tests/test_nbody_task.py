@@ -29,6 +29,7 @@ from equirelax.actions import DirectSumAction, PermutationAction, PointAction
 from equirelax.groups import O3, Euclidean, SymmetricGroup
 from equirelax.tasks import Task, nbody_task, simulate
 from equirelax.tasks import nbody as nbody_module
+from equirelax.tasks._cache import cache_directory, cache_file
 from equirelax.tasks.nbody import SYMMETRY, energy, initial_conditions
 
 ENERGY_MEDIAN_TOL = 2e-3
@@ -276,11 +277,15 @@ def test_cache_name_depends_on_every_parameter(tmp_path):
         "steps", "max_force", "loc_std", "vel_norm", "seed", "generator", "split", "size",
     ):  # fmt: skip
         assert key in params
-    assert nbody_module._cache_name(params) == Path(path).name
-    names = {nbody_module._cache_name(params)}
+
+    def name(p: dict) -> str:
+        return cache_file(tmp_path, f"nbody-{p['split']}-{p['size']}", p).name
+
+    assert name(params) == Path(path).name
+    names = {name(params)}
     for key, value in params.items():
         changed = value + "x" if isinstance(value, str) else value * 2 + 1
-        names.add(nbody_module._cache_name({**params, key: changed}))
+        names.add(name({**params, key: changed}))
     assert len(names) == len(params) + 1
 
     other = {
@@ -315,7 +320,7 @@ def test_corrupt_cache_is_regenerated(tmp_path):
 
 
 def test_cache_directory_precedence(tmp_path, monkeypatch):
-    resolve = nbody_module._cache_directory
+    resolve = cache_directory
     monkeypatch.setenv("EQUIRELAX_CACHE", str(tmp_path / "env"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert resolve(tmp_path / "arg") == tmp_path / "arg"

@@ -158,9 +158,13 @@ class PointAction(VectorAction):
 class ImageAction(Action):
     """Rotations and reflections of square images about their centre.
 
-    ``x`` is ``(B, C, H, W)`` (``fibre="trivial"``) or ``(B, C, |G|, H, W)`` feature maps of a
+    ``x`` is ``(B, C, H, W)`` (``fibre="trivial"``), ``(B, C, |G|, H, W)`` feature maps of a
     group convolution (``fibre="regular"``: the group axis is also permuted,
-    ``(g . f)(h) = f(g^-1 h)``). Rotations by multiples of 90 degrees and the mirrors of D_4 are
+    ``(g . f)(h) = f(g^-1 h)``) or planar vector fields ``(B, ..., 2, H, W)`` such as velocity
+    frames (``fibre="vector"``: each vector, components ``(x right, y up)``, is also turned,
+    ``(g . v)(p) = R_g v(R_g^-1 p)``).
+
+    Rotations by multiples of 90 degrees and the mirrors of D_4 are
     exact pixel permutations; other angles are bilinear interpolation (``grid_sample``), which is
     only approximately a homomorphism. The first image axis points down, the second right; a
     rotation by ``theta`` turns the image counter-clockwise as displayed.
@@ -168,8 +172,10 @@ class ImageAction(Action):
 
     def __init__(self, group: Group, fibre: str = "trivial") -> None:
         super().__init__(group)
-        if fibre not in ("trivial", "regular"):
-            raise ValueError(f"fibre: expected 'trivial' or 'regular', received {fibre!r}")
+        if fibre not in ("trivial", "regular", "vector"):
+            raise ValueError(
+                f"fibre: expected 'trivial', 'regular' or 'vector', received {fibre!r}"
+            )
         if fibre == "regular" and not isinstance(group, FiniteGroup):
             raise ValueError(f"fibre: 'regular' needs a finite group, received {group}")
         standard = group.standard_representation()
@@ -185,6 +191,13 @@ class ImageAction(Action):
 
     def check_input(self, x: Any, name: str = "x") -> None:
         super().check_input(x, name)
+        if self.fibre == "vector":
+            if x.ndim < 4 or x.shape[-3] != 2 or x.shape[-1] != x.shape[-2]:
+                raise ValueError(
+                    f"{name}: expected square vector fields (B, ..., 2, H, W), received shape "
+                    f"{tuple(x.shape)}"
+                )
+            return
         ndim = 4 if self.fibre == "trivial" else 5
         layout = (
             "(B, C, H, W)" if ndim == 4 else f"(B, C, {getattr(self.group, 'order', '|G|')}, H, W)"
@@ -209,6 +222,10 @@ class ImageAction(Action):
             out = torch.gather(flat, -1, idx).reshape(x.shape)
         else:
             out = _rotate_bilinear(x, matrices.to(x.dtype))
+        if self.fibre == "vector":
+            turn = (matrices.round() if self.exact else matrices).to(x.device, x.dtype)
+            turn = turn.reshape(turn.shape[0], *([1] * (x.ndim - 4)), 2, 2)
+            out = torch.einsum("...ij,...jhw->...ihw", turn, out)
         if self.fibre == "regular":
             group: FiniteGroup = self.group  # type: ignore[assignment]
             table = group.multiplication_table.to(g.device)
@@ -362,7 +379,7 @@ def _rotate_bilinear(x: Tensor, matrices: Tensor) -> Tensor:
     # affine_grid uses (x right, y down) coordinates: conjugate by diag(1, -1).
     theta = inverse * flip_y.reshape(1, 2, 1) * flip_y.reshape(1, 1, 2)
     theta = torch.cat([theta, torch.zeros(batch, 2, 1, dtype=x.dtype, device=x.device)], dim=2)
-    images = x if x.ndim == 4 else x.flatten(1, 2)
+    images = x if x.ndim == 4 else x.flatten(1, -3)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.reshape(x.shape)

@@ -49,6 +49,7 @@ from equirelax._checks import check_positive_int, check_tensor
 from equirelax.actions import Action, ImageAction, PointAction
 from equirelax.groups import O3, SO2, SO3, CyclicGroup, DihedralGroup, Euclidean, FiniteGroup, Group
 from equirelax.nn import GroupConv2d, LiftingConv2d, VNLeakyReLU, VNLinear
+from equirelax.outputs import PenalizedOutput
 
 __all__ = [
     "Canonicalization",
@@ -493,10 +494,13 @@ class Canonicalized(nn.Module):
 
 
 def split_output(outputs: Any) -> tuple[Any, Tensor | None]:
-    """``(output, prior)`` of a model's return value: a :class:`Canonicalization` gives its
-    output and (weighted) prior, anything else is the output itself with no prior."""
+    """``(output, penalty)`` of a model's return value: a :class:`Canonicalization` gives its
+    output and (weighted) prior, a :class:`~equirelax.outputs.PenalizedOutput` its output and
+    penalty, anything else is the output itself with no penalty."""
     if isinstance(outputs, Canonicalization):
         return outputs.output, outputs.prior
+    if isinstance(outputs, PenalizedOutput):
+        return outputs.output, outputs.penalty
     return outputs, None
 
 

@@ -96,7 +96,7 @@ def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None
     training.add_argument("--batch-size", type=_positive_int)
     training.add_argument("--lr", type=_positive_float)
     training.add_argument("--weight-decay", type=_non_negative_float)
-    training.add_argument("--lr-schedule", choices=("constant", "cosine"))
+    training.add_argument("--lr-schedule", choices=("constant", "cosine", "exponential"))
     training.add_argument(
         "--max-grad-norm", type=_positive_float, help="clip the gradient norm (default: no clip)"
     )

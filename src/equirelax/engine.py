@@ -40,7 +40,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,7 @@ __all__ = [
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 METRICS = "metrics.jsonl"
-_LR_SCHEDULES = ("constant", "cosine")
+_LR_SCHEDULES = ("constant", "cosine", "exponential")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -88,6 +88,10 @@ class TrainConfig:
     ``{"canonicalizer.": 10.0}`` trains a :class:`~equirelax.canonical.Canonicalized` model's
     canonicalizer 10 times faster than its predictor (the longest matching prefix wins; other
     parameters use ``lr``).
+
+    ``lr_schedule`` is ``"constant"``, ``"cosine"`` (annealed to 0 over the run, per step) or
+    ``"exponential"`` (times ``lr_decay`` after every epoch, as the smoke-plume protocol's
+    ``StepLR``).
 
     ``eval_every`` evaluates on the validation split every that many epochs (and always after
     the last); ``patience`` (``None``: never) stops training once that many epochs have passed
@@ -104,6 +108,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
+    lr_decay: float = 0.95
     max_grad_norm: float | None = None
     lr_scale: dict[str, float] = field(default_factory=dict)
     seed: int = 0
@@ -124,6 +129,10 @@ class TrainConfig:
             raise ValueError(f"seed: expected a non-negative integer, received {self.seed!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr: expected a positive finite number, received {self.lr!r}")
+        if isinstance(self.lr_decay, bool) or not (
+            isinstance(self.lr_decay, (int, float)) and 0 < self.lr_decay <= 1
+        ):
+            raise ValueError(f"lr_decay: expected a number in (0, 1], received {self.lr_decay!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay: expected >= 0, received {self.weight_decay!r}")
         check_choice("lr_schedule", self.lr_schedule, _LR_SCHEDULES)
@@ -230,11 +239,15 @@ def train(
     _build_lazy_branches(model, train_inputs)
     optimiser = make_optimiser(model, strategy, config)
     steps_per_epoch = math.ceil(batch_size(train_inputs) / config.batch_size)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.epochs * steps_per_epoch)
-        if config.lr_schedule == "cosine"
-        else None
-    )
+    scheduler: Any = None
+    if config.lr_schedule == "cosine":
+        total = config.epochs * steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, total)
+    elif config.lr_schedule == "exponential":
+        decay = float(config.lr_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda step: decay ** (step // steps_per_epoch)
+        )
 
     start_epoch, history, best, stopped = 0, [], None, False
     checkpoint = directory / CHECKPOINT if directory is not None else None
@@ -340,6 +353,13 @@ def train(
         if best is not None and best.relaxed is not None:
             final["test_relaxed"] = _metric(best.relaxed, task, task.test, config, device)
             final["test_relaxed_final"] = _metric(model, task, task.test, config, device)
+    for name, split in task.test_splits.items():
+        final[f"test_{name}_final"] = _metric(evaluation_model, task, split, config, device)
+        final[f"test_{name}"] = (
+            _metric(best.model, task, split, config, device)
+            if best is not None
+            else final[f"test_{name}_final"]
+        )
     return TrainResult(
         model,
         evaluation_model,
@@ -536,7 +556,9 @@ def _equivariance_error(
 def _metric(model: nn.Module, task: Task, split: Split, config: TrainConfig, device: Any) -> float:
     """The task metric over a split, averaged over samples (evaluation mode, batched)."""
     assert task.metric is not None
-    return split_means(model, split, [task.metric], config.eval_batch_size, device)[0]
+    return split_means(
+        model, split, [task.metric], config.eval_batch_size, device, predict=task.predict
+    )[0]
 
 
 @torch.no_grad()
@@ -546,10 +568,15 @@ def split_means(
     functions: Sequence[Callable[[Tensor, Tensor], Tensor]],
     eval_batch_size: int = 1000,
     device: Any = None,
+    *,
+    predict: Callable[[Callable[..., Any], Any, Tensor], Tensor] | None = None,
 ) -> list[float]:
     """The sample-weighted mean over a split of each ``function(outputs, targets)`` (e.g. a
     task's loss and metric), in evaluation mode and batches of ``eval_batch_size``, on
-    ``device`` (default: the device of the model's first parameter)."""
+    ``device`` (default: the device of the model's first parameter). The outputs are
+    ``predict(model, inputs, targets)`` (a task's :attr:`~equirelax.tasks.base.Task.predict`,
+    e.g. a rollout) or, by default, ``model(*inputs)``; a penalty the model returns beside its
+    output is left out."""
     was_training = model.training
     model.eval()
     if device is None:
@@ -558,9 +585,13 @@ def split_means(
     count, totals = batch_size(inputs), [0.0] * len(functions)
     for start in range(0, count, eval_batch_size):
         rows = torch.arange(start, min(start + eval_batch_size, count))
-        outputs, _ = split_output(call(model, index(inputs, rows)))
+        batch, wanted = index(inputs, rows), targets[rows]
+        if predict is None:
+            outputs, _ = split_output(call(model, batch))
+        else:
+            outputs = predict(TaskOutput(model), batch, wanted)
         for i, function in enumerate(functions):
-            totals[i] += float(function(outputs, targets[rows])) * rows.numel()
+            totals[i] += float(function(outputs, wanted)) * rows.numel()
     model.train(was_training)
     return [total / count for total in totals]
 
@@ -747,14 +778,17 @@ def check_continuation(
     and a strategy without :attr:`~equirelax.strategies.Strategy.plans_over_epochs` (CR's
     schedule). ``where`` names the checkpoint in the message."""
     new = asdict(config)
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    # A setting added after the run was recorded had its default then.
+    recorded = {**{k: v for k, v in defaults.items() if k not in recorded}, **recorded}
     changed = sorted(
         key for key in new if key not in _FREE_ON_RESUME and recorded.get(key) != new[key]
     )
     if changed == ["epochs"] and new["epochs"] > recorded["epochs"]:
-        if config.lr_schedule != "constant" or strategy.plans_over_epochs:
+        if config.lr_schedule == "cosine" or strategy.plans_over_epochs:
             planned = (
-                f"the {config.lr_schedule} learning rate"
-                if config.lr_schedule != "constant"
+                "the cosine learning rate"
+                if config.lr_schedule == "cosine"
                 else f"{strategy.name}'s schedule"
             )
             raise ValueError(
@@ -766,7 +800,7 @@ def check_continuation(
         differences = ", ".join(f"{k}={recorded.get(k)!r} -> {new[k]!r}" for k in changed)
         raise ValueError(
             f"resume: {where} was trained with other settings ({differences}); resume with "
-            "the recorded settings, or start a new run (only more epochs at a constant "
+            "the recorded settings, or start a new run (only more epochs without a cosine "
             "learning rate, compile, device and eval_batch_size may change)"
         )
 

@@ -17,6 +17,11 @@ name        what it is                                                  relaxati
 ``cnn``     small unconstrained CNN classifier for image tasks            none
             (``SmallCNN``): the pretrained predictor of
             ``equirelax adapt``
+``smoke-``  smoke-plume models on velocity windows: ``smoke-cnn`` (plain   free branch: a plain
+``*``       CNN), ``smoke-gcnn`` (C4 group CNN; lifted with ``e_n . v``,    convolution per
+            read out with ``sum_n f(n) e_n``), ``smoke-rgcnn`` (relaxed  group convolution
+            group convolutions, Wang et al. 2022: relaxed by
+            construction; train it with ``free``)
 ``canon-``  the particle MLP made E(3)-equivariant by canonicalization  none (exactly
 ``mlp``     (Kaba et al. 2023): a vector-neuron canonicalizer gives a   equivariant, not
             frame and centroid from the positions; ``c(x) MLP(c(x)^-1   permutation-
@@ -53,6 +58,7 @@ from equirelax.models.cnn import SmallCNN
 from equirelax.models.egnn import NBodyEGNN
 from equirelax.models.emlp import EMLP, MLP
 from equirelax.models.mlp import NBodyMLP
+from equirelax.models.smoke import SmokeCNN, SmokeGroupCNN, SmokeRelaxedGroupCNN
 from equirelax.representations import Representation
 from equirelax.tasks.base import Task
 
@@ -67,6 +73,9 @@ __all__ = [
     "PolygonPointer",
     "SetDecoder",
     "SmallCNN",
+    "SmokeCNN",
+    "SmokeGroupCNN",
+    "SmokeRelaxedGroupCNN",
     "build",
 ]
 
@@ -177,6 +186,21 @@ def _canon_mlp(
     return Canonicalized(canonicalizer, predictor, task.action_out, prior_weight=prior_weight)
 
 
+def _smoke(model: type[nn.Module]) -> Callable[..., nn.Module]:
+    """A builder of a smoke-plume model: needs velocity windows ``(N, T, 2, H, W)``."""
+
+    def builder(task: Task, **options: Any) -> nn.Module:
+        inputs = task.train[0]
+        if not isinstance(inputs, Tensor) or inputs.ndim != 5 or inputs.shape[2] != 2:
+            raise ValueError(
+                f"task: model {model.__name__} needs velocity windows (N, T, 2, H, W) like the "
+                f"smoke task, received task {task.name!r} with inputs {describe(inputs)}"
+            )
+        return model(frames=inputs.shape[1], **options)
+
+    return builder
+
+
 def _breaking_inputs(task: Task, model: str, layout: str, ok: bool) -> None:
     if not ok:
         raise ValueError(
@@ -218,6 +242,15 @@ MODELS: dict[str, ModelInfo] = {
     "cnn": ModelInfo(_cnn, "small CNN classifier, no symmetry", False),
     "canon-mlp": ModelInfo(
         _canon_mlp, "particle MLP canonicalized by a learned E(3) frame, E(3)-equivariant", True
+    ),
+    "smoke-cnn": ModelInfo(_smoke(SmokeCNN), "plain CNN on velocity frames, no symmetry", False),
+    "smoke-gcnn": ModelInfo(
+        _smoke(SmokeGroupCNN), "C4 group CNN on velocity frames, C4-equivariant", True
+    ),
+    "smoke-rgcnn": ModelInfo(
+        _smoke(SmokeRelaxedGroupCNN),
+        "relaxed C4 group CNN (Wang et al. 2022); train it with strategy 'free'",
+        False,
     ),
     "polygon-net": ModelInfo(
         _polygon_net, "O(2) x S_m DeepSets vector model; option breaking=strict|noise|relaxed", True

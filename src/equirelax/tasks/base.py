@@ -51,6 +51,15 @@ class Task:
         Evaluation metric, lower is better; default the loss.
     metric_name:
         How the metric is reported.
+    test_splits:
+        Further named test splits (e.g. ``{"domain": ...}`` for held-out simulations), each
+        reported like ``test`` as ``test_<name>`` at the best validation epoch and
+        ``test_<name>_final``.
+    predict:
+        How evaluation turns a model and a batch of a split's inputs into outputs shaped like
+        that batch's targets: ``predict(model, inputs, targets) -> outputs`` (``targets`` only
+        for their shape, e.g. a rollout horizon). ``None`` (default): ``model(*inputs)``.
+        Training always calls the model once per batch.
     """
 
     name: str
@@ -64,14 +73,24 @@ class Task:
     metric_name: str = "mse"
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    test_splits: dict[str, Split] = field(default_factory=dict)
+    predict: Callable[[Callable[..., Any], Any, Tensor], Tensor] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.action_in, Action):
             raise TypeError(f"action_in: expected an Action, received {self.action_in!r}")
         if self.action_out is None:
             self.action_out = TrivialAction(self.action_in.group)
-        for name in ("train", "val", "test"):
-            split = getattr(self, name)
+        if not isinstance(self.test_splits, dict) or not all(
+            isinstance(k, str) and k.isidentifier() for k in self.test_splits
+        ):
+            raise TypeError(
+                "test_splits: expected a dict of named splits (identifier names), received "
+                f"{self.test_splits!r}"
+            )
+        named = {"train": self.train, "val": self.val, "test": self.test}
+        named.update({f"test_splits[{k!r}]": v for k, v in self.test_splits.items()})
+        for name, split in named.items():
             if split is None:
                 continue
             if not isinstance(split, tuple) or len(split) != 2:
@@ -84,6 +103,8 @@ class Task:
                 )
         if self.metric is None:
             self.metric = self.loss
+        if self.predict is not None and not callable(self.predict):
+            raise TypeError(f"predict: expected a callable or None, received {self.predict!r}")
 
     @classmethod
     def from_splits(cls, name: str, splits: dict[str, Split], **fields: Any) -> Task:

@@ -36,13 +36,8 @@ simulation parameter, in ``cache_dir``, else ``$EQUIRELAX_CACHE``, else
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,6 +53,7 @@ from equirelax.actions import (
     VectorAction,
 )
 from equirelax.groups import O3, Euclidean, SymmetricGroup
+from equirelax.tasks._cache import cache_directory, cache_file, load_arrays, save_arrays
 from equirelax.tasks.base import Task
 
 __all__ = [
@@ -83,7 +79,6 @@ _SPLITS = ("train", "val", "test")
 GENERATORS = ("equirelax", "egnn")
 EGNN_SPLIT_SIZES = {"train": 10000, "val": 2000, "test": 2000}
 """Systems per split of the EGNN repository's ``nbody_small`` files, drawn in this order."""
-_ARRAYS = ("positions", "velocities", "charges", "targets")
 
 
 def initial_conditions(
@@ -423,7 +418,7 @@ def nbody_task(
                 )
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected a bool, received {progress!r}")
-    directory = _cache_directory(cache_dir)
+    directory = cache_directory(cache_dir)
 
     common = {
         "format_version": FORMAT_VERSION,
@@ -441,14 +436,13 @@ def nbody_task(
     }
     wanted = [s for s in _SPLITS if sizes[s] > 0]
     params = {s: {**common, "split": s, "size": sizes[s]} for s in wanted}
-    paths = {s: directory / _cache_name(params[s]) for s in wanted}
-    data = {s: _load(paths[s], params[s]) for s in wanted}
+    paths = {s: cache_file(directory, f"nbody-{s}-{sizes[s]}", params[s]) for s in wanted}
+    data = {s: load_arrays(paths[s], params[s], _shapes(params[s])) for s in wanted}
     missing = [s for s in wanted if data[s] is None]
     if missing:
         generated = _generate(missing, params, progress)
-        directory.mkdir(parents=True, exist_ok=True)
         for s in missing:
-            _save_atomically(paths[s], generated[s], params[s])
+            save_arrays(paths[s], generated[s], params[s])
             data[s] = generated[s]
 
     splits = {s: _as_split(data[s]) for s in wanted}  # type: ignore[arg-type]
@@ -536,65 +530,14 @@ def _as_split(arrays: dict[str, np.ndarray]) -> tuple[tuple[torch.Tensor, ...], 
     return inputs, torch.from_numpy(arrays["targets"])
 
 
-def _cache_directory(cache_dir: str | os.PathLike[str] | None) -> Path:
-    if cache_dir is not None:
-        if not isinstance(cache_dir, (str, os.PathLike)):
-            raise TypeError(f"cache_dir: expected a path or None, received {cache_dir!r}")
-        return Path(cache_dir).expanduser()
-    if os.environ.get("EQUIRELAX_CACHE"):
-        return Path(os.environ["EQUIRELAX_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "equirelax"
-    return Path.home() / ".cache" / "equirelax"
-
-
-def _cache_name(params: dict[str, Any]) -> str:
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    return f"nbody-{params['split']}-{params['size']}-{digest}.npz"
-
-
-def _load(path: Path, params: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or ``None`` (with a warning if a file exists but cannot be used)."""
-    if not path.exists():
-        return None
+def _shapes(params: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     n, size = params["num_particles"], params["size"]
-    shapes = {
+    return {
         "positions": (size, n, 3),
         "velocities": (size, n, 3),
         "charges": (size, n, 1),
         "targets": (size, n, 3),
     }
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            arrays = {k: stored[k] for k in _ARRAYS}
-            stored_params = json.loads(str(stored["params"]))
-        problems = [k for k in _ARRAYS if arrays[k].shape != shapes[k]]
-        if stored_params != params or problems:
-            raise ValueError(f"unexpected parameters or shapes ({problems})")
-        if not all(np.isfinite(arrays[k]).all() for k in _ARRAYS):
-            raise ValueError("non-finite values")
-    except Exception as error:  # a truncated or foreign file: regenerate it
-        warnings.warn(
-            f"cache_dir: ignoring the unreadable cache file {path} ({error!r}); regenerating it",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return None
-    return arrays
-
-
-def _save_atomically(path: Path, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> None:
-    """Write ``path`` through a temporary file in the same directory and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, params=np.array(json.dumps(params, sort_keys=True)), **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- input checks -----------------------------------------------------------------------------
