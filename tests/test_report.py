@@ -73,3 +73,16 @@ def test_a_failed_run_is_counted_and_left_out_of_the_statistics() -> None:
     assert rows["ace"]["failed"] == 1
     assert rows["ace"]["time_ratio"] == pytest.approx(2.0)
     assert "| 2 (1 failed) |" in format_table(list(rows.values()))
+
+
+def test_further_test_splits_get_their_own_column() -> None:
+    runs = [_run("strict", 0, 1.0, 1.0), _run("strict", 1, 3.0, 1.0), _run("cr", 0, 2.0, 1.0)]
+    for run, domain in zip(runs, (4.0, 6.0, 7.0), strict=True):
+        run["final"].update(test_domain=domain, test_domain_final=9.0, test_relaxed=8.0)
+    rows = summarize(runs)
+    assert rows[0]["test_splits"] == {"test_domain": (5.0, pytest.approx(math.sqrt(2.0)))}
+    table = format_table(rows, "rmse")
+    assert "| test_domain at best val |" in table.splitlines()[0]
+    assert "test_relaxed" not in table
+    assert "| 5.000e+00 ± 1.4e+00 |" in table.splitlines()[2]
+    assert "| 7.000e+00 |" in table.splitlines()[3]

@@ -58,6 +58,10 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"strategy": label, "seeds": len(group)}
         for key in ("test", "test_final", "best_val", "best_epoch", "val", "val_relaxed"):
             row[key] = mean_std([f.get(key, math.nan) for f in finals])
+        row["test_splits"] = {
+            key: mean_std([f.get(key, math.nan) for f in finals])
+            for key in sorted({k for f in finals for k in f if _is_named_test(k)})
+        }
         row["equivariance_error"] = mean_std([f.get("equivariance_error") for f in finals])
         finished = [r for r in group if "error" not in r]
         row["failed"] = len(group) - len(finished)
@@ -91,6 +95,12 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _is_named_test(key: str) -> bool:
+    """Whether ``key`` is a further test split's metric at the best validation epoch,
+    ``test_<name>`` (:attr:`equirelax.tasks.base.Task.test_splits`)."""
+    return key.startswith("test_") and not key.endswith("_final") and key != "test_relaxed"
+
+
 def _ahead(a: tuple[float, float], b: tuple[float, float]) -> bool:
     """Whether mean ``a`` is below mean ``b`` by more than one standard deviation of either
     (``(mean, std)`` pairs; a std of 0 from a single seed counts as no estimate: never ahead)."""
@@ -100,7 +110,7 @@ def _ahead(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 def _value(row: dict[str, Any], key: str) -> str:
     """``mean ± std`` over seeds, or just the value for a single finite seed."""
-    mean, std = row[key]
+    mean, std = row[key] if key in row else row["test_splits"].get(key, (math.nan, math.nan))
     if not math.isfinite(mean):
         return "-"
     return f"{mean:.3e}" if row["seeds"] - row["failed"] <= 1 else f"{mean:.3e} ± {std:.1e}"
@@ -111,11 +121,14 @@ def format_table(rows: Sequence[dict[str, Any]], metric: str = "mse") -> str:
     leader within noise of the runner-up marked ``(within noise)``)."""
     primary = rows[0]["primary"] if rows else "test"
     title = {"test": "test at best val", "best_val": "best val", "val": "val"}[primary]
+    named = sorted({key for row in rows for key in row.get("test_splits", {})})
     header = (
-        f"| strategy | {title} {metric} | test at final epoch | best epoch | "
-        f"val {metric} (final) | equivariance error | s / epoch | vs strict | seeds |"
+        f"| strategy | {title} {metric} | test at final epoch | "
+        + "".join(f"{key} at best val | " for key in named)
+        + f"best epoch | val {metric} (final) | equivariance error | s / epoch | vs strict | "
+        "seeds |"
     )
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    lines = [header, "|---" * (9 + len(named)) + "|"]
     for row in rows:
         value, name = _value(row, primary), row["strategy"]
         if row.get("best"):
@@ -126,7 +139,8 @@ def format_table(rows: Sequence[dict[str, Any]], metric: str = "mse") -> str:
         epoch = row["best_epoch"][0]
         lines.append(
             f"| {name} | {value} | {_value(row, 'test_final')} | "
-            f"{'-' if not math.isfinite(epoch) else f'{epoch + 1:.0f}'} | {_value(row, 'val')} | "
+            + "".join(f"{_value(row, key)} | " for key in named)
+            + f"{'-' if not math.isfinite(epoch) else f'{epoch + 1:.0f}'} | {_value(row, 'val')} | "
             f"{row['equivariance_error'][0]:.1e} | {row['seconds_per_epoch']:.3f} | "
             f"{row['time_ratio']:.2f} | {seeds} |"
         )

@@ -47,8 +47,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from equirelax._checks import check_int, check_positive_int
+from equirelax._checks import check_bool, check_int, check_positive_int
 from equirelax.actions import ImageAction
 from equirelax.groups import CyclicGroup
 from equirelax.tasks._cache import cache_directory, cache_file, load_arrays, save_arrays
@@ -110,17 +111,19 @@ def plumes(per_edge: int, breaking: float = 1.0, base: float = 0.01) -> list[Plu
 
 
 def simulate_plumes(
-    simulations: Sequence[Plume], resolution: int = 64, steps: int = 310
+    simulations: Sequence[Plume], resolution: int = 64, steps: int = 310, progress: bool = False
 ) -> np.ndarray:
     """Velocity frames ``(S, steps, 2, H, W)`` (float32, image layout, components ``(x right,
     y up)``) of the smoke simulations, all run at once along a PhiFlow batch dimension.
 
     The box is ``resolution`` cells wide; the inflow is a disc of radius ``5 r`` centred ``5 r``
     cells in from the middle of its edge, ``r = resolution / 64`` (the official 64-cell layout
-    scaled), adding 1 unit of smoke per step; ``dt = 1``.
+    scaled), adding 1 unit of smoke per step; ``dt = 1``. ``progress`` shows a bar over the
+    steps.
     """
-    resolution = check_int("resolution", resolution, minimum=8)
+    resolution = check_int("resolution", resolution, minimum=16)
     steps = check_positive_int("steps", steps)
+    check_bool("progress", progress)
     if not simulations or not all(isinstance(p, Plume) and p.edge in range(4) for p in simulations):
         raise ValueError(
             f"simulations: expected a non-empty sequence of Plume(edge in 0..3, strength), "
@@ -155,7 +158,8 @@ def simulate_plumes(
         velocity = flow.StaggeredGrid(0, 0, **grid)
         solve = flow.Solve("auto", 1e-5, 1e-5)
         frames = []
-        for _ in range(steps):
+        bar = tqdm(range(steps), desc="simulating smoke plumes", disable=not progress)
+        for _ in bar:
             smoke = flow.advect.mac_cormack(smoke, velocity, dt=1) + inflow
             buoyancy = flow.resample(smoke * force, to=velocity)
             velocity = flow.advect.semi_lagrangian(velocity, velocity, dt=1) + buoyancy
@@ -295,6 +299,7 @@ def smoke_task(
     domain_simulations: int | None = None,
     seed: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = False,
 ) -> Task:
     """The smoke-plume task (module docstring), simulated with PhiFlow on first use and cached.
 
@@ -315,8 +320,11 @@ def smoke_task(
         simulations, else ``round(S * 10 / 35)``, drawn with ``seed``).
     cache_dir:
         Where the generated frames go (as for the N-body task).
+    progress:
+        A progress bar while simulating.
     """
-    resolution = check_int("resolution", resolution, minimum=8)
+    resolution = check_int("resolution", resolution, minimum=16)
+    check_bool("progress", progress)
     steps = check_positive_int("steps", steps)
     _scaled_windows(steps)
     simulations = plumes(per_edge, breaking, base)
@@ -331,7 +339,7 @@ def smoke_task(
     shape = (len(simulations), steps, 2, resolution, resolution)
     stored = load_arrays(path, params, {"frames": shape})
     if stored is None:
-        stored = {"frames": simulate_plumes(simulations, resolution, steps)}
+        stored = {"frames": simulate_plumes(simulations, resolution, steps, progress)}
         save_arrays(path, stored, params)
     extra = {"breaking": breaking, "cache_file": str(path), "train_simulations": train}
     return smoke_task_from_frames(stored["frames"], domain=domain, extra=extra)
