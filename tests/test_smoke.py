@@ -208,3 +208,16 @@ def test_quick_training_on_synthetic_frames_reports_both_test_splits(tmp_path) -
     for key in ("test", "test_final", "test_domain", "test_domain_final"):
         assert key in final
         assert final[key] > 0
+
+
+def test_relaxed_group_cnn_levels_are_read_like_relaxed_layers() -> None:
+    from equirelax.strategies.base import levels
+
+    model = SmokeRelaxedGroupCNN(hidden=2, layers=3)
+    assert levels(model) == [0.0, 0.0, 0.0]
+    with torch.no_grad():
+        model.layers[2].relaxed_weights[0, 1] += 0.25
+    assert levels(model)[:2] == [0.0, 0.0]
+    assert levels(model)[2] == pytest.approx(float(model.layers[2].level()))
+    assert levels(model)[2] > 0
+    assert levels(project(model)) == []

@@ -185,8 +185,18 @@ def require_actions(
 
 
 def levels(model: nn.Module) -> list[float]:
-    """Every relaxed layer's level, in module order."""
-    return [float(layer.level.detach()) for layer in relaxed_layers(model).values()]
+    """Every relaxed layer's level, in module order: a :class:`~equirelax.Relaxed` layer's
+    ``level``, and for a layer relaxed by construction (one with ``to_equivariant()``, e.g.
+    :class:`~equirelax.nn.RelaxedGroupConv2d`) its deviation from equivariance ``level()``."""
+    out = []
+    for module in model.modules():
+        if isinstance(module, Relaxed):
+            out.append(float(module.level.detach()))
+        elif callable(getattr(module, "to_equivariant", None)) and callable(
+            getattr(module, "level", None)
+        ):
+            out.append(float(module.level().detach()))
+    return out
 
 
 @torch.no_grad()
