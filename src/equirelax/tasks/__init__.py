@@ -27,6 +27,13 @@ from equirelax.tasks.images import (
 )
 from equirelax.tasks.nbody import nbody_task, simulate
 from equirelax.tasks.registry import TASKS, TaskInfo, get
+from equirelax.tasks.smoke import (
+    rollout,
+    root_mean_squared_error,
+    simulate_plumes,
+    smoke_task,
+    smoke_task_from_frames,
+)
 from equirelax.tasks.synthetic import (
     gap_dial_function,
     gap_dial_task,
@@ -67,8 +74,13 @@ __all__ = [
     "polygon_failure",
     "polygon_loss",
     "polygon_task",
+    "rollout",
+    "root_mean_squared_error",
     "set_decoding_failure",
     "set_decoding_loss",
     "set_decoding_task",
     "simulate",
+    "simulate_plumes",
+    "smoke_task",
+    "smoke_task_from_frames",
 ]
