@@ -167,3 +167,16 @@ def test_every_registered_row_names_arms_of_registered_parts():
         for row in claim.rows:
             for arm in row.judge.arms():
                 assert arm.part in parts, (claim.name, row.statement, arm.part)
+
+
+def test_an_arm_reads_the_test_split_it_names(tmp_path):
+    _write(tmp_path, "c/p", {"strict": [1.0, 2.0, 3.0]})
+    path = tmp_path / "c/p" / "results.json"
+    results = json.loads(path.read_text())
+    for run in results["runs"]:
+        run["final"].update(test_domain=10 * run["final"]["test"], test_domain_final=0.0)
+    path.write_text(json.dumps(results))
+    domain = claims.load_arm(tmp_path, claims.Arm("c/p", "strict", "strict", metric="test_domain"))
+    assert domain.test == [10.0, 20.0, 30.0]
+    assert domain.test_final == [0.0, 0.0, 0.0]
+    assert claims.load_arm(tmp_path, _arm("strict")).test == [1.0, 2.0, 3.0]
