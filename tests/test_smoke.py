@@ -5,6 +5,7 @@ is installed."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from equirelax import project
 from equirelax.actions import ImageAction
 from equirelax.canonical import split_output
+from equirelax.cli import main
 from equirelax.compare import run_one
 from equirelax.engine import TrainConfig
 from equirelax.groups import CyclicGroup
@@ -173,10 +175,20 @@ def test_task_refuses_bad_input() -> None:
         simulate_plumes([Plume(5, 0.1)], resolution=16, steps=2)
 
 
-@pytest.mark.skipif(HAS_PHIFLOW, reason="PhiFlow is installed")
-def test_missing_phiflow_names_the_install_command(tmp_path) -> None:
+def _hide_phiflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("phi", "phi.torch", "phiml"):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ModuleNotFoundError
+
+
+def test_missing_phiflow_names_the_install_command(tmp_path, monkeypatch, capsys) -> None:
+    _hide_phiflow(monkeypatch)
     with pytest.raises(ModuleNotFoundError, match=r'pip install "equirelax\[flow\]"'):
         smoke_task(resolution=16, steps=170, per_edge=1, cache_dir=tmp_path)
+    monkeypatch.setenv("EQUIRELAX_CACHE", str(tmp_path))
+    assert main(["compare", "smoke", "--epochs", "1", "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("equirelax compare: error: smoke: generating the smoke-plume data")
+    assert "Traceback" not in error
 
 
 @pytest.mark.skipif(not HAS_PHIFLOW, reason="needs PhiFlow (pip install 'equirelax[flow]')")

@@ -286,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "equirelax " + " ".join(shlex.quote(word) for word in words)
     try:
         task = info.builder(**task_options)
+    except ImportError as error:
+        print(f"equirelax {args.command}: error: {error}", file=sys.stderr)
+        return 2
     except (TypeError, ValueError) as error:
         parser.error(f"--task-option: task {args.task!r} refused its options: {error}")
     recorded_task_options = {k: v for k, v in task_options.items() if k != "progress"}
