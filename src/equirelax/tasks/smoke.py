@@ -77,6 +77,8 @@ _OFFICIAL_DOMAIN = (6, 14, 15, 10, 18, 20, 24, 13, 21, 5)
 _OFFICIAL_UNUSED = (32,)
 _HORIZONS = {"val": 6, "future": 20, "domain": 20}
 _TOP = 2
+_SKIPPED = 2
+"""Frames before the first window (the official ``Dataset`` starts its windows at frame 2)."""
 _INSTALL = 'pip install "equirelax[flow]"'
 
 
@@ -191,19 +193,23 @@ def rollout(model: Callable[..., Tensor], inputs: Tensor, targets: Tensor) -> Te
 
 def _scaled_windows(steps: int) -> dict[str, int]:
     """Window-start limits for ``steps`` frames: the official limits scaled by ``steps / 310``
-    and checked to leave room for the longest rollout."""
-    limits = {k: round(v * steps / _OFFICIAL_STEPS) for k, v in _OFFICIAL_WINDOWS.items()}
-    needed = limits["future"] + 2 + INPUT_FRAMES + _HORIZONS["future"] - 1
-    if limits["train"] < 1 or limits["val"] <= limits["train"] or needed > steps:
-        minimum = next(
-            s for s in range(steps, 10 * _OFFICIAL_STEPS)
-            if round(250 * s / _OFFICIAL_STEPS) + 31 <= s
-        )  # fmt: skip
+    and checked to leave room for the longest rollout after the last future window start."""
+
+    def limits_for(length: int) -> dict[str, int]:
+        return {k: round(v * length / _OFFICIAL_STEPS) for k, v in _OFFICIAL_WINDOWS.items()}
+
+    def fits(length: int) -> bool:
+        limits = limits_for(length)
+        tail = _SKIPPED + INPUT_FRAMES + _HORIZONS["future"] - 1
+        return 1 <= limits["train"] < limits["val"] and limits["future"] + tail <= length
+
+    if not fits(steps):
+        minimum = next(length for length in range(steps, 10 * _OFFICIAL_STEPS) if fits(length))
         raise ValueError(
             f"steps: expected at least {minimum} frames to cut 20-step rollout windows at the "
             f"official proportions, received {steps}"
         )
-    return limits
+    return limits_for(steps)
 
 
 def _windows(frames: Tensor, starts: range, horizon: int) -> tuple[Tensor, Tensor]:
@@ -211,7 +217,7 @@ def _windows(frames: Tensor, starts: range, horizon: int) -> tuple[Tensor, Tenso
     ``(N, horizon, 2, H, W)``) for every simulation of ``frames`` and window start (the
     official windows skip the first 2 frames)."""
     length = INPUT_FRAMES + horizon
-    usable = frames[:, 2:]
+    usable = frames[:, _SKIPPED:]
     windows = usable.unfold(1, length, 1)[:, starts.start : starts.stop]  # (S, n, 2, H, W, L)
     windows = windows.permute(0, 1, 5, 2, 3, 4).flatten(0, 1)
     inputs = windows[:, :INPUT_FRAMES].contiguous()
