@@ -255,6 +255,17 @@ def test_group_conv_and_pool_reject_bad_inputs(x: Tensor, match: str) -> None:
         GroupPool(group, channels=3)(x)
 
 
+@pytest.mark.parametrize("basis", ["pixel", "steerable"])
+def test_images_smaller_than_the_filter_are_refused(basis: str) -> None:
+    lifting = LiftingConv2d(1, 2, 5, CyclicGroup(8), basis=basis)
+    with pytest.raises(ValueError, match=r"x: expected images at least as large as the 5x5"):
+        lifting(torch.zeros(1, 1, 4, 4))
+    assert lifting(torch.zeros(1, 1, 5, 5)).shape == (1, 2, 8, 5, 5)
+    group = GroupConv2d(2, 2, 5, CyclicGroup(8), basis=basis)
+    with pytest.raises(ValueError, match=r"\(1, 2, 8, 3, 3\)"):
+        group(torch.zeros(1, 2, 8, 3, 3))
+
+
 def test_constructor_rejects_bad_arguments() -> None:
     group = CyclicGroup(4)
     with pytest.raises(ValueError, match=r"kernel_size: expected an odd size.*received 4"):

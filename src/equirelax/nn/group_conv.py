@@ -91,8 +91,11 @@ def _check_padding(padding: object, kernel_size: int) -> int:
     return padding
 
 
-def _check_images(x: object, channels: int | None, group_order: int | None) -> Tensor:
-    """Check ``(B, C, H, W)`` (``group_order=None``) or ``(B, C, |G|, H, W)`` square inputs."""
+def _check_images(
+    x: object, channels: int | None, group_order: int | None, kernel_size: int = 1
+) -> Tensor:
+    """Check ``(B, C, H, W)`` (``group_order=None``) or ``(B, C, |G|, H, W)`` square inputs at
+    least as large as a ``kernel_size`` filter."""
     x = check_tensor("x", x)
     layout = "(B, C, H, W)" if group_order is None else f"(B, C, {group_order}, H, W)"
     check_ndim("x", x, 4 if group_order is None else 5)
@@ -103,6 +106,11 @@ def _check_images(x: object, channels: int | None, group_order: int | None) -> T
     if x.shape[-1] != x.shape[-2]:
         raise ValueError(
             f"x: expected square images {layout} with H == W, received shape {tuple(x.shape)}"
+        )
+    if x.shape[-1] < kernel_size:
+        raise ValueError(
+            f"x: expected images at least as large as the {kernel_size}x{kernel_size} filter, "
+            f"received shape {tuple(x.shape)}"
         )
     return x
 
@@ -198,7 +206,7 @@ class _GroupConvolution(nn.Module):
         ``filter_bank`` ``(C |G|, C_in [|G|], k, k)`` and a per-channel ``bias`` ``(C,)`` shared
         over the group axis: ``(B, C, |G|, H', W')``, ``C`` read from the bank."""
         n = self.group.order
-        x = _check_images(x, self.in_channels, n if self.regular_input else None)
+        x = _check_images(x, self.in_channels, n if self.regular_input else None, self.kernel_size)
         images = x.flatten(1, 2) if self.regular_input else x
         bias = None if bias is None else bias.repeat_interleave(n)
         out = F.conv2d(images, filter_bank, bias, padding=self.padding)
