@@ -549,10 +549,14 @@ def _list_tasks() -> None:
         "description"
     )
     for name, symmetry, names, description, sizes in rows:
-        splits = "/".join(str(sizes.get(f"{s}_size", "-")) for s in ("train", "val", "test"))
+        if any(f"{s}_size" in sizes for s in ("train", "val", "test")):
+            counts = (str(sizes.get(f"{s}_size", "-")) for s in ("train", "val", "test"))
+            full = f"full splits {'/'.join(counts)}"
+        else:
+            full = "full preset " + ", ".join(f"{k}={v}" for k, v in sizes.items())
         print(
             f"{name:<{width_name}} {symmetry:<{width_symmetry}} {names:<{width_models}} "
-            f"{description}; full splits {splits}"
+            f"{description}; {full}"
         )
     print(f"\nmodels: {', '.join(f'{k} ({v.description})' for k, v in models.MODELS.items())}")
     print(f"strategies: {', '.join(STRATEGY_PRESETS)}")
