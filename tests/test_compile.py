@@ -69,6 +69,8 @@ def _task(name: str, options: dict[str, Any]) -> Task:
         frames = torch.randn(2, 170, 2, 8, 8, generator=torch.Generator().manual_seed(0))
         return smoke_task_from_frames(frames, domain=[1])
     return registry.get(name, train_size=2, val_size=1, test_size=1, **options)
+
+
 CASES = [pytest.param(case, False, id=case) for case in MODELS] + [
     pytest.param(case, True, id=f"{case}-relaxed")
     for case, (*_, how) in MODELS.items()
