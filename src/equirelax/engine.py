@@ -343,23 +343,18 @@ def train(
         )
     if best is not None:
         final.update(best_epoch=best.epoch, best_val=best.val)
-    if task.test is not None:
-        final["test_final"] = _metric(evaluation_model, task, task.test, config, device)
-        final["test"] = (
-            _metric(best.model, task, task.test, config, device)
-            if best is not None
-            else final["test_final"]
-        )
-        if best is not None and best.relaxed is not None:
-            final["test_relaxed"] = _metric(best.relaxed, task, task.test, config, device)
-            final["test_relaxed_final"] = _metric(model, task, task.test, config, device)
-    for name, split in task.test_splits.items():
-        final[f"test_{name}_final"] = _metric(evaluation_model, task, split, config, device)
-        final[f"test_{name}"] = (
+    tests = {"test": task.test} if task.test is not None else {}
+    tests.update({f"test_{name}": split for name, split in task.test_splits.items()})
+    for key, split in tests.items():
+        final[f"{key}_final"] = _metric(evaluation_model, task, split, config, device)
+        final[key] = (
             _metric(best.model, task, split, config, device)
             if best is not None
-            else final[f"test_{name}_final"]
+            else final[f"{key}_final"]
         )
+    if task.test is not None and best is not None and best.relaxed is not None:
+        final["test_relaxed"] = _metric(best.relaxed, task, task.test, config, device)
+        final["test_relaxed_final"] = _metric(model, task, task.test, config, device)
     return TrainResult(
         model,
         evaluation_model,
