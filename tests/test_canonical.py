@@ -251,7 +251,7 @@ def test_c8_canonicalization_is_exact_on_the_c4_subgroup_only() -> None:
     the noise moves the output by O(1); smooth images: tests/test_disc_basis.py."""
     group = CyclicGroup(8)
     torch.manual_seed(0)
-    x = torch.randn(8, 1, 13, 13, dtype=F64)
+    x = torch.randn(8, 1, 19, 19, dtype=F64)
     model = Canonicalized(ImageCanonicalizer(group, 1).double(), _image_predictor(1, "invariant"))
     model = model.double().eval()
     out = model(x).output

@@ -38,6 +38,7 @@ exactly symmetric inputs are equivariant only up to the stabiliser.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -52,6 +53,7 @@ from equirelax.nn import GroupConv2d, LiftingConv2d, VNLeakyReLU, VNLinear
 from equirelax.outputs import PenalizedOutput
 
 __all__ = [
+    "DEFAULT_SMOOTHING",
     "Canonicalization",
     "Canonicalized",
     "ImageCanonicalizer",
@@ -59,8 +61,13 @@ __all__ = [
     "PointCloudCanonicalizer",
     "TaskOutput",
     "disc_weights",
+    "gaussian_blur",
     "split_output",
 ]
+
+DEFAULT_SMOOTHING = 1.0
+"""Gaussian width in pixels of the image canonicalizers' input blur (see
+:class:`ImageCanonicalizer`, ``smoothing``)."""
 
 
 class Canonicalization(NamedTuple):
@@ -111,6 +118,18 @@ class ImageCanonicalizer(nn.Module):
     prior_distribution:
         Target distribution over ``group.elements()`` for the prior; default: all mass on the
         identity.
+    smoothing:
+        Width in pixels of the Gaussian blur (:func:`gaussian_blur`) applied to the
+        canonicalizer's input (not to the predictor's); default ``DEFAULT_SMOOTHING`` (1 pixel)
+        for groups with rotations other than multiples of 90 degrees, 0 for n in {1, 2, 4}.
+        A bilinear rotation by 45 degrees blurs an image, a rotation by 90 degrees does not, so
+        a canonicalizer trained with the prior on crisp upright images learns to tell the two
+        apart, which no equivariant network may: on MNIST (``equirelax adapt mnist --group
+        c8``) without the blur, ``c(g x) = g c(x)`` held on 20% of the test images for the odd
+        multiples of 45 degrees (93% without the prior) and canon-prior reached 83.9% C8-averaged
+        accuracy; with ``smoothing=1`` 93.4% against 95.0% upright (benchmarks/canonical.md).
+        The reference implementation sees images already smoothed by resizing (CIFAR-10 at
+        224 pixels).
     """
 
     def __init__(
@@ -124,6 +143,7 @@ class ImageCanonicalizer(nn.Module):
         beta: float = 1.0,
         gumbel: bool = False,
         prior_distribution: Tensor | None = None,
+        smoothing: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(group, (CyclicGroup, DihedralGroup)):
@@ -136,6 +156,9 @@ class ImageCanonicalizer(nn.Module):
         self.action = ImageAction(group)
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.beta, self.gumbel = float(beta), bool(gumbel)
+        if smoothing is None:
+            smoothing = 0.0 if group.n in (1, 2, 4) else DEFAULT_SMOOTHING
+        self.smoothing = _check_smoothing(smoothing)
         hidden = check_positive_int("hidden", hidden)
         self.lift = LiftingConv2d(in_channels, hidden, kernel_size, group, basis=basis)
         self.conv = GroupConv2d(hidden, 1, kernel_size, group, basis=basis)
@@ -164,7 +187,7 @@ class ImageCanonicalizer(nn.Module):
         that neither the square's corners nor its padded border favour an element.
         """
         self._check(x)
-        return _pooled_group_features(self.lift, self.conv, x)
+        return _pooled_group_features(self.lift, self.conv, x, self.smoothing)
 
     def forward(self, x: Tensor) -> Canonicalization:
         """``(c(x)^-1 x, c(x), prior)`` (see the module docstring for the training path)."""
@@ -254,16 +277,26 @@ class ImageRotationCanonicalizer(nn.Module):
         Odd filter size of its two layers.
     lattice:
         Order ``n`` of the rotation lattice ``C_n`` of the network (default 8).
+    smoothing:
+        Width in pixels of the Gaussian blur applied to the canonicalizer's input (default
+        ``DEFAULT_SMOOTHING``; see :class:`ImageCanonicalizer` for why).
     """
 
     def __init__(
-        self, in_channels: int = 1, *, hidden: int = 8, kernel_size: int = 5, lattice: int = 8
+        self,
+        in_channels: int = 1,
+        *,
+        hidden: int = 8,
+        kernel_size: int = 5,
+        lattice: int = 8,
+        smoothing: float | None = None,
     ) -> None:
         super().__init__()
         self.group = SO2()
         self.action = ImageAction(self.group)
         self.in_channels = check_positive_int("in_channels", in_channels)
         lattice_group = CyclicGroup(check_positive_int("lattice", lattice))
+        self.smoothing = _check_smoothing(DEFAULT_SMOOTHING if smoothing is None else smoothing)
         hidden = check_positive_int("hidden", hidden)
         self.lift = LiftingConv2d(in_channels, hidden, kernel_size, lattice_group)
         self.conv = GroupConv2d(hidden, 1, kernel_size, lattice_group)
@@ -274,7 +307,7 @@ class ImageRotationCanonicalizer(nn.Module):
     def vector(self, x: Tensor) -> Tensor:
         """The pooled equivariant vector ``v(x)`` ``(B, 2)``, ``v(g x) = g v(x)``."""
         _check_square_images(x, self.in_channels)
-        pooled = _pooled_group_features(self.lift, self.conv, x)
+        pooled = _pooled_group_features(self.lift, self.conv, x, self.smoothing)
         return pooled @ self.directions.to(pooled.dtype)
 
     def forward(self, x: Tensor) -> Canonicalization:
@@ -297,13 +330,43 @@ class ImageRotationCanonicalizer(nn.Module):
         return Canonicalization(canonical, rotation, prior)
 
 
-def _pooled_group_features(lift: LiftingConv2d, conv: GroupConv2d, x: Tensor) -> Tensor:
-    """``conv(relu(lift(x)))`` averaged over channels and over the smooth disc inside the reach
-    of both layers' zero padding (:func:`disc_weights`): ``(B, |G|)``."""
-    features = conv(F.relu(lift(x)))  # (B, C, |G|, H, W), regular fibre
-    margin = (lift.kernel_size // 2) + (conv.kernel_size // 2)
+def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    r"""``x`` ``(B, C, H, W)`` convolved with the isotropic Gaussian
+    ``exp(-|p|^2 / (2 sigma^2))`` (normalised, truncated at ``ceil(3 sigma)`` pixels, zero
+    padding); ``sigma = 0`` returns ``x``. Isotropic, so it commutes with rotations up to the
+    sampling; it removes the high frequencies that a bilinear rotation by an angle other than a
+    multiple of 90 degrees attenuates."""
+    if sigma == 0:
+        return x
+    radius = math.ceil(3 * sigma)
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-offsets.square() / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = x.shape[1]
+    rows = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    x = F.conv2d(x, rows, padding=(radius, 0), groups=channels)
+    return F.conv2d(x, rows.transpose(-1, -2), padding=(0, radius), groups=channels)
+
+
+def _pooled_group_features(
+    lift: LiftingConv2d, conv: GroupConv2d, x: Tensor, smoothing: float = 0.0
+) -> Tensor:
+    """``conv(relu(lift(blur(x))))`` averaged over channels and over the smooth disc inside the
+    reach of the blur's and both layers' zero padding (:func:`disc_weights`): ``(B, |G|)``."""
+    features = conv(F.relu(lift(gaussian_blur(x, smoothing))))  # (B, C, |G|, H, W), regular
+    margin = (lift.kernel_size // 2) + (conv.kernel_size // 2) + math.ceil(3 * smoothing)
     weights = disc_weights(x.shape[-1], margin).to(device=x.device, dtype=features.dtype)
     return torch.einsum("bcghw,hw->bg", features, weights) / features.shape[1]
+
+
+def _check_smoothing(smoothing: float) -> float:
+    if isinstance(smoothing, bool) or not (
+        isinstance(smoothing, (int, float)) and 0 <= smoothing < math.inf
+    ):
+        raise ValueError(
+            f"smoothing: expected a Gaussian width >= 0 in pixels, received {smoothing!r}"
+        )
+    return float(smoothing)
 
 
 def _check_square_images(x: object, channels: int) -> None:
