@@ -1154,7 +1154,7 @@ INTRODUCTION = (
 
 def run_claim(claim: Claim, args: argparse.Namespace) -> int:
     """Run the parts of ``claim`` through ``equirelax compare``."""
-    from equirelax.cli import main as equirelax
+    from equirelax.experiments.cli import main as equirelax
 
     for part in claim.parts:
         if args.part and part.name not in args.part:

@@ -18,9 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from equirelax.cli import main as equirelax
-from equirelax.report import format_table, ordering, summarize
-from equirelax.tasks import TASKS
+from equirelax.experiments.cli import main as equirelax
+from equirelax.experiments.report import format_table, ordering, summarize
+from equirelax.experiments.task_registry import TASKS
 
 STRATEGIES = "strict,cr,ace-equality,ace-resilient,rpp,augment,free"
 PAPERS = {

@@ -52,12 +52,13 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from equirelax import models, relax
+from equirelax import relax
 from equirelax._batches import call, index
-from equirelax.canonical import split_output
-from equirelax.compare import STRATEGY_PRESETS, make_strategy
 from equirelax.engine import TrainConfig, make_optimiser
-from equirelax.tasks.registry import TASKS
+from equirelax.experiments import model_registry
+from equirelax.experiments.compare import STRATEGY_PRESETS, make_strategy
+from equirelax.experiments.task_registry import TASKS
+from equirelax.outputs import split_output
 
 STRATEGY_LABELS = (
     "strict",
@@ -138,7 +139,7 @@ def _step(task: Any, model_name: str, label: str, args: argparse.Namespace) -> C
     name = STRATEGY_PRESETS[label][0]
     strategy = make_strategy(label, **preset.get(name, {}))
     torch.manual_seed(0)
-    model = models.build(model_name, task)
+    model = model_registry.build(model_name, task)
     model = relax(model, placement=strategy.placement).to(args.device)
     inputs, targets = _to_device(task.train, args.device)
     epochs = 100

@@ -28,12 +28,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from equirelax.cli import main as equirelax
-from equirelax.compare import run_one
 from equirelax.engine import TrainConfig
+from equirelax.experiments.cli import main as equirelax
+from equirelax.experiments.compare import run_one
+from equirelax.experiments.report import format_table, ordering, summarize
+from equirelax.experiments.task_registry import TASKS
 from equirelax.gap import symmetry_gap
-from equirelax.report import format_table, ordering, summarize
-from equirelax.tasks import TASKS, gap_dial_task
+from equirelax.tasks import gap_dial_task
 
 STRATEGIES = "strict,free,rpp,cr,ace-equality,ace-resilient,recm"
 SWEEP_STRATEGIES = ("free", "rpp", "cr", "ace-equality", "ace-resilient", "recm")

@@ -11,9 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from equirelax import models
 from equirelax.actions import ImageAction
-from equirelax.adapt import (
+from equirelax.canonical import Canonicalized, ImageCanonicalizer
+from equirelax.engine import TrainConfig
+from equirelax.experiments import model_registry
+from equirelax.experiments.adapt import (
     ARMS,
     adapt,
     format_adapt_table,
@@ -21,9 +23,7 @@ from equirelax.adapt import (
     rotate_test_images,
     rotated_accuracy,
 )
-from equirelax.canonical import Canonicalized, ImageCanonicalizer
-from equirelax.cli import main
-from equirelax.engine import TrainConfig
+from equirelax.experiments.cli import main
 from equirelax.groups import CyclicGroup
 from equirelax.tasks.images import glyphs_task
 
@@ -35,16 +35,16 @@ def task():
 
 @pytest.fixture(scope="module")
 def pretrained(task):
-    from equirelax.adapt import pretrain
+    from equirelax.experiments.adapt import pretrain
 
     torch.manual_seed(0)
-    predictor = models.build("cnn", task, hidden=8)
+    predictor = model_registry.build("cnn", task, hidden=8)
     return pretrain(task, predictor, TrainConfig(epochs=4, batch_size=50, lr=3e-3), progress=False)
 
 
 def test_rotated_accuracy_is_the_mean_over_every_rotation(task) -> None:
     torch.manual_seed(0)
-    model = models.build("cnn", task, hidden=4).eval()
+    model = model_registry.build("cnn", task, hidden=4).eval()
     x, y = task.test
     with torch.no_grad():
         by_hand = [
@@ -125,14 +125,14 @@ def test_adapt_rejects_bad_arguments(task, pretrained) -> None:
 
 
 def test_cnn_model_builds_for_image_tasks_only(task) -> None:
-    model = models.build("cnn", task)
+    model = model_registry.build("cnn", task)
     assert model(task.val[0][:3]).shape == (3, 10)
     with pytest.raises(ValueError, match=r"x: expected images \(B, 1, H, W\)"):
         model(torch.zeros(2, 3, 15, 15))
     data = (torch.zeros(4, 3), torch.zeros(4))
     flat = type(task)("flat", train=data, val=data, action_in=task.action_in)
     with pytest.raises(ValueError, match="task: model 'cnn' needs image inputs"):
-        models.build("cnn", flat)
+        model_registry.build("cnn", flat)
 
 
 TINY = ["--train-size", "200", "--val-size", "50", "--test-size", "50", "--epochs", "1",

@@ -9,12 +9,12 @@ import json
 import pytest
 import torch
 
-from equirelax import models
 from equirelax.actions import DirectSumAction, PointAction, TrivialAction, VectorAction
 from equirelax.breaking import is_relaxed_equivariant, keeps_stabiliser
-from equirelax.breaking.compare import compare_breaking, format_breaking_table, symmetry_checks
-from equirelax.cli import main
 from equirelax.engine import TrainConfig
+from equirelax.experiments import model_registry
+from equirelax.experiments.breaking import compare_breaking, format_breaking_table, symmetry_checks
+from equirelax.experiments.cli import main
 from equirelax.groups import O2
 from equirelax.metrics import equivariance_error
 from equirelax.models.breaking import ARMS, ColouringGNN, PolygonPointer, SetDecoder
@@ -59,7 +59,7 @@ def test_strict_models_keep_every_stabiliser_so_they_cannot_answer(name: str) ->
     build, model_name = TASKS[name]
     task = build()
     torch.manual_seed(0)
-    model = models.build(model_name, task, breaking="strict")
+    model = model_registry.build(model_name, task, breaking="strict")
     report, kept = _checks(task, model)
     assert bool((report.stabiliser_orders > 1).all())  # every checked input is symmetric
     assert report.equivariant
@@ -76,7 +76,7 @@ def test_relaxed_models_pass_the_checker_and_break_the_symmetry(name: str, tie_b
     build, model_name = TASKS[name]
     task = build()
     torch.manual_seed(0)
-    model = models.build(model_name, task, breaking="relaxed", tie_break=tie_break)
+    model = model_registry.build(model_name, task, breaking="relaxed", tie_break=tie_break)
     report, kept = _checks(task, model)
     assert report.holds, report.violations[:3]
     assert not bool(kept.any())
@@ -90,7 +90,7 @@ def test_noise_injection_is_not_relaxed_equivariant_pointwise(name: str) -> None
     build, model_name = TASKS[name]
     task = build()
     torch.manual_seed(0)
-    report, _ = _checks(task, models.build(model_name, task, breaking="noise"))
+    report, _ = _checks(task, model_registry.build(model_name, task, breaking="noise"))
     assert not report.holds
 
 
@@ -130,7 +130,7 @@ def test_model_argument_errors() -> None:
     with pytest.raises(ValueError, match="slots: expected"):
         SetDecoder(3, 8)(torch.zeros(2, 4, 8))
     with pytest.raises(ValueError, match="task: model 'colouring-gnn' needs"):
-        models.build("colouring-gnn", polygon_task(8, 4, 4))
+        model_registry.build("colouring-gnn", polygon_task(8, 4, 4))
 
 
 @pytest.mark.slow

@@ -19,11 +19,11 @@ from equirelax.canonical import (
     Canonicalized,
     ImageCanonicalizer,
     PointCloudCanonicalizer,
-    split_output,
 )
 from equirelax.engine import train
 from equirelax.groups import O3, SO3, CyclicGroup, DihedralGroup, Euclidean
 from equirelax.metrics import equivariance_error
+from equirelax.outputs import split_output
 from equirelax.strategies import Free
 from equirelax.tasks import Task
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from equirelax import compare as compare_module
-from equirelax.cli import main
+from equirelax.experiments import compare as compare_module
+from equirelax.experiments.cli import main
 
 TINY = [
     "--train-size", "12", "--val-size", "8", "--test-size", "8", "--epochs", "2",

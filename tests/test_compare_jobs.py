@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from _toy import InterruptError, interrupt_at
-from equirelax import compare as compare_module
-from equirelax.compare import RESULTS_JSON, RUN_RESULT, compare, run_one
 from equirelax.engine import CHECKPOINT, METRICS, TrainConfig
+from equirelax.experiments import compare as compare_module
+from equirelax.experiments.compare import RESULTS_JSON, RUN_RESULT, compare, run_one
 from equirelax.tasks.base import Task
 from equirelax.tasks.synthetic import gap_dial_task
 

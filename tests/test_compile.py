@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 
 import equirelax
-from equirelax import models
 from equirelax._batches import index
-from equirelax.tasks import Task, registry, smoke_task_from_frames
+from equirelax.experiments import model_registry, task_registry
+from equirelax.tasks import Task, smoke_task_from_frames
 
 # case: (model, task, task options, tiny model options, how to relax it: "relax"
 # (equirelax.relax), "breaking" (the arm "relaxed" against "strict") or None)
@@ -68,7 +68,7 @@ def _task(name: str, options: dict[str, Any]) -> Task:
     if name == "smoke":
         frames = torch.randn(2, 170, 2, 8, 8, generator=torch.Generator().manual_seed(0))
         return smoke_task_from_frames(frames, domain=[1])
-    return registry.get(name, train_size=2, val_size=1, test_size=1, **options)
+    return task_registry.get(name, train_size=2, val_size=1, test_size=1, **options)
 
 
 CASES = [pytest.param(case, False, id=case) for case in MODELS] + [
@@ -79,7 +79,7 @@ CASES = [pytest.param(case, False, id=case) for case in MODELS] + [
 
 
 def test_every_built_in_model_has_a_case() -> None:
-    assert {model for model, *_ in MODELS.values()} == set(models.MODELS)
+    assert {model for model, *_ in MODELS.values()} == set(model_registry.MODELS)
 
 
 def _model(case: str, relaxed: bool) -> tuple[nn.Module, tuple[Any, ...]]:
@@ -90,7 +90,7 @@ def _model(case: str, relaxed: bool) -> tuple[nn.Module, tuple[Any, ...]]:
     torch.manual_seed(0)
     if how == "breaking":
         options = {**options, "breaking": "relaxed" if relaxed else "strict"}
-    model = models.build(name, task, **options)
+    model = model_registry.build(name, task, **options)
     if relaxed and how == "relax":
         model = equirelax.relax(model)
     if case in DOUBLE:

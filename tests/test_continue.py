@@ -16,8 +16,8 @@ import torch
 
 import equirelax
 from _toy import vector_model, vector_task
-from equirelax.compare import RESULTS_JSON, RUN_RESULT, compare
 from equirelax.engine import METRICS, TrainConfig
+from equirelax.experiments.compare import RESULTS_JSON, RUN_RESULT, compare
 from equirelax.strategies import CR, Free
 from equirelax.tasks.synthetic import gap_dial_task
 

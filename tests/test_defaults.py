@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import equirelax
-from equirelax import models
-from equirelax.compare import make_strategy
+from equirelax.experiments import model_registry
+from equirelax.experiments.compare import make_strategy
+from equirelax.experiments.task_registry import get
 from equirelax.groups import O3
-from equirelax.tasks.registry import get
 
 SEEDS = range(5)
 LABELS = (
@@ -66,7 +66,7 @@ def test_every_strategy_at_its_class_defaults_trains_without_a_non_finite_loss(
             strategy = make_strategy(label)  # the class defaults: no options
             torch.manual_seed(seed)
             model = equirelax.relax(
-                models.build(name, task, **model_options), placement=strategy.placement
+                model_registry.build(name, task, **model_options), placement=strategy.placement
             )
             result = equirelax.train(model, strategy, task, config, seed=seed, progress=False)
             losses = [record["train_loss"] for record in result.history]
@@ -83,7 +83,7 @@ def test_ace_class_defaults_survive_relaxation_at_every_site_of_the_full_size_em
     task = get("inertia", train_size=1000, val_size=50, test_size=0, progress=False)
     for seed in SEEDS:
         torch.manual_seed(seed)
-        model = equirelax.relax(models.build("emlp", task), placement="all")
+        model = equirelax.relax(model_registry.build("emlp", task), placement="all")
         result = equirelax.train(
             model, make_strategy("ace-equality"), task, epochs=2, batch_size=100, lr=3e-3,
             lr_schedule="cosine", seed=seed, eval_every=2, progress=False,

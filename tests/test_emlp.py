@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import equirelax
-from equirelax import metrics, models
+from equirelax import metrics
 from equirelax.actions import (
     DirectSumAction,
     PointAction,
@@ -16,6 +16,7 @@ from equirelax.actions import (
     TrivialAction,
     VectorAction,
 )
+from equirelax.experiments import model_registry
 from equirelax.groups import O3, SO3, Euclidean, Orthogonal
 from equirelax.models import EMLP, MLP
 from equirelax.models.emlp import EMLPBlock, default_hidden, default_mid
@@ -230,22 +231,22 @@ def _flat_task(action_in, action_out, d_in: int, d_out: int) -> Task:
 def test_registry_builds_emlp_and_mlp_for_flat_tasks_and_refuses_others() -> None:
     rep_in, rep_out = _inertia_reps()
     task = _flat_task(RepresentationAction(rep_in), RepresentationAction(rep_out), 20, 9)
-    model = models.build("emlp", task, num_layers=1)
+    model = model_registry.build("emlp", task, num_layers=1)
     assert isinstance(model, EMLP)
     assert model.representation_in == rep_in
     assert model.representation_out == rep_out
-    assert models.MODELS["emlp"].equivariant
-    mlp = models.build("mlp", task, hidden_features=16)
+    assert model_registry.MODELS["emlp"].equivariant
+    mlp = model_registry.build("mlp", task, hidden_features=16)
     assert isinstance(mlp, MLP)
     assert (mlp.in_features, mlp.out_features) == (20, 9)
     # An invariant task (trivial output action): as many scalar outputs as target features.
     invariant = _flat_task(VectorAction(O3()), TrivialAction(O3()), 3, 2)
-    assert models.build("emlp", invariant, num_layers=1).representation_out.dim == 2
+    assert model_registry.build("emlp", invariant, num_layers=1).representation_out.dim == 2
 
     points = Euclidean(O3())
     affine = _flat_task(PointAction(points), PointAction(points), 3, 3)
     with pytest.raises(ValueError, match="task: model 'emlp' needs action_in to be a Repr"):
-        models.build("emlp", affine)
+        model_registry.build("emlp", affine)
     x = (torch.zeros(4, 5, 3), torch.zeros(4, 5, 3), torch.zeros(4, 5, 1))
     particles = Task(
         "particles",
@@ -255,8 +256,8 @@ def test_registry_builds_emlp_and_mlp_for_flat_tasks_and_refuses_others() -> Non
         action_out=PointAction(points),
     )
     with pytest.raises(ValueError, match=r"task: model 'emlp' needs flat \(N, d_in\) tensor"):
-        models.build("emlp", particles)
-    assert models.build("mlp", particles).num_particles == 5  # the particle MLP, as before
+        model_registry.build("emlp", particles)
+    assert model_registry.build("mlp", particles).num_particles == 5  # the particle MLP, as before
 
 
 def _inertia_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

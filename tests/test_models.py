@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import equirelax
-from equirelax import metrics, models
+from equirelax import metrics
 from equirelax.actions import (
     DirectSumAction,
     PermutationAction,
@@ -17,6 +17,7 @@ from equirelax.actions import (
     TrivialAction,
     VectorAction,
 )
+from equirelax.experiments import model_registry
 from equirelax.groups import O3, Euclidean, SymmetricGroup
 from equirelax.models import NBodyEGNN, NBodyMLP
 from equirelax.strategies import CR
@@ -108,18 +109,18 @@ def test_registry_builds_models_and_rejects_other_tasks() -> None:
     x = _systems(batch=4, dtype=torch.float32)
     task = Task("particles", train=(x, x[0]), val=(x, x[0]), action_in=ACTION_IN,
                 action_out=ACTION_OUT)  # fmt: skip
-    assert isinstance(models.build("egnn", task, hidden_features=8), NBodyEGNN)
-    assert models.build("mlp", task).num_particles == 5
+    assert isinstance(model_registry.build("egnn", task, hidden_features=8), NBodyEGNN)
+    assert model_registry.build("mlp", task).num_particles == 5
     names = ["canon-mlp", "cnn", "colouring-gnn", "egnn", "emlp", "mlp", "polygon-net", "segnn",
              "set-decoder", "smoke-cnn", "smoke-gcnn", "smoke-rgcnn"]  # fmt: skip
     expected = re.escape(f"model: expected one of {names}")
     with pytest.raises(ValueError, match=expected):
-        models.build("resnet", task)
+        model_registry.build("resnet", task)
     other = Task("vectors", train=(torch.zeros(4, 3), torch.zeros(4, 3)),
                  val=(torch.zeros(4, 3), torch.zeros(4, 3)),
                  action_in=VectorAction(O3()), action_out=VectorAction(O3()))  # fmt: skip
     with pytest.raises(ValueError, match="task: model 'egnn' needs"):
-        models.build("egnn", other)
+        model_registry.build("egnn", other)
 
 
 def test_canonicalized_mlp_is_exactly_e3_equivariant_but_not_permutation_equivariant() -> None:
@@ -127,11 +128,11 @@ def test_canonicalized_mlp_is_exactly_e3_equivariant_but_not_permutation_equivar
     task = Task("particles", train=(x, x[0]), val=(x, x[0]), action_in=ACTION_IN,
                 action_out=ACTION_OUT)  # fmt: skip
     torch.manual_seed(0)
-    model = models.build("canon-mlp", task, hidden_features=32).double()
+    model = model_registry.build("canon-mlp", task, hidden_features=32).double()
     assert model.prior_weight == 0.0  # trained from scratch: no pose to prefer by default
     output = model(*_systems()).output
     assert (output - _systems()[0]).abs().max() > 1e-2  # it predicts a real displacement
-    only_output = equirelax.canonical.TaskOutput(model)
+    only_output = equirelax.outputs.TaskOutput(model)
     assert _error(only_output) < 1e-10
     assert _error(only_output, PERMUTE_IN, PERMUTE) > 1e-3  # the flattening orders particles
     with pytest.raises(ValueError, match="inputs: expected several tensors"):

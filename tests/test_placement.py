@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import equirelax
-from equirelax.compare import make_strategy
+from equirelax.experiments.compare import make_strategy
 from equirelax.free_branches import EGNNFreeBranch
 from equirelax.groups import O3
 from equirelax.models import EMLP, NBodyEGNN

@@ -13,9 +13,9 @@ import torch
 import equirelax
 from _toy import InterruptError, interrupt_at, vector_model, vector_target, vector_task
 from equirelax.engine import BEST, CHECKPOINT, split_means
+from equirelax.losses import mean_squared_error
 from equirelax.strategies import CR, Free
 from equirelax.tasks import Task
-from equirelax.tasks.base import mean_squared_error
 
 SMALL = {"batch_size": 32, "lr": 3e-2, "progress": False}
 

@@ -14,9 +14,9 @@ import torch
 
 import equirelax
 from _toy import VECTOR, vector_model, vector_task
-from equirelax import models
 from equirelax.actions import RepresentationAction
 from equirelax.engine import CHECKPOINT, METRICS
+from equirelax.experiments import model_registry
 from equirelax.gap import group_average
 from equirelax.metrics import equivariance_error
 from equirelax.nn import EquivariantLinear
@@ -152,7 +152,7 @@ def _gap_dial_run(delta: float, seed: int) -> tuple[list[float], list[float], fl
     torch.manual_seed(seed)
     # two blocks: the default placement relaxes each block's linear map, and the break is
     # expressed past the first block (a one-block E-MLP relaxes only its input map)
-    model = equirelax.relax(models.build("emlp", task, num_layers=2))
+    model = equirelax.relax(model_registry.build("emlp", task, num_layers=2))
     strategy = RECM(every=2)  # a 270-step run: probe twice as often as the default
     result = equirelax.train(
         model, strategy, task, epochs=30, batch_size=50, lr=3e-3, lr_schedule="cosine",

@@ -1,4 +1,4 @@
-"""Summary rows, the best mark and the ordering sentence of :mod:`equirelax.report`."""
+"""Summary rows, the best mark and the ordering sentence of :mod:`equirelax.experiments.report`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from equirelax.report import format_table, ordering, summarize
+from equirelax.experiments.report import format_table, ordering, summarize
 
 
 def _run(strategy: str, seed: int, test: float, seconds: float) -> dict:

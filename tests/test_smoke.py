@@ -12,15 +12,15 @@ import torch
 
 from equirelax import project
 from equirelax.actions import ImageAction
-from equirelax.canonical import split_output
-from equirelax.cli import main
-from equirelax.compare import run_one
 from equirelax.engine import TrainConfig
+from equirelax.experiments import model_registry
+from equirelax.experiments.cli import main
+from equirelax.experiments.compare import run_one
+from equirelax.experiments.task_registry import get
 from equirelax.groups import CyclicGroup
 from equirelax.metrics import equivariance_error
-from equirelax.models import SmokeCNN, SmokeGroupCNN, SmokeRelaxedGroupCNN, build
-from equirelax.outputs import PenalizedOutput
-from equirelax.tasks.registry import get
+from equirelax.models import SmokeCNN, SmokeGroupCNN, SmokeRelaxedGroupCNN
+from equirelax.outputs import PenalizedOutput, split_output
 from equirelax.tasks.smoke import (
     Plume,
     plumes,
@@ -156,8 +156,10 @@ def test_models_refuse_wrong_inputs_with_the_argument_named() -> None:
     task = smoke_task_from_frames(_frames(), domain=[0])
     inertia = get("inertia", train_size=4, val_size=4, test_size=0)
     with pytest.raises(ValueError, match="task: model SmokeCNN needs velocity windows"):
-        build("smoke-cnn", inertia)
-    assert isinstance(build("smoke-rgcnn", task, hidden=2, layers=2), SmokeRelaxedGroupCNN)
+        model_registry.build("smoke-cnn", inertia)
+    assert isinstance(
+        model_registry.build("smoke-rgcnn", task, hidden=2, layers=2), SmokeRelaxedGroupCNN
+    )
 
 
 def test_task_refuses_bad_input() -> None:

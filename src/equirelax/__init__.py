@@ -6,12 +6,15 @@ The public surface: groups and actions (:mod:`equirelax.groups`, :mod:`equirelax
 (:mod:`equirelax.strategies`, :func:`train`), tasks (:mod:`equirelax.tasks`), measurements
 (:mod:`equirelax.metrics`, :func:`assert_equivariant`, the symmetry gap :mod:`equirelax.gap`),
 equivariant building blocks (:mod:`equirelax.nn`) and canonicalization of any predictor
-(:mod:`equirelax.canonical`, with the adaptation protocol in :mod:`equirelax.adapt`).
+(:mod:`equirelax.canonical`).
+
+Above the library, :mod:`equirelax.experiments` holds what names a task, model, arm or preset:
+the registries, the comparison and adaptation runners, the reports and the ``equirelax``
+command line. The library never imports it.
 """
 
 from equirelax import (
     actions,
-    adapt,
     canonical,
     free_branches,
     gap,
@@ -41,7 +44,6 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "actions",
-    "adapt",
     "assert_equivariant",
     "canonical",
     "equivariance_error",

@@ -1,7 +1,7 @@
-"""``python -m equirelax``: the command line of :mod:`equirelax.cli`."""
+"""``python -m equirelax``: the command line of :mod:`equirelax.experiments.cli`."""
 
 import sys
 
-from equirelax.cli import main
+from equirelax.experiments.cli import main
 
 sys.exit(main())

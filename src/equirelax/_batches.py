@@ -28,6 +28,21 @@ def flat(y: Any) -> Tensor:
     return y.reshape(y.shape[0], -1)
 
 
+def rows(x: Any) -> Tensor:
+    """Every part of a batch as float64 rows ``(B, m, -1)`` concatenated along the last axis
+    (sets of ``m`` elements)."""
+    tensors = parts(x)
+    batch, m = tensors[0].shape[:2]
+    return torch.cat([t.reshape(batch, m, -1).to(torch.float64) for t in tensors], dim=-1)
+
+
+def combine(a: Any, b: Any, weight: float) -> Any:
+    """``a + weight * b`` for tensors or tuples of tensors (outputs of tuple-valued maps)."""
+    if isinstance(a, (tuple, list)):
+        return type(a)(combine(p, q, weight) for p, q in zip(a, b, strict=True))
+    return a + weight * b
+
+
 def repeat(x: Any, k: int) -> Any:
     """Stack ``k`` copies of the batch: ``(B, ...) -> (k B, ...)``, copy-major."""
     if isinstance(x, (tuple, list)):

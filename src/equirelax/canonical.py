@@ -50,7 +50,6 @@ from equirelax._checks import check_positive_int, check_tensor
 from equirelax.actions import Action, ImageAction, PointAction
 from equirelax.groups import O3, SO2, SO3, CyclicGroup, DihedralGroup, Euclidean, FiniteGroup, Group
 from equirelax.nn import GroupConv2d, LiftingConv2d, VNLeakyReLU, VNLinear
-from equirelax.outputs import PenalizedOutput
 
 __all__ = [
     "DEFAULT_SMOOTHING",
@@ -59,10 +58,8 @@ __all__ = [
     "ImageCanonicalizer",
     "ImageRotationCanonicalizer",
     "PointCloudCanonicalizer",
-    "TaskOutput",
     "disc_weights",
     "gaussian_blur",
-    "split_output",
 ]
 
 DEFAULT_SMOOTHING = 1.0
@@ -87,6 +84,12 @@ class Canonicalization(NamedTuple):
     output: Any
     elements: Tensor
     prior: Tensor
+
+    @property
+    def penalty(self) -> Tensor:
+        """The prior: the term the engine adds to the loss
+        (:class:`~equirelax.outputs.Penalized`)."""
+        return self.prior
 
 
 class ImageCanonicalizer(nn.Module):
@@ -554,26 +557,3 @@ class Canonicalized(nn.Module):
         if self.output_action is not None:
             out = self.output_action(elements, out)
         return Canonicalization(out, elements, self.prior_weight * prior)
-
-
-def split_output(outputs: Any) -> tuple[Any, Tensor | None]:
-    """``(output, penalty)`` of a model's return value: a :class:`Canonicalization` gives its
-    output and (weighted) prior, a :class:`~equirelax.outputs.PenalizedOutput` its output and
-    penalty, anything else is the output itself with no penalty."""
-    if isinstance(outputs, Canonicalization):
-        return outputs.output, outputs.prior
-    if isinstance(outputs, PenalizedOutput):
-        return outputs.output, outputs.penalty
-    return outputs, None
-
-
-class TaskOutput(nn.Module):
-    """``model`` seen by a task's loss, metric and equivariance checks: the ``output`` of a
-    :class:`Canonicalization`, any other return value as it is."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, *inputs: Any) -> Any:
-        return split_output(self.model(*inputs))[0]

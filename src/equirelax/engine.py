@@ -52,8 +52,8 @@ from tqdm.auto import tqdm
 
 from equirelax._batches import call, index
 from equirelax._checks import batch_size, check_choice, check_positive_int
-from equirelax.canonical import TaskOutput, split_output
 from equirelax.metrics import equivariance_error
+from equirelax.outputs import TaskOutput, split_output
 from equirelax.relaxed import relaxed_layers
 from equirelax.strategies.base import Strategy
 from equirelax.tasks.base import Split, Task
@@ -208,7 +208,7 @@ def train(
     ``overrides`` replace fields of ``config`` (``train(m, s, t, epochs=5, lr=1e-2)``).
     ``resume=True`` needs ``out_dir`` and continues from its checkpoint if one exists.
     ``progress_position`` puts the progress bar on that line of the terminal (one line per
-    worker of a parallel :func:`equirelax.compare.compare`; the bar is cleared at the end).
+    worker of a parallel comparison; the bar is cleared at the end).
     """
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
     if not isinstance(strategy, Strategy):

@@ -39,15 +39,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from equirelax._batches import call, index, parts, repeat, repeat_batched
+from equirelax._batches import call, combine, index, parts, repeat, repeat_batched
 from equirelax._checks import batch_size, check_finite, check_positive_int
 from equirelax.actions import Action, check_action_pair
-from equirelax.metrics import haar_elements
-from equirelax.tasks.base import mean_squared_error
+from equirelax.groups import haar_elements
+from equirelax.losses import Loss, mean_squared_error, per_sample_loss
 
-__all__ = ["SymmetryGap", "group_average", "per_sample_loss", "symmetry_gap"]
+__all__ = ["SymmetryGap", "group_average", "symmetry_gap"]
 
-Loss = Callable[[Tensor, Tensor], Tensor]
 _SHARES = 21  # the grid of c in [0, 1] the calibration half searches
 
 
@@ -76,7 +75,7 @@ def group_average(
     dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.get_default_dtype())
     g = elements
     if g is None:
-        g = haar_elements(action_in, num_elements, generator, device=device, dtype=dtype)
+        g = haar_elements(action_in.group, num_elements, generator, device=device, dtype=dtype)
     g = action_in.group.check(g, "elements")
     if g.is_floating_point():
         g = g.to(device=device, dtype=dtype)
@@ -218,7 +217,9 @@ def symmetry_gap(
     x, y = index(inputs, held_rows), targets[held_rows]
     predictor.eval()
     with torch.no_grad():
-        elements = haar_elements(action_in, num_elements, generator, device=y.device, dtype=y.dtype)
+        elements = haar_elements(
+            action_in.group, num_elements, generator, device=y.device, dtype=y.dtype
+        )
         raw = call(predictor, x)
         averaged = group_average(predictor, x, action_in, action_out, elements=elements)
         shares = torch.linspace(0.0, 1.0, _SHARES, dtype=y.dtype, device=y.device)
@@ -254,19 +255,6 @@ def symmetry_gap(
         num_heldout=int(y.shape[0]),
         num_elements=int(elements.shape[0]),
     )
-
-
-def combine(a: Any, b: Any, weight: float) -> Any:
-    """``a + weight * b`` for tensors or tuples of tensors (outputs of tuple-valued maps)."""
-    if isinstance(a, (tuple, list)):
-        return type(a)(combine(p, q, weight) for p, q in zip(a, b, strict=True))
-    return a + weight * b
-
-
-def per_sample_loss(loss: Loss, outputs: Any, targets: Tensor) -> Tensor:
-    """``loss`` of each sample separately, ``(B,)`` (``loss`` is a mean over its batch), by
-    ``torch.func.vmap`` over the sample axis."""
-    return torch.func.vmap(lambda o, t: loss(o.unsqueeze(0), t.unsqueeze(0)))(outputs, targets)
 
 
 class _FlatMLP(nn.Module):

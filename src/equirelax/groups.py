@@ -50,6 +50,7 @@ __all__ = [
     "Orthogonal",
     "SpecialOrthogonal",
     "SymmetricGroup",
+    "haar_elements",
 ]
 
 _MAX_ENUMERATED = 40320  # 8!: the largest finite group we enumerate element by element
@@ -914,3 +915,19 @@ def _closure(generators: Tensor, max_order: int) -> Tensor:
                 "elements (is it infinite?)"
             )
     return found
+
+
+def haar_elements(
+    group: Group,
+    num_samples: int,
+    generator: torch.Generator | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """The elements a check or a group average runs over: every element of a finite group
+    (up to 4096), else ``num_samples`` Haar samples drawn with ``generator``."""
+    if isinstance(group, FiniteGroup) and group.order <= 4096:
+        return group.elements(device=device)
+    check_positive_int("num_samples", num_samples)
+    return group.sample(num_samples, generator, device=device, dtype=dtype)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from equirelax._batches import call, flat, float_dtype, parts, repeat, repeat_batched
-from equirelax._checks import batch_size, check_finite, check_positive_int
+from equirelax._checks import batch_size, check_finite
 from equirelax.actions import (
     Action,
     DirectSumAction,
@@ -31,17 +31,14 @@ from equirelax.actions import (
     TrivialAction,
     check_action_pair,
 )
-from equirelax.commutant import EquivariantProjector, equivariant_basis
-from equirelax.groups import Euclidean, FiniteGroup
+from equirelax.commutant import EquivariantProjector
+from equirelax.groups import Euclidean, haar_elements
 from equirelax.relaxed import Relaxed, relaxed_layers
 
 __all__ = [
     "EquivarianceError",
-    "EquivariantProjector",
     "assert_equivariant",
     "equivariance_error",
-    "equivariant_basis",
-    "haar_elements",
     "invariance_error",
     "layer_equivariance_errors",
     "lie_derivative",
@@ -87,23 +84,6 @@ def _check_inputs(x: Any) -> None:
         check_finite(name, part)
 
 
-def haar_elements(
-    action: Action,
-    num_samples: int,
-    generator: torch.Generator | None = None,
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float64,
-) -> Tensor:
-    """The elements a check or a group average runs over: every element of a finite group
-    (up to 4096), else ``num_samples`` Haar samples drawn with ``generator``."""
-    group = action.group
-    if isinstance(group, FiniteGroup) and group.order <= 4096:
-        return group.elements(device=device)
-    check_positive_int("num_samples", num_samples)
-    return group.sample(num_samples, generator, device=device, dtype=dtype)
-
-
 @torch.no_grad()
 def equivariance_error(
     f: Callable[..., Any],
@@ -143,7 +123,7 @@ def equivariance_error(
     device = (x[0] if isinstance(x, (tuple, list)) else x).device
     g = elements
     if g is None:
-        g = haar_elements(action_in, num_samples, generator, device=device)
+        g = haar_elements(action_in.group, num_samples, generator, device=device)
     g = action_in.group.check(g, "elements")
     if g.is_floating_point():
         g = g.to(dtype or float_dtype(x))
@@ -515,7 +495,10 @@ def _assert_within_level_bound(
     if kwargs.get("elements") is None:
         device = (x[0] if isinstance(x, (tuple, list)) else x).device
         kwargs["elements"] = haar_elements(
-            action_in, kwargs.pop("num_samples", 16), kwargs.pop("generator", None), device=device
+            action_in.group,
+            kwargs.pop("num_samples", 16),
+            kwargs.pop("generator", None),
+            device=device,
         )
     assert_equivariant(module.equivariant, x, action_in, action_out, atol=atol, **kwargs)
     err = equivariance_error(module, x, action_in, action_out, **kwargs)

@@ -22,6 +22,8 @@ from equirelax._checks import check_positive_int
 if TYPE_CHECKING:
     from equirelax.groups import Group
 
+__all__ = ["DirectSum", "Representation", "block_diagonal"]
+
 MatrixFunction = Callable[[Tensor], Tensor]
 
 

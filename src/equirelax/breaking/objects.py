@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from equirelax._batches import repeat
+from equirelax._batches import flat, repeat, rows
 from equirelax._checks import (
     batch_size,
     check_choice,
@@ -38,7 +38,7 @@ from equirelax._checks import (
     check_tensor,
 )
 from equirelax.actions import Action
-from equirelax.breaking.stabilisers import _all_elements, _flat, _rows
+from equirelax.breaking.stabilisers import enumerable_elements
 from equirelax.groups import FiniteGroup
 
 __all__ = ["TIE_BREAKS", "FrameBreaker", "NoiseInjection", "OrderingBreaker"]
@@ -82,7 +82,7 @@ class FrameBreaker(nn.Module):
         check_choice("tie_break", tie_break, TIE_BREAKS)
         self.action = action
         self.group: FiniteGroup = action.group  # type: ignore[assignment]
-        elements = _all_elements(action.group, "action")
+        elements = enumerable_elements(action.group, "action")
         self.register_buffer("elements", elements, persistent=False)
         self.register_buffer("inverses", self.group.inverse(elements), persistent=False)
         self.tie_break = tie_break
@@ -108,12 +108,12 @@ class FrameBreaker(nn.Module):
         batch, k = batch_size(x), self.elements.shape[0]
         pulled = self.action(self.inverses.repeat_interleave(batch, dim=0), repeat(x, k))
         if self.as_set:
-            rows = _rows(pulled)
-            weight, phase, out = self._template(rows.shape[-1], rows.device)
-            score = (torch.cos(rows @ weight + phase) @ out).sum(dim=1)
+            points = rows(pulled)
+            weight, phase, out = self._template(points.shape[-1], points.device)
+            score = (torch.cos(points @ weight + phase) @ out).sum(dim=1)
         else:
-            flat = _flat(pulled)
-            score = flat @ self._template(flat.shape[-1], flat.device)[2]
+            features = flat(pulled).double()
+            score = features @ self._template(features.shape[-1], features.device)[2]
         return score.reshape(k, batch).T
 
     @torch.no_grad()

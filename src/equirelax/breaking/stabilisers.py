@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from equirelax._batches import call, flat, index, parts, repeat
+from equirelax._batches import call, flat, index, repeat, rows
 from equirelax._checks import batch_size, check_non_negative, check_positive_int, check_tensor
 from equirelax.actions import Action, check_action_pair
 from equirelax.groups import FiniteGroup, Group, SymmetricGroup
 
 __all__ = [
     "RelaxedEquivarianceReport",
+    "enumerable_elements",
     "graph_automorphisms",
     "is_relaxed_equivariant",
     "keeps_stabiliser",
@@ -41,25 +42,13 @@ __all__ = [
 _CHUNK = 4096  # samples moved at once (elements x inputs): bounds the memory of the checks
 
 
-def _rows(x: Any) -> Tensor:
-    """Every part of a batch as rows ``(B, m, -1)`` concatenated along the last axis."""
-    tensors = parts(x)
-    batch, m = tensors[0].shape[:2]
-    return torch.cat([t.reshape(batch, m, -1).to(torch.float64) for t in tensors], dim=-1)
-
-
-def _flat(x: Any) -> Tensor:
-    """Per-sample flattened float64 rows ``(B, D)`` of a tensor or tuple batch."""
-    return flat(x).to(torch.float64)
-
-
 def _distance(a: Any, b: Any, *, as_set: bool = False, atol: float = 0.0) -> Tensor:
     """Per-sample distance ``(B,)`` between two batches: the largest entry difference, or with
     ``as_set`` the largest distance from a row to its nearest row of the other set, and ``inf``
     where the two row multisets differ at tolerance ``atol`` (different multiplicities)."""
     if not as_set:
-        return (_flat(a) - _flat(b)).abs().amax(dim=1)
-    ra, rb = _rows(a), _rows(b)
+        return (flat(a).double() - flat(b).double()).abs().amax(dim=1)
+    ra, rb = rows(a), rows(b)
     ab = torch.cdist(ra, rb, p=float("inf"))
     aa = torch.cdist(ra, ra, p=float("inf"))
     bb = torch.cdist(rb, rb, p=float("inf"))
@@ -71,7 +60,9 @@ def _distance(a: Any, b: Any, *, as_set: bool = False, atol: float = 0.0) -> Ten
     return torch.where(same, nearest, torch.full_like(nearest, float("inf")))
 
 
-def _all_elements(group: Group, name: str) -> Tensor:
+def enumerable_elements(group: Group, name: str) -> Tensor:
+    """Every element of ``group`` (``group.elements()``), which must be finite and small enough
+    to enumerate (S_n with n <= 8); a ``ValueError`` naming ``name`` otherwise."""
     if not isinstance(group, FiniteGroup):
         raise ValueError(f"{name}: expected an action of a finite group, received one of {group}")
     if isinstance(group, SymmetricGroup) and group.n > 8:
@@ -103,7 +94,11 @@ def stabiliser_mask(
     action.check_input(x, "x")
     check_non_negative("atol", atol)
     group = action.group
-    g = _all_elements(group, "action") if elements is None else group.check(elements, "elements")
+    g = (
+        enumerable_elements(group, "action")
+        if elements is None
+        else group.check(elements, "elements")
+    )
     batch = batch_size(x)
     step = max(1, _CHUNK // batch)
     masks = []
@@ -122,7 +117,7 @@ def stabiliser(x: Any, action: Action, **options: Any) -> Tensor:
         raise ValueError(f"x: expected a batch of one input, received {batch_size(x)}")
     group = action.group
     g = options.pop("elements", None)
-    g = _all_elements(group, "action") if g is None else group.check(g, "elements")
+    g = enumerable_elements(group, "action") if g is None else group.check(g, "elements")
     return g[stabiliser_mask(x, action, elements=g, **options)[0]]
 
 
@@ -247,7 +242,7 @@ def _stabilisers(
 ) -> list[Tensor]:
     group = action_in.group
     if stabilisers is None:
-        g = _all_elements(group, "action_in")
+        g = enumerable_elements(group, "action_in")
         mask = stabiliser_mask(x, action_in, elements=g, atol=atol, as_set=as_set)
         return [g[row] for row in mask]
     if len(stabilisers) != batch_size(x):
@@ -306,7 +301,7 @@ def is_relaxed_equivariant(
             raise ValueError(
                 f"group: expected the actions' group {action_in.group}, received {group}"
             )
-        tested = _all_elements(group, "group")
+        tested = enumerable_elements(group, "group")
     else:
         tested = action_in.group.check(group, "group")
     stabs = _stabilisers(x, action_in, stabilisers, atol, as_set)
@@ -321,17 +316,19 @@ def is_relaxed_equivariant(
         g_rep = g.repeat_interleave(batch, dim=0)
         moved_out = _outputs_of(f, action_in(g_rep, repeat(x, g.shape[0])))
         back = action_out(action_in.group.inverse(g_rep), moved_out)
-        pulled.append(_flat(back).reshape(g.shape[0], batch, -1))
+        pulled.append(flat(back).double().reshape(g.shape[0], batch, -1))
     pulled_all = torch.cat(pulled)  # (K, B, D)
 
     worst, equivariant, bad, per_sample = 0.0, True, [], []
     count = 0
     for b in range(batch):
         h = stabs[b]
-        orbit = _flat(action_out(h, repeat(index(y, torch.tensor([b])), h.shape[0])))  # (H, D)
+        orbit = flat(
+            action_out(h, repeat(index(y, torch.tensor([b])), h.shape[0]))
+        ).double()  # (H, D)
         gaps = (pulled_all[:, b, None, :] - orbit[None]).abs().amax(dim=2)  # (K, H)
         nearest = gaps.amin(dim=1)
-        identity = (pulled_all[:, b] - _flat(y[b : b + 1])).abs().amax(dim=1)
+        identity = (pulled_all[:, b] - flat(y[b : b + 1]).double()).abs().amax(dim=1)
         equivariant = equivariant and bool((identity <= atol).all())
         worst = max(worst, float(nearest.max()))
         failing = torch.nonzero(nearest > atol).flatten()

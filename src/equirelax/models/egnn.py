@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from equirelax._checks import check_positive_int
 from equirelax.groups import O3, Euclidean
-from equirelax.models._particles import check_particle_inputs, squared_distances
+from equirelax.models.particles import check_particle_inputs, squared_distances
 from equirelax.nn.egnn import EGNNLayer
 
 __all__ = ["NBodyEGNN"]

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from equirelax._checks import check_positive_int
-from equirelax.models._particles import check_particle_inputs
+from equirelax.models.particles import check_particle_inputs
 
 __all__ = ["NBodyMLP"]
 

@@ -22,12 +22,12 @@ from torch import Tensor, nn
 from equirelax._checks import check_choice, check_positive_int
 from equirelax.actions import DirectSumAction, PointAction, TrivialAction, VectorAction
 from equirelax.groups import O3, Euclidean
-from equirelax.models._particles import check_particle_inputs
+from equirelax.models.particles import check_particle_inputs
 from equirelax.nn.steerable import (
     SEGNNLayer,
     SteerableGate,
     SteerableLinear,
-    _irreps,
+    check_irreps,
     off_diagonal,
 )
 
@@ -101,7 +101,7 @@ class NBodySEGNN(nn.Module):
         aggregation: str = "mean",
     ) -> None:
         super().__init__()
-        hidden = _irreps("hidden_irreps", hidden_irreps)
+        hidden = check_irreps("hidden_irreps", hidden_irreps)
         check_positive_int("num_layers", num_layers)
         check_choice("aggregation", aggregation, ("sum", "mean"))
         self.hidden_irreps = hidden

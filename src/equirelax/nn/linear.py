@@ -12,6 +12,8 @@ from equirelax.actions import RepresentationAction
 from equirelax.commutant import EquivariantProjector
 from equirelax.representations import Representation
 
+__all__ = ["EquivariantLinear"]
+
 
 class EquivariantLinear(nn.Module):
     """``y = W x + b`` with ``W`` in ``Hom_G(rho_in, rho_out)`` and ``b`` fixed by ``rho_out``.

@@ -17,6 +17,8 @@ from equirelax._checks import check_dim, check_positive_int, check_tensor
 from equirelax.actions import RepresentationAction
 from equirelax.representations import Representation
 
+__all__ = ["GatedNonlinearity", "NormNonlinearity"]
+
 Activation = Callable[[Tensor], Tensor]
 
 

@@ -35,13 +35,14 @@ __all__ = [
     "SEGNNLayer",
     "SteerableGate",
     "SteerableLinear",
+    "check_irreps",
     "off_diagonal",
 ]
 
 _AGGREGATIONS = ("sum", "mean")
 
 
-def _irreps(name: str, value: object) -> o3.Irreps:
+def check_irreps(name: str, value: object) -> o3.Irreps:
     """``o3.Irreps(value)``; a ``ValueError`` naming the argument if it is not irreps."""
     try:
         irreps = o3.Irreps(value)
@@ -173,13 +174,13 @@ class SteerableLinear(nn.Module):
         if isinstance(irreps_in, (list, tuple)) and not isinstance(irreps_in, o3.Irreps):
             if not irreps_in:
                 raise ValueError("irreps_in: expected irreps or a non-empty list of irreps")
-            parts = [_irreps(f"irreps_in[{i}]", part) for i, part in enumerate(irreps_in)]
+            parts = [check_irreps(f"irreps_in[{i}]", part) for i, part in enumerate(irreps_in)]
         else:
-            parts = [_irreps("irreps_in", irreps_in)]
+            parts = [check_irreps("irreps_in", irreps_in)]
         self.irreps_parts = tuple(parts)
         self.irreps_in = sum(parts[1:], parts[0])
-        self.irreps_attr = _irreps("irreps_attr", irreps_attr)
-        self.irreps_out = _irreps("irreps_out", irreps_out)
+        self.irreps_attr = check_irreps("irreps_attr", irreps_attr)
+        self.irreps_out = check_irreps("irreps_out", irreps_out)
         self.in_features = self.irreps_in.dim
         self.attr_features = self.irreps_attr.dim
         self.out_features = self.irreps_out.dim
@@ -588,7 +589,7 @@ class SteerableGate(nn.Module):
 
     def __init__(self, irreps: str | o3.Irreps) -> None:
         super().__init__()
-        self.irreps_out = _irreps("irreps", irreps)
+        self.irreps_out = check_irreps("irreps", irreps)
         scalars = [(mul, ir) for mul, ir in self.irreps_out if ir.l == 0]
         gated = [(mul, ir) for mul, ir in self.irreps_out if ir.l > 0]
         num_gates = sum(mul for mul, _ in gated)
@@ -707,8 +708,8 @@ class SEGNNLayer(nn.Module):
         aggregation: str = "sum",
     ) -> None:
         super().__init__()
-        hidden = _irreps("irreps_hidden", irreps_hidden)
-        attr = _irreps("irreps_attr", irreps_attr)
+        hidden = check_irreps("irreps_hidden", irreps_hidden)
+        attr = check_irreps("irreps_attr", irreps_attr)
         edge_features = check_int("edge_features", edge_features)
         check_choice("aggregation", aggregation, _AGGREGATIONS)
         self.irreps_hidden, self.irreps_attr = hidden, attr

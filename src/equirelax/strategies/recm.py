@@ -60,15 +60,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from equirelax._batches import call, index, parts, repeat
+from equirelax._batches import call, combine, index, parts, repeat
 from equirelax._checks import batch_size, check_non_negative, check_positive_int
 from equirelax.commutant import EquivariantProjector
 from equirelax.free_branches import DenseFreeBranch
-from equirelax.gap import combine, group_average, per_sample_loss
-from equirelax.metrics import haar_elements
+from equirelax.gap import group_average
+from equirelax.groups import haar_elements
+from equirelax.losses import mean_squared_error, per_sample_loss
 from equirelax.relaxed import Relaxed
 from equirelax.strategies.base import Strategy, require_relaxed, set_levels
-from equirelax.tasks.base import mean_squared_error
 
 __all__ = ["RECM"]
 
@@ -327,7 +327,7 @@ class RECM(Strategy):
             return u - averaged
         x = args[0] if len(args) == 1 else tuple(args)
         elements = haar_elements(
-            layer.action_in,
+            layer.action_in.group,
             self.num_elements,
             self.generator,
             device=parts(x)[0].device,

@@ -1,10 +1,10 @@
 """Tasks: data splits with their symmetry actions, a loss and a metric.
 
-:data:`TASKS` lists the built-in tasks by name (``equirelax tasks`` prints it); :func:`get`
-builds one.
+The built-in tasks by name, with their run presets, are the experiments' registry
+(:mod:`equirelax.experiments.task_registry`; ``equirelax tasks`` prints it).
 """
 
-from equirelax.tasks.base import Split, Task, mean_squared_error
+from equirelax.tasks.base import Split, Task
 from equirelax.tasks.breaking import (
     bipartite_graph,
     bipartite_task,
@@ -26,7 +26,6 @@ from equirelax.tasks.images import (
     parse_planar_group,
 )
 from equirelax.tasks.nbody import nbody_task, simulate
-from equirelax.tasks.registry import TASKS, TaskInfo, get
 from equirelax.tasks.smoke import (
     rollout,
     root_mean_squared_error,
@@ -46,10 +45,8 @@ from equirelax.tasks.synthetic import (
 )
 
 __all__ = [
-    "TASKS",
     "Split",
     "Task",
-    "TaskInfo",
     "bipartite_graph",
     "bipartite_task",
     "classification_error",
@@ -59,11 +56,9 @@ __all__ = [
     "fashion_mnist_task",
     "gap_dial_function",
     "gap_dial_task",
-    "get",
     "glyphs_task",
     "inertia_task",
     "inertia_tensor",
-    "mean_squared_error",
     "mnist_task",
     "modified_inertia_task",
     "modified_inertia_tensor",

@@ -10,27 +10,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from equirelax._checks import batch_size
 from equirelax.actions import Action, TrivialAction
+from equirelax.losses import Loss, mean_squared_error
 
-__all__ = ["Split", "Task", "mean_squared_error"]
+__all__ = ["Split", "Task"]
 
 Split = tuple[Any, Tensor]
 """``(inputs, targets)``: inputs a tensor or a tuple of tensors (the model is called as
 ``model(*inputs)``), both with the sample axis first."""
-
-
-def mean_squared_error(outputs: Tensor, targets: Tensor) -> Tensor:
-    """``mean((outputs - targets)^2)`` with a shape check (no silent broadcasting)."""
-    if outputs.shape != targets.shape:
-        raise ValueError(
-            f"outputs: expected the targets' shape {tuple(targets.shape)}, "
-            f"received {tuple(outputs.shape)}"
-        )
-    return torch.mean((outputs - targets) ** 2)
 
 
 @dataclass
@@ -68,7 +58,7 @@ class Task:
     action_in: Action
     action_out: Action | None = None
     test: Split | None = None
-    loss: Callable[[Tensor, Tensor], Tensor] = mean_squared_error
+    loss: Loss = mean_squared_error
     metric: Callable[[Tensor, Tensor], Tensor] | None = None
     metric_name: str = "mse"
     description: str = ""

@@ -52,8 +52,9 @@ from tqdm.auto import tqdm
 from equirelax._checks import check_bool, check_int, check_positive_int
 from equirelax.actions import ImageAction
 from equirelax.groups import CyclicGroup
+from equirelax.losses import mean_squared_error
 from equirelax.tasks._cache import cache_directory, cache_file, load_arrays, save_arrays
-from equirelax.tasks.base import Task, mean_squared_error
+from equirelax.tasks.base import Task
 
 __all__ = [
     "SYMMETRY",

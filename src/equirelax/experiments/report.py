@@ -1,7 +1,7 @@
 """Reports of a comparison: the summary table (``results.md``) and plots (PNG).
 
-:func:`summarize` turns the run records of :func:`equirelax.compare.compare` into one row per
-strategy (mean and standard deviation over seeds); :func:`write_report` writes
+:func:`summarize` turns the run records of :func:`equirelax.experiments.compare.compare` into
+one row per strategy (mean and standard deviation over seeds); :func:`write_report` writes
 ``results.md``, ``curves.png`` (validation metric against epoch) and ``levels.png`` (levels
 and multipliers against epoch).
 """
@@ -183,7 +183,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> None:
     lines = [
         f"# equirelax compare: task `{setup['task']}`, model `{setup['model']}`",
         "",
-        f"Command: `{results.get('command') or 'equirelax.compare.compare(...)'}`",
+        f"Command: `{results.get('command') or 'equirelax.experiments.compare.compare(...)'}`",
         "",
         f"Machine: {machine.get('processor')}, {machine.get('cpus')} CPUs, "
         f"{_jobs(machine)}{machine.get('torch_threads')} torch threads, "

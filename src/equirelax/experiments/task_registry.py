@@ -41,7 +41,8 @@ class TaskInfo:
     description:
         One line.
     models:
-        Names in :data:`equirelax.models.MODELS` that fit the task; the first is the default.
+        Names in :data:`equirelax.experiments.model_registry.MODELS` that fit the task; the
+        first is the default.
     quick, full:
         Presets: ``{"task": task options, "train": TrainConfig fields, "strategies":
         {strategy name: options}, "adapt": TrainConfig fields, "break": options}`` (the last

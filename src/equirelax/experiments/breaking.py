@@ -27,13 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from equirelax import models
 from equirelax._batches import index
 from equirelax._checks import batch_size, check_positive_int
 from equirelax.breaking.stabilisers import is_relaxed_equivariant, keeps_stabiliser
 from equirelax.engine import TrainConfig, split_means, train
+from equirelax.experiments import model_registry
+from equirelax.experiments.report import mean_std
 from equirelax.models.breaking import ARMS
-from equirelax.report import mean_std
 from equirelax.strategies import Free
 from equirelax.tasks.base import Task
 
@@ -87,8 +87,8 @@ def compare_breaking(
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train ``model`` (a name of :data:`equirelax.models.MODELS` with a ``breaking`` option)
-    in each arm for ``seeds`` seeds and measure it (see the module docstring).
+    """Train ``model`` (a name of :data:`~equirelax.experiments.model_registry.MODELS` with a
+    ``breaking`` option) in each arm for ``seeds`` seeds and measure it (see the module docstring).
 
     Each record holds ``arm``, ``seed``, ``failure`` and ``loss`` (test split, else validation),
     ``symmetric``, ``relaxed_equivariant`` and ``keeps_stabiliser`` (fractions of the first
@@ -108,7 +108,7 @@ def compare_breaking(
     for arm in arms:
         for seed in range(seeds):
             torch.manual_seed(seed)
-            net = models.build(model, task, breaking=arm, **(model_options or {}))
+            net = model_registry.build(model, task, breaking=arm, **(model_options or {}))
             started = time.perf_counter()
             result = train(
                 net,

@@ -6,6 +6,8 @@ from torch import Tensor
 
 from equirelax._checks import check_ndim, check_tensor
 
+__all__ = ["check_particle_inputs", "squared_distances"]
+
 
 def check_particle_inputs(
     positions: object, velocities: object, charges: object

@@ -3,8 +3,8 @@
 :func:`run_one` trains one (strategy, seed) with :func:`equirelax.train` in its own directory
 and returns a plain record; :func:`compare` runs every (strategy, seed), skips finished runs
 and continues interrupted ones with ``resume=True``, and writes ``results.json``,
-``results.md`` and the plots of :mod:`equirelax.report` after every run, so an interrupted
-comparison still leaves its results so far.
+``results.md`` and the plots of :mod:`equirelax.experiments.report` after every run, so an
+interrupted comparison still leaves its results so far.
 
 ``compare(..., jobs=N)`` runs the (strategy, seed) pairs in ``N`` worker processes (default:
 one per available core, at most one per run left to do); each worker runs on
@@ -49,10 +49,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from equirelax import models, strategies
+from equirelax import strategies
 from equirelax.engine import NonFiniteLossError, TrainConfig, check_continuation, train
+from equirelax.experiments import model_registry
+from equirelax.experiments.report import write_report
 from equirelax.relaxed import relax
-from equirelax.report import write_report
 from equirelax.tasks.base import Task
 
 __all__ = [
@@ -126,8 +127,8 @@ def run_one(
     config = TrainConfig(**{**asdict(config), "seed": seed})
     strategy = make_strategy(label, **strategy_options)
     torch.manual_seed(seed)
-    model = models.build(model_name, task, **model_options)
-    if models.MODELS[model_name].equivariant:
+    model = model_registry.build(model_name, task, **model_options)
+    if model_registry.MODELS[model_name].equivariant:
         model = relax(model, placement=strategy.placement)
     started = time.perf_counter()
     result = train(
@@ -203,8 +204,10 @@ def compare(
     """
     for label in labels:
         make_strategy(label, **(strategy_options or {}).get(label, {}))  # names checked up front
-    if models.MODELS.get(model_name) is None:
-        raise ValueError(f"model: expected one of {sorted(models.MODELS)}, received {model_name!r}")
+    if model_registry.MODELS.get(model_name) is None:
+        raise ValueError(
+            f"model: expected one of {sorted(model_registry.MODELS)}, received {model_name!r}"
+        )
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds: expected a positive int, received {seeds!r}")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):

@@ -35,15 +35,15 @@ from typing import Any
 
 import torch
 
-from equirelax import models
-from equirelax.adapt import ARMS, adapt, format_adapt_table, pretrain
-from equirelax.breaking.compare import ARMS as BREAKING_ARMS
-from equirelax.breaking.compare import compare_breaking, format_breaking_table
 from equirelax.breaking.objects import TIE_BREAKS
-from equirelax.compare import DEFAULT_STRATEGIES, STRATEGY_PRESETS, compare, run_one
 from equirelax.engine import TrainConfig
-from equirelax.report import format_table, ordering, summarize
-from equirelax.tasks.registry import TASKS, TaskInfo
+from equirelax.experiments import model_registry
+from equirelax.experiments.adapt import ARMS, adapt, format_adapt_table, pretrain
+from equirelax.experiments.breaking import ARMS as BREAKING_ARMS
+from equirelax.experiments.breaking import compare_breaking, format_breaking_table
+from equirelax.experiments.compare import DEFAULT_STRATEGIES, STRATEGY_PRESETS, compare, run_one
+from equirelax.experiments.report import format_table, ordering, summarize
+from equirelax.experiments.task_registry import TASKS, TaskInfo
 
 __all__ = ["main"]
 
@@ -408,7 +408,7 @@ def _adapt(parser: argparse.ArgumentParser, args: argparse.Namespace, words: lis
     predictor_path = args.predictor or out / "predictor.pt"
     try:
         torch.manual_seed(0)
-        predictor = models.build(model, task, **dict(args.model_option))
+        predictor = model_registry.build(model, task, **dict(args.model_option))
         if predictor_path.exists():
             state = torch.load(predictor_path, map_location="cpu", weights_only=True)
             try:
@@ -558,7 +558,9 @@ def _list_tasks() -> None:
             f"{name:<{width_name}} {symmetry:<{width_symmetry}} {names:<{width_models}} "
             f"{description}; {full}"
         )
-    print(f"\nmodels: {', '.join(f'{k} ({v.description})' for k, v in models.MODELS.items())}")
+    print(
+        f"\nmodels: {', '.join(f'{k} ({v.description})' for k, v in model_registry.MODELS.items())}"
+    )
     print(f"strategies: {', '.join(STRATEGY_PRESETS)}")
 
 

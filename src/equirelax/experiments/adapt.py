@@ -40,10 +40,11 @@ from torch import nn
 
 from equirelax._checks import batch_size, check_positive_int
 from equirelax.actions import ImageAction
-from equirelax.canonical import Canonicalized, ImageCanonicalizer, split_output
+from equirelax.canonical import Canonicalized, ImageCanonicalizer
 from equirelax.engine import TrainConfig, train
+from equirelax.experiments.report import mean_std
 from equirelax.groups import CyclicGroup, DihedralGroup, FiniteGroup
-from equirelax.report import mean_std
+from equirelax.outputs import split_output
 from equirelax.strategies import Augment, Free
 from equirelax.tasks.base import Split, Task
 from equirelax.tasks.images import parse_planar_group

@@ -1,0 +1,67 @@
+"""The package's public face (issue 19): the library never loads the experiments floor, every
+public module declares ``__all__``, and the README's imports work."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import equirelax
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _public_modules() -> list[str]:
+    names = []
+    for info in pkgutil.walk_packages(equirelax.__path__, "equirelax."):
+        if not any(part.startswith("_") for part in info.name.split(".")):
+            names.append(info.name)
+    return names
+
+
+def test_importing_the_library_loads_no_runner() -> None:
+    code = (
+        "import sys, equirelax, equirelax.canonical, equirelax.models, equirelax.breaking; "
+        "print(sorted(m for m in sys.modules if m.startswith('equirelax.experiments')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
+
+
+@pytest.mark.parametrize("name", _public_modules())
+def test_every_public_module_declares_what_it_exports(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = getattr(module, "__all__", None)
+    assert isinstance(exported, list), f"{name} has no __all__"
+    missing = [item for item in exported if not hasattr(module, item)]
+    assert not missing, f"{name}.__all__ names {missing}, which it does not define"
+
+
+def _readme_imports() -> list[str]:
+    text = README.read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    lines = []
+    for block in blocks:
+        statement = ""
+        for line in block.splitlines():
+            if statement or re.match(r"(from equirelax\S* import|import equirelax)", line):
+                statement += line.strip() + " "
+                if statement.count("(") == statement.count(")"):
+                    lines.append(statement.strip())
+                    statement = ""
+    return lines
+
+
+def test_the_readme_imports_work() -> None:
+    statements = _readme_imports()
+    assert len(statements) >= 5
+    for statement in statements:
+        exec(statement, {})  # a failure names the statement in the traceback
