@@ -178,6 +178,37 @@ def test_relax_selects_by_type_and_by_predicate_and_leaves_the_input_alone():
         relax(model, 3)
 
 
+class _Scale(nn.Module):
+    """A layer type the library does not know, which owns its free branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * x
+
+    def free_branch(self) -> nn.Module:
+        return nn.Linear(3, 3, bias=False)
+
+
+def test_a_layer_type_owns_its_free_branch_and_a_registered_factory_overrides_it():
+    model = nn.Sequential(_Scale(), nn.ReLU(), _Scale())
+    relaxed = relax(model)  # selected by default: the type has a free_branch method
+    assert list(equirelax.relaxed_layers(relaxed)) == ["0", "2"]
+    assert all(
+        isinstance(layer.free, nn.Linear) for layer in equirelax.relaxed_layers(relaxed).values()
+    )
+    for layer_type in (EquivariantLinear, LiftingConv2d, GroupConv2d, EGNNLayer, VNLinear):
+        assert callable(getattr(layer_type, "free_branch", None)), layer_type
+    equirelax.register_free_branch(_Scale, lambda layer: nn.Linear(3, 3))
+    try:
+        layers = equirelax.relaxed_layers(relax(model))
+        assert all(layer.free.bias is not None for layer in layers.values())
+    finally:
+        equirelax.relaxed._FACTORIES.pop(_Scale)
+
+
 def test_default_free_branch_is_built_lazily_from_shapes():
     layer = Relaxed(nn.Linear(4, 6), level=1.0)
     assert layer.free is None

@@ -13,9 +13,11 @@ code, never the input embedding, the output head or the maps inside a bilinear p
 that declares nothing) wraps every layer whose type has a registered free-branch factory;
 ``select=`` overrides all of this.
 
-Free branches are built by factories registered per layer type (:func:`register_free_branch`);
-a layer type without a factory gets a dense map on its flattened feature axis, built lazily at
-the first forward call from the input and output shapes.
+A layer type owns its free branch: a method ``free_branch()`` returning a fresh branch module
+(the layers of :mod:`equirelax.nn` have one). Layer types the library does not own get one by
+:func:`register_free_branch`, which also overrides a method; a layer type with neither gets a
+dense map on its flattened feature axis, built lazily at the first forward call from the input
+and output shapes.
 """
 
 from __future__ import annotations
@@ -30,13 +32,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 from equirelax._checks import check_choice, describe
-from equirelax.free_branches import (
-    ConvFreeBranch,
-    DenseFreeBranch,
-    EGNNFreeBranch,
-    SteerableFreeBranch,
-    VectorNeuronFreeBranch,
-)
+from equirelax.free_branches import DenseFreeBranch
 
 __all__ = [
     "PLACEMENTS",
@@ -57,10 +53,12 @@ _NORM_BOUNDS = (None, "spectral", "frobenius")
 
 
 def register_free_branch(layer_type: type[nn.Module], factory: FreeBranchFactory) -> None:
-    """Register ``factory(layer) -> free branch`` for layers of ``layer_type``.
+    """Register ``factory(layer) -> free branch`` for layers of ``layer_type`` (for types
+    without a ``free_branch`` method, e.g. from other libraries; it takes precedence over one).
 
     The factory may return ``None`` to ask for the default dense branch built lazily from
-    shapes. Registered types are also what :func:`relax` selects by default.
+    shapes. Registered types, and types with a ``free_branch`` method, are what :func:`relax`
+    selects by default.
     """
     if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
         raise TypeError(f"layer_type: expected an nn.Module subclass, received {layer_type!r}")
@@ -68,10 +66,13 @@ def register_free_branch(layer_type: type[nn.Module], factory: FreeBranchFactory
 
 
 def _factory_for(layer: nn.Module) -> FreeBranchFactory | None:
+    """The factory registered for the layer's type (or a base type), else the layer type's own
+    ``free_branch`` method, else ``None``."""
     for cls in type(layer).__mro__:
         if cls in _FACTORIES:
             return _FACTORIES[cls]
-    return None
+    method = getattr(type(layer), "free_branch", None)
+    return method if callable(method) else None
 
 
 class Relaxed(nn.Module):
@@ -433,62 +434,3 @@ def _selector(select: Selector) -> Callable[[str, nn.Module], bool]:
 def relaxed_layers(model: nn.Module) -> dict[str, Relaxed]:
     """Every :class:`Relaxed` layer of ``model`` by qualified name, in module order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, Relaxed)}
-
-
-def _register_builtin_factories() -> None:
-    from equirelax.nn import (
-        EGNNLayer,
-        EquivariantLinear,
-        GroupConv2d,
-        LiftingConv2d,
-        SteerableLinear,
-        VNLinear,
-    )
-
-    register_free_branch(
-        EquivariantLinear,
-        lambda layer: DenseFreeBranch((layer.in_features,), (layer.out_features,)),
-    )
-    register_free_branch(
-        LiftingConv2d,
-        lambda layer: ConvFreeBranch(
-            layer.in_channels,
-            1,
-            layer.out_channels,
-            layer.group.order,
-            layer.kernel_size,
-            layer.padding,
-        ),
-    )
-    register_free_branch(
-        GroupConv2d,
-        lambda layer: ConvFreeBranch(
-            layer.in_channels,
-            layer.group.order,
-            layer.out_channels,
-            layer.group.order,
-            layer.kernel_size,
-            layer.padding,
-        ),
-    )
-    register_free_branch(
-        EGNNLayer,
-        lambda layer: EGNNFreeBranch(
-            layer.node_features,
-            layer.out_features,
-            layer.hidden_features,
-            velocity=layer.velocity,
-        ),
-    )
-    register_free_branch(
-        VNLinear, lambda layer: VectorNeuronFreeBranch(layer.in_channels, layer.out_channels)
-    )
-    register_free_branch(
-        SteerableLinear,
-        lambda layer: SteerableFreeBranch(
-            [part.dim for part in layer.irreps_parts], layer.attr_features, layer.out_features
-        ),
-    )
-
-
-_register_builtin_factories()

@@ -25,6 +25,7 @@ from equirelax._checks import (
     check_tensor,
 )
 from equirelax.actions import Action, DirectSumAction, PointAction, TrivialAction, VectorAction
+from equirelax.free_branches import EGNNFreeBranch
 from equirelax.groups import Group
 
 __all__ = ["EGNNLayer"]
@@ -194,6 +195,13 @@ class EGNNLayer(nn.Module):
             nn.Sequential(nn.Linear(f, hid), nn.SiLU(), nn.Linear(hid, 1))
             if self.velocity
             else None
+        )
+
+    def free_branch(self) -> nn.Module:
+        """A fresh free branch for this layer (used by :func:`~equirelax.relax`):
+        a per-node MLP on the raw coordinates (and velocities) and features."""
+        return EGNNFreeBranch(
+            self.node_features, self.out_features, self.hidden_features, velocity=self.velocity
         )
 
     def forward(

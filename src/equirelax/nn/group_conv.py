@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from equirelax._checks import check_dim, check_ndim, check_positive_int, check_tensor
 from equirelax.actions import ImageAction
+from equirelax.free_branches import ConvFreeBranch
 from equirelax.groups import FiniteGroup, Group
 from equirelax.nn.disc_basis import DiscHarmonicBasis
 
@@ -200,6 +201,15 @@ class _GroupConvolution(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(B, C_in, [|G|,] H, W)`` to ``(B, C_out, |G|, H', W')``."""
         return self.convolve(x, self.filter_bank(), self.bias)
+
+    def free_branch(self) -> nn.Module:
+        """A fresh free branch for this layer (used by :func:`~equirelax.relax`): an
+        unconstrained convolution with the same fibres, filter size and padding."""
+        order = self.group.order
+        fibre_in = order if self.regular_input else 1
+        return ConvFreeBranch(
+            self.in_channels, fibre_in, self.out_channels, order, self.kernel_size, self.padding
+        )
 
     def convolve(self, x: Tensor, filter_bank: Tensor, bias: Tensor | None) -> Tensor:
         """Check ``x`` against this layer's input layout and run one conv2d with

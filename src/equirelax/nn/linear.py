@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from equirelax._checks import check_dim, check_tensor
 from equirelax.actions import RepresentationAction
 from equirelax.commutant import EquivariantProjector
+from equirelax.free_branches import DenseFreeBranch
 from equirelax.representations import Representation
 
 __all__ = ["EquivariantLinear"]
@@ -66,6 +67,11 @@ class EquivariantLinear(nn.Module):
     def bias(self) -> Tensor | None:
         """The invariant bias ``(d_out,)``, or ``None``."""
         return None if self.bias_basis is None else self.bias_basis()[:, 0]
+
+    def free_branch(self) -> nn.Module:
+        """A fresh free branch for this layer (used by :func:`~equirelax.relax`):
+        a dense map of the same feature sizes."""
+        return DenseFreeBranch((self.in_features,), (self.out_features,))
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from equirelax._checks import check_choice, check_int, check_ndim, check_tensor
 from equirelax.actions import DirectSumAction, RepresentationAction
+from equirelax.free_branches import SteerableFreeBranch
 from equirelax.groups import O3
 
 __all__ = [
@@ -286,6 +287,13 @@ class SteerableLinear(nn.Module):
         num_biases = sum(mul for mul, ir in self.irreps_out if ir == scalar)
         self.bias: nn.Parameter | None = (
             nn.Parameter(torch.zeros(num_biases)) if bias and num_biases else None
+        )
+
+    def free_branch(self) -> nn.Module:
+        """A fresh free branch for this layer (used by :func:`~equirelax.relax`):
+        a dense map of the concatenated inputs."""
+        return SteerableFreeBranch(
+            [part.dim for part in self.irreps_parts], self.attr_features, self.out_features
         )
 
     def forward(self, *inputs: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from equirelax._checks import check_positive_int, check_tensor
 from equirelax.actions import VectorAction
+from equirelax.free_branches import VectorNeuronFreeBranch
 from equirelax.groups import O3
 
 __all__ = ["VNLeakyReLU", "VNLinear"]
@@ -68,6 +69,11 @@ class VNLinear(nn.Module):
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.out_channels = check_positive_int("out_channels", out_channels)
         self.weight = _channel_weight(out_channels, in_channels)
+
+    def free_branch(self) -> nn.Module:
+        """A fresh free branch for this layer (used by :func:`~equirelax.relax`):
+        a dense map of the flattened vector channels."""
+        return VectorNeuronFreeBranch(self.in_channels, self.out_channels)
 
     def forward(self, v: Tensor) -> Tensor:
         """Map ``(B, in_channels, 3, ...)`` features to ``(B, out_channels, 3, ...)``."""
