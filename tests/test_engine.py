@@ -186,7 +186,7 @@ def test_two_process_ace_matches_one_process(tmp_path):
 def test_ace_levels_and_slacks_are_primal_parameters_of_the_engines_optimiser():
     """The official rule: the engine's Adam (and its gradient clipping, which runs over the
     optimiser's parameter groups) owns every level and the resilient slacks."""
-    from equirelax.engine import _parameter_groups
+    from equirelax.engine.loop import _parameter_groups
 
     ace = ACE("resilient")
     model = ace.attach(vector_model())

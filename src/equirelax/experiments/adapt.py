@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
 import time
@@ -42,7 +41,7 @@ from equirelax._checks import batch_size, check_positive_int
 from equirelax.actions import ImageAction
 from equirelax.canonical import Canonicalized, ImageCanonicalizer
 from equirelax.engine import TrainConfig, train
-from equirelax.experiments.report import mean_std
+from equirelax.experiments.runner import Column, arm_table, check_arms, run_arms
 from equirelax.groups import CyclicGroup, DihedralGroup, FiniteGroup
 from equirelax.outputs import split_output
 from equirelax.strategies import Augment, Free
@@ -70,6 +69,12 @@ ARMS: dict[str, str] = {
 """Arm name -> what it fine-tunes (see the module docstring)."""
 
 _CANONICALIZED = ("canon", "canon-prior", "frozen-canon-prior")
+_TABLE: list[Column] = [
+    ("upright acc %", "upright", 100.0, 2),
+    ("C4-avg acc %", "c4", 100.0, 2),
+    ("C8-avg acc %", "c8", 100.0, 2),
+    ("upright -> identity %", "identity", 100.0, 2),
+]
 
 
 def pretrain(
@@ -218,9 +223,7 @@ def adapt(
     ``equivariance_error`` (the engine's last value; ``None`` for ``pretrained``).
     """
     group = parse_planar_group(group)
-    unknown = [arm for arm in arms if arm not in ARMS]
-    if unknown or not arms or len(set(arms)) != len(arms):
-        raise ValueError(f"arms: expected distinct names from {list(ARMS)}, received {list(arms)}")
+    arms = check_arms(arms, list(ARMS))
     check_positive_int("seeds", seeds)
     if not prior_weight >= 0:
         raise ValueError(f"prior_weight: expected >= 0, received {prior_weight!r}")
@@ -240,7 +243,6 @@ def adapt(
     options = dict(canonicalizer_options or {})
     task = dataclasses.replace(task, action_in=ImageAction(group), action_out=None)
     evaluation = task.test if task.test is not None else task.val
-    root = Path(out_dir) if out_dir is not None else None
     setup = {
         "task": task.name,
         "group": group.key,
@@ -249,71 +251,47 @@ def adapt(
         "canonicalizer_options": options,
         "canonicalizer_lr_scale": canonicalizer_lr_scale,
     }
-    records: list[dict[str, Any]] = []
-    for arm in arms:
-        for seed in range(seeds if arm != "pretrained" else 1):
-            torch.manual_seed(seed)
-            model = _arm_model(arm, predictor, group, inputs.shape[1], prior_weight, options)
-            started = time.perf_counter()
-            error = None
-            if arm != "pretrained":
-                strategy = Augment() if arm == "augment" else Free()
-                run_dir = root / arm / f"seed{seed}" if root is not None else None
-                scale = {"canonicalizer.": canonicalizer_lr_scale} if arm in _CANONICALIZED else {}
-                result = train(
-                    model,
-                    strategy,
-                    dataclasses.replace(task, name=f"{task.name}/{arm}"),
-                    dataclasses.replace(config, seed=seed, lr_scale={**config.lr_scale, **scale}),
-                    out_dir=run_dir,
-                    progress=progress,
-                )
-                model = result.model
-                error = result.final.get("equivariance_error")
-            seconds = time.perf_counter() - started
-            records.append(
-                {
-                    "arm": arm,
-                    "seed": seed,
-                    "upright": rotated_accuracy(model, evaluation, CyclicGroup(1)),
-                    "c4": rotated_accuracy(model, evaluation, CyclicGroup(4)),
-                    "c8": rotated_accuracy(model, evaluation, CyclicGroup(8)),
-                    "identity": identity_fraction(model, evaluation[0])
-                    if isinstance(model, Canonicalized)
-                    else None,
-                    "seconds": seconds,
-                    "equivariance_error": error,
-                }
+
+    def run(arm: str, seed: int, run_dir: Path | None) -> dict[str, Any]:
+        model = _arm_model(arm, predictor, group, inputs.shape[1], prior_weight, options)
+        started = time.perf_counter()
+        error = None
+        if arm != "pretrained":
+            strategy = Augment() if arm == "augment" else Free()
+            scale = {"canonicalizer.": canonicalizer_lr_scale} if arm in _CANONICALIZED else {}
+            result = train(
+                model,
+                strategy,
+                dataclasses.replace(task, name=f"{task.name}/{arm}"),
+                dataclasses.replace(config, seed=seed, lr_scale={**config.lr_scale, **scale}),
+                out_dir=run_dir,
+                progress=progress,
             )
-            if root is not None:
-                root.mkdir(parents=True, exist_ok=True)
-                (root / "results.json").write_text(
-                    json.dumps({"setup": setup, "runs": records}, indent=2)
-                )
-    return records
+            model = result.model
+            error = result.final.get("equivariance_error")
+        seconds = time.perf_counter() - started
+        return {
+            "upright": rotated_accuracy(model, evaluation, CyclicGroup(1)),
+            "c4": rotated_accuracy(model, evaluation, CyclicGroup(4)),
+            "c8": rotated_accuracy(model, evaluation, CyclicGroup(8)),
+            "identity": identity_fraction(model, evaluation[0])
+            if isinstance(model, Canonicalized)
+            else None,
+            "seconds": seconds,
+            "equivariance_error": error,
+        }
+
+    return run_arms(
+        arms,
+        seeds,
+        run,
+        out_dir=out_dir,
+        setup=setup,
+        seeds_of=lambda arm: 1 if arm == "pretrained" else seeds,
+    )
 
 
 def format_adapt_table(records: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of :func:`adapt` records: one row per arm, mean ± std over seeds of
     the accuracies (%) and of the identity fraction (%), and the mean fine-tuning seconds."""
-    lines = [
-        "| arm | upright acc % | C4-avg acc % | C8-avg acc % | upright -> identity % | "
-        "seconds | seeds |",
-        "|---|---|---|---|---|---|---|",
-    ]
-
-    def cell(values: list[Any]) -> str:
-        if all(v is None for v in values):
-            return "-"
-        mean, std = mean_std([100 * v for v in values if v is not None])
-        return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
-
-    for arm in dict.fromkeys(record["arm"] for record in records):
-        runs = [r for r in records if r["arm"] == arm]
-        seconds = mean_std([r["seconds"] for r in runs])[0]
-        lines.append(
-            f"| {arm} | {cell([r['upright'] for r in runs])} | {cell([r['c4'] for r in runs])} | "
-            f"{cell([r['c8'] for r in runs])} | {cell([r['identity'] for r in runs])} | "
-            f"{seconds:.1f} | {len(runs)} |"
-        )
-    return "\n".join(lines)
+    return arm_table(records, _TABLE)

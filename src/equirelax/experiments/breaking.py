@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,12 +31,20 @@ from equirelax._checks import batch_size, check_positive_int
 from equirelax.breaking.stabilisers import is_relaxed_equivariant, keeps_stabiliser
 from equirelax.engine import TrainConfig, split_means, train
 from equirelax.experiments import model_registry
-from equirelax.experiments.report import mean_std
+from equirelax.experiments.runner import Column, arm_table, check_arms, run_arms
 from equirelax.models.breaking import ARMS
 from equirelax.strategies import Free
 from equirelax.tasks.base import Task
 
 __all__ = ["ARMS", "compare_breaking", "format_breaking_table", "symmetry_checks"]
+
+_TABLE: list[Column] = [
+    ("failure %", "failure", 100.0, 1),
+    ("test loss", "loss", 1.0, 4),
+    ("relaxed-equivariant %", "relaxed_equivariant", 100.0, 1),
+    ("keeps stabiliser %", "keeps_stabiliser", 100.0, 1),
+    ("symmetric inputs %", "symmetric", 100.0, 1),
+]
 
 
 def symmetry_checks(model: nn.Module, task: Task, inputs: Any) -> dict[str, float]:
@@ -95,71 +102,40 @@ def compare_breaking(
     ``check_samples`` test inputs) and ``seconds`` (training wall time). With ``out_dir`` the runs
     go to ``out_dir/<arm>/seed<k>`` and the records to ``out_dir/results.json``.
     """
-    unknown = [arm for arm in arms if arm not in ARMS]
-    if unknown or not arms or len(set(arms)) != len(arms):
-        raise ValueError(f"arms: expected distinct names from {list(ARMS)}, received {list(arms)}")
+    arms = check_arms(arms, ARMS)
     check_positive_int("seeds", seeds)
     check_positive_int("check_samples", check_samples)
     config = config or TrainConfig()
     evaluation = task.test if task.test is not None else task.val
     checked = index(evaluation[0], torch.arange(min(check_samples, batch_size(evaluation[0]))))
-    root = Path(out_dir) if out_dir is not None else None
-    records: list[dict[str, Any]] = []
-    for arm in arms:
-        for seed in range(seeds):
-            torch.manual_seed(seed)
-            net = model_registry.build(model, task, breaking=arm, **(model_options or {}))
-            started = time.perf_counter()
-            result = train(
-                net,
-                Free(),
-                dataclasses.replace(task, name=f"{task.name}/{arm}"),
-                dataclasses.replace(config, seed=seed),
-                out_dir=root / arm / f"seed{seed}" if root is not None else None,
-                progress=progress,
-            )
-            seconds = time.perf_counter() - started
-            torch.manual_seed(seed)
-            functions = [task.loss, task.metric]
-            loss, failure = split_means(result.model, evaluation, functions, config.eval_batch_size)
-            records.append(
-                {
-                    "arm": arm,
-                    "seed": seed,
-                    "failure": failure,
-                    "loss": loss,
-                    **symmetry_checks(result.model, task, checked),
-                    "seconds": seconds,
-                }
-            )
-            if root is not None:
-                root.mkdir(parents=True, exist_ok=True)
-                setup = {"task": task.name, "model": model, "config": dataclasses.asdict(config)}
-                (root / "results.json").write_text(
-                    json.dumps({"setup": setup, "runs": records}, indent=2)
-                )
-    return records
+
+    def run(arm: str, seed: int, run_dir: Path | None) -> dict[str, Any]:
+        net = model_registry.build(model, task, breaking=arm, **(model_options or {}))
+        started = time.perf_counter()
+        result = train(
+            net,
+            Free(),
+            dataclasses.replace(task, name=f"{task.name}/{arm}"),
+            dataclasses.replace(config, seed=seed),
+            out_dir=run_dir,
+            progress=progress,
+        )
+        seconds = time.perf_counter() - started
+        torch.manual_seed(seed)
+        functions = [task.loss, task.metric]
+        loss, failure = split_means(result.model, evaluation, functions, config.eval_batch_size)
+        return {
+            "failure": failure,
+            "loss": loss,
+            **symmetry_checks(result.model, task, checked),
+            "seconds": seconds,
+        }
+
+    setup = {"task": task.name, "model": model, "config": dataclasses.asdict(config)}
+    return run_arms(arms, seeds, run, out_dir=out_dir, setup=setup)
 
 
 def format_breaking_table(records: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of :func:`compare_breaking` records: one row per arm, mean ± std over
     seeds of the failure rate (%), the test loss and the two checks (%)."""
-    lines = [
-        "| arm | failure % | test loss | relaxed-equivariant % | keeps stabiliser % | "
-        "symmetric inputs % | seconds | seeds |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for arm in dict.fromkeys(record["arm"] for record in records):
-        runs = [r for r in records if r["arm"] == arm]
-
-        def cell(key: str, scale: float = 100.0, digits: int = 1, runs: list = runs) -> str:
-            mean, std = mean_std([scale * r[key] for r in runs])
-            spread = f" ± {std:.{digits}f}" if len(runs) > 1 else ""
-            return f"{mean:.{digits}f}{spread}"
-
-        lines.append(
-            f"| {arm} | {cell('failure')} | {cell('loss', 1.0, 4)} | "
-            f"{cell('relaxed_equivariant')} | {cell('keeps_stabiliser')} | {cell('symmetric')} | "
-            f"{mean_std([r['seconds'] for r in runs])[0]:.1f} | {len(runs)} |"
-        )
-    return "\n".join(lines)
+    return arm_table(records, _TABLE)

@@ -53,6 +53,7 @@ from equirelax import strategies
 from equirelax.engine import NonFiniteLossError, TrainConfig, check_continuation, train
 from equirelax.experiments import model_registry
 from equirelax.experiments.report import write_report
+from equirelax.experiments.runner import RESULTS_JSON, write_json
 from equirelax.relaxed import relax
 from equirelax.tasks.base import Task
 
@@ -66,7 +67,6 @@ __all__ = [
     "run_one",
 ]
 
-RESULTS_JSON = "results.json"
 RUN_RESULT = "result.json"
 
 STRATEGY_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -159,7 +159,7 @@ def run_one(
         "parameters": sum(p.numel() for p in result.evaluation_model.parameters()),
         "history": str(Path(out_dir) / "metrics.jsonl"),
     }
-    _write_json(Path(out_dir) / RUN_RESULT, record)
+    write_json(Path(out_dir) / RUN_RESULT, record)
     return record
 
 
@@ -434,7 +434,7 @@ def _publish(results: dict[str, Any], records: dict[int, dict[str, Any]], root: 
     """``results["runs"]`` in plan order, then the report and ``results.json``."""
     results["runs"] = [records[i] for i in sorted(records)]
     write_report(results, root)
-    _write_json(root / RESULTS_JSON, results)
+    write_json(root / RESULTS_JSON, results)
 
 
 def _cores() -> int:
@@ -576,13 +576,6 @@ def _machine(device: str, *, jobs: int, threads: int) -> dict[str, Any]:
 
 def _is_plain(value: Any) -> bool:
     return isinstance(value, (int, float, str, bool, list)) or value is None
-
-
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _say(progress: bool, message: str) -> None:

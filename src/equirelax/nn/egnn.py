@@ -243,13 +243,37 @@ class EGNNLayer(nn.Module):
         h, x, v, edge_attr, mask, adjacency = self._check_inputs(
             h, x, v, edge_attr, mask, adjacency
         )
-        batch, n, _ = h.shape
+        h, x_in, v, edge_attr, edges = self._masked_edges(h, x, v, edge_attr, mask, adjacency)
+        diff = x_in.unsqueeze(2) - x_in.unsqueeze(1)  # (B, N, N, d): x_i - x_j
+        radial = diff.square().sum(dim=-1, keepdim=True)  # (B, N, N, 1)
+        messages = self._messages(h, radial, edge_attr) * edges
+        x_out = self._coordinate_update(x, v, diff, radial, messages, edges, h, mask)
+        # Eqs. (5) and (6).
+        aggregated = messages.sum(dim=2)  # (B, N, H)
+        h_out = self.phi_h(torch.cat([h, aggregated], dim=-1))
+        if self.residual:
+            h_out = h_out + h
+        if mask is not None:
+            h_out = h_out * mask.unsqueeze(-1).to(h_out.dtype)
+        return h_out, x_out
 
-        # Edges present in the computation: (B, N, N) float, edge[b, i, j] for j -> i.
+    def _masked_edges(
+        self,
+        h: Tensor,
+        x: Tensor,
+        v: Tensor | None,
+        edge_attr: Tensor | None,
+        mask: Tensor | None,
+        adjacency: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor]:
+        """Padding zeroed in ``h``, the coordinates, ``v`` and ``edge_attr``, and the edges
+        present in the computation as ``(B, N, N, 1)`` floats (``[b, i, j]`` for ``j -> i``)."""
+        batch, n, _ = h.shape
         if adjacency is None:
             edges = ~torch.eye(n, dtype=torch.bool, device=h.device).unsqueeze(0)
         else:
             edges = adjacency
+        x_in = x
         if mask is not None:
             edges = edges & mask.unsqueeze(1) & mask.unsqueeze(2)
             keep = mask.unsqueeze(-1)
@@ -257,17 +281,14 @@ class EGNNLayer(nn.Module):
             x_in = torch.where(keep, x, x.new_zeros(()))
             if v is not None:
                 v = torch.where(keep, v, v.new_zeros(()))
-        else:
-            x_in = x
         edges_bool = edges.expand(batch, n, n).unsqueeze(-1)  # (B, N, N, 1)
         if edge_attr is not None:
             edge_attr = torch.where(edges_bool, edge_attr, h.new_zeros(()))
-        edges = edges_bool.to(h.dtype)
+        return h, x_in, v, edge_attr, edges_bool.to(h.dtype)
 
-        diff = x_in.unsqueeze(2) - x_in.unsqueeze(1)  # (B, N, N, d): x_i - x_j
-        radial = diff.square().sum(dim=-1, keepdim=True)  # (B, N, N, 1)
-
-        # Eq. (3), with phi_e's first Linear split over its inputs.
+    def _messages(self, h: Tensor, radial: Tensor, edge_attr: Tensor | None) -> Tensor:
+        """Eq. (3), ``m_ij = phi_e(h_i, h_j, |x_i - x_j|^2, a_ij)`` ``(B, N, N, H)``, with
+        ``phi_e``'s first Linear split over its inputs (and the attention ``phi_inf``)."""
         first: nn.Linear = self.phi_e[0]  # type: ignore[assignment]
         f = self.node_features
         weight = first.weight
@@ -280,36 +301,38 @@ class EGNNLayer(nn.Module):
             pre = pre + F.linear(edge_attr, weight[:, 2 * f + 1 :])
         messages = pre
         for layer in list(self.phi_e)[1:]:
-            messages = layer(messages)  # (B, N, N, H)
+            messages = layer(messages)
         if self.phi_inf is not None:
             messages = messages * self.phi_inf(messages)
-        messages = messages * edges
+        return messages
 
-        # Eq. (4) (plus the velocity term).
-        if self.phi_x is not None:
-            direction = diff / torch.sqrt(radial + self.eps**2) if self.normalize else diff
-            terms = direction * self.phi_x(messages)  # (B, N, N, d)
-            if self.coordinate_clamp is not None:
-                terms = terms.clamp(-self.coordinate_clamp, self.coordinate_clamp)
-            shift = (terms * edges).sum(dim=2)  # (B, N, d)
-            if self.coordinate_aggregation == "mean":
-                shift = shift / edges.sum(dim=2).clamp_min(1.0)
-            if self.phi_v is not None and v is not None:
-                shift = shift + self.phi_v(h) * v
-            if mask is not None:
-                shift = shift * mask.unsqueeze(-1).to(shift.dtype)
-            x_out = x + shift
-        else:
-            x_out = x
-
-        # Eqs. (5) and (6).
-        aggregated = messages.sum(dim=2)  # (B, N, H)
-        h_out = self.phi_h(torch.cat([h, aggregated], dim=-1))
-        if self.residual:
-            h_out = h_out + h
+    def _coordinate_update(
+        self,
+        x: Tensor,
+        v: Tensor | None,
+        diff: Tensor,
+        radial: Tensor,
+        messages: Tensor,
+        edges: Tensor,
+        h: Tensor,
+        mask: Tensor | None,
+    ) -> Tensor:
+        """Eq. (4) plus the velocity term: ``x_i + sum_j (x_i - x_j) phi_x(m_ij) + phi_v(h_i)
+        v_i`` (padding nodes keep their coordinates)."""
+        if self.phi_x is None:
+            return x
+        direction = diff / torch.sqrt(radial + self.eps**2) if self.normalize else diff
+        terms = direction * self.phi_x(messages)  # (B, N, N, d)
+        if self.coordinate_clamp is not None:
+            terms = terms.clamp(-self.coordinate_clamp, self.coordinate_clamp)
+        shift = (terms * edges).sum(dim=2)  # (B, N, d)
+        if self.coordinate_aggregation == "mean":
+            shift = shift / edges.sum(dim=2).clamp_min(1.0)
+        if self.phi_v is not None and v is not None:
+            shift = shift + self.phi_v(h) * v
         if mask is not None:
-            h_out = h_out * mask.unsqueeze(-1).to(h_out.dtype)
-        return h_out, x_out
+            shift = shift * mask.unsqueeze(-1).to(shift.dtype)
+        return x + shift
 
     def _check_inputs(
         self,
@@ -332,6 +355,12 @@ class EGNNLayer(nn.Module):
                 f"received shape {tuple(x.shape)}"
             )
         _check_dtype("x", x, h)
+        v = self._check_velocities(v, x, h)
+        edge_attr = self._check_edge_attr(edge_attr, h)
+        mask, adjacency = _check_mask_and_adjacency(mask, adjacency, batch, n)
+        return h, x, v, edge_attr, mask, adjacency  # type: ignore[return-value]
+
+    def _check_velocities(self, v: object, x: Tensor, h: Tensor) -> Tensor | None:
         if self.velocity:
             if v is None:
                 raise ValueError(
@@ -349,6 +378,10 @@ class EGNNLayer(nn.Module):
                 "v: expected None for a layer built with velocity=False, received a tensor "
                 "(build EGNNLayer(..., velocity=True) to use velocities)"
             )
+        return v  # type: ignore[return-value]
+
+    def _check_edge_attr(self, edge_attr: object, h: Tensor) -> Tensor | None:
+        batch, n, _ = h.shape
         if self.edge_features:
             if edge_attr is None:
                 raise ValueError(
@@ -368,22 +401,7 @@ class EGNNLayer(nn.Module):
                 "edge_attr: expected None for a layer built with edge_features=0, received a "
                 "tensor (pass edge_features=E to EGNNLayer)"
             )
-        if mask is not None:
-            mask = check_tensor("mask", mask)
-            if mask.dtype != torch.bool or mask.shape != (batch, n):
-                raise ValueError(
-                    f"mask: expected a bool tensor of shape ({batch}, {n}), "
-                    f"received dtype {mask.dtype} and shape {tuple(mask.shape)}"
-                )
-        if adjacency is not None:
-            adjacency = check_ndim("adjacency", check_tensor("adjacency", adjacency), 3)
-            check_batch("adjacency", adjacency, batch)
-            if adjacency.dtype != torch.bool or adjacency.shape[1:] != (n, n):
-                raise ValueError(
-                    f"adjacency: expected a bool tensor of shape ({batch}, {n}, {n}), "
-                    f"received dtype {adjacency.dtype} and shape {tuple(adjacency.shape)}"
-                )
-        return h, x, v, edge_attr, mask, adjacency  # type: ignore[return-value]
+        return edge_attr  # type: ignore[return-value]
 
     def extra_repr(self) -> str:
         options = [
@@ -409,6 +427,28 @@ class EGNNLayer(nn.Module):
 def _check_dtype(name: str, value: Tensor, h: Tensor) -> None:
     if value.dtype != h.dtype:
         raise ValueError(f"{name}: expected dtype {h.dtype} like h, received dtype {value.dtype}")
+
+
+def _check_mask_and_adjacency(
+    mask: object, adjacency: object, batch: int, n: int
+) -> tuple[Tensor | None, Tensor | None]:
+    """``mask`` ``(B, N)`` and ``adjacency`` ``(B or 1, N, N)``, both boolean, or ``None``."""
+    if mask is not None:
+        mask = check_tensor("mask", mask)
+        if mask.dtype != torch.bool or mask.shape != (batch, n):
+            raise ValueError(
+                f"mask: expected a bool tensor of shape ({batch}, {n}), "
+                f"received dtype {mask.dtype} and shape {tuple(mask.shape)}"
+            )
+    if adjacency is not None:
+        adjacency = check_ndim("adjacency", check_tensor("adjacency", adjacency), 3)
+        check_batch("adjacency", adjacency, batch)
+        if adjacency.dtype != torch.bool or adjacency.shape[1:] != (n, n):
+            raise ValueError(
+                f"adjacency: expected a bool tensor of shape ({batch}, {n}, {n}), "
+                f"received dtype {adjacency.dtype} and shape {tuple(adjacency.shape)}"
+            )
+    return mask, adjacency  # type: ignore[return-value]
 
 
 class EGNN(nn.Module):

@@ -19,7 +19,6 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ from equirelax._checks import check_choice, check_int, check_ndim, check_tensor
 from equirelax.actions import DirectSumAction, RepresentationAction
 from equirelax.free_branches import SteerableFreeBranch
 from equirelax.groups import O3
+from equirelax.nn._tensor_product_plan import Fused, Plan, compile_paths, make_plan
 
 __all__ = [
     "SEGNNLayer",
@@ -68,51 +68,6 @@ def _check_features(name: str, value: object, dim: int, irreps: str) -> Tensor:
 
 def _representation_action(irreps: o3.Irreps) -> RepresentationAction:
     return RepresentationAction(O3().irreps(irreps))
-
-
-class _Path(NamedTuple):
-    """One path ``(input block) x (attribute block) -> (output block)`` of the product."""
-
-    i_in: int  # input block, counted over all parts of the input
-    i_attr: int
-    i_out: int
-    start: int  # offset of the path's weights (mul_in, mul_attr, mul_out) in the flat weight
-    mul_in: int
-    mul_attr: int
-    mul_out: int
-    kind: str  # how the product is evaluated: "scalar", "left", "right", "contract", "general"
-    cg: int  # index of the coefficient buffer ("general" only)
-
-
-class _Fused(NamedTuple):
-    """Weights-first paths that share one product ``C(sum_b W_b^T x_b, a_j)``: all input
-    blocks of one irrep, one attribute block, every output block of one irrep (or one output
-    block for the ``general`` kind)."""
-
-    kind: str
-    i_attr: int
-    out_type: int
-    i_out: int  # the output block of a "general" product, -1 otherwise
-    cg: int
-    mul_attr: int
-
-
-class _Plan(NamedTuple):
-    """How to evaluate the product for one pattern of broadcast inputs."""
-
-    # Per input block: (block, columns of each fused group, the fused groups' indices)
-    weights_first: list[tuple[int, list[int], list[int]]]
-    fused: list[_Fused]
-    # Per output irrep: (output type, the products (input block, attribute block, kind))
-    product_first: list[tuple[int, list[tuple[int, int, str]]]]
-    # The weight matrices of both, in this order, as one gather from the flat weight: the
-    # gather's indices are row ``row`` of the layer's ``_plan_index`` buffer.
-    row: int
-    shapes: list[tuple[int, int]]
-
-
-# Kinds whose product may come before the weights (``C(x, a)`` has no more components than x).
-_PRODUCT_FIRST = ("scalar", "right", "contract")
 
 
 class SteerableLinear(nn.Module):
@@ -191,53 +146,10 @@ class SteerableLinear(nn.Module):
         )
         self.action_out = _representation_action(self.irreps_out)
 
-        # The paths, in e3nn's order (input block, attribute block, output block).
-        triples = [
-            (i, j, k)
-            for i, (mul_i, ir_i) in enumerate(self.irreps_in)
-            for j, (mul_j, ir_j) in enumerate(self.irreps_attr)
-            for k, (mul_k, ir_k) in enumerate(self.irreps_out)
-            if mul_i * mul_j * mul_k > 0 and ir_k in ir_i * ir_j
-        ]
-        fan_in = [0] * len(self.irreps_out)
-        for i, j, k in triples:
-            fan_in[k] += self.irreps_in[i].mul * self.irreps_attr[j].mul
-        unreachable = [
-            str(ir) for k, (mul, ir) in enumerate(self.irreps_out) if mul > 0 and fan_in[k] == 0
-        ]
-        if unreachable:
-            raise ValueError(
-                f"irreps_out: {', '.join(unreachable)} cannot be reached from "
-                f"{self.irreps_in} x {self.irreps_attr}"
-            )
-
-        paths: list[_Path] = []
-        scales: list[Tensor] = []
-        cgs: dict[tuple[int, int, int, int], int] = {}  # (l_in, l_attr, l_out, i_out) -> index
-        coefficients: list[Tensor] = []
-        start = 0
-        for i, j, k in triples:
-            (mul_i, ir_i), (mul_j, ir_j), (mul_k, ir_k) = (
-                self.irreps_in[i],
-                self.irreps_attr[j],
-                self.irreps_out[k],
-            )
-            alpha = math.sqrt(ir_k.dim / fan_in[k])
-            cg = o3.wigner_3j(ir_i.l, ir_j.l, ir_k.l, dtype=torch.float64)
-            kind, scale = _product_kind(cg, ir_i.l, ir_j.l, ir_k.l, mul_j)
-            index = -1
-            if kind == "general":  # alpha stays in the coefficients, shared by the blocks
-                scale, key = 1.0, (ir_i.l, ir_j.l, ir_k.l, k)
-                if key not in cgs:
-                    cgs[key] = len(coefficients)
-                    coefficients.append(cg * alpha)
-                index = cgs[key]
-            else:
-                scale *= alpha
-            paths.append(_Path(i, j, k, start, mul_i, mul_j, mul_k, kind, index))
-            size = mul_i * mul_j * mul_k
-            scales.append(torch.full((size,), scale, dtype=torch.float64))
-            start += size
+        paths, scales, coefficients = compile_paths(
+            self.irreps_in, self.irreps_attr, self.irreps_out
+        )
+        start = sum(p.mul_in * p.mul_attr * p.mul_out for p in paths)
         self.weight_numel = start
         self.weight = nn.Parameter(torch.randn(start))
         # The constants, kept in float64 (not buffers: module.float().double() would round
@@ -245,7 +157,6 @@ class SteerableLinear(nn.Module):
         # of the elementwise products folded in) and the other paths' coefficients.
         self._constants64 = (torch.cat(scales), coefficients)
         self._constants: dict[tuple[torch.dtype, torch.device], tuple[Tensor, list[Tensor]]] = {}
-        self._paths = paths
         self._part_dims = [part.dim for part in parts]
         self._part_names = [str(part) for part in parts]
         self._attr_name = str(self.irreps_attr)
@@ -269,11 +180,13 @@ class SteerableLinear(nn.Module):
         # is plain tensor code on ints and tuples (torch.compile traces it without guarding on
         # e3nn objects); the gather indices of each plan, a permutation of the flat weight, in a
         # non-persistent buffer that follows the module's device (int32: half the memory).
-        self._plans: dict[tuple[bool, ...], _Plan] = {}
+        self._plans: dict[tuple[bool, ...], Plan] = {}
         indices: list[list[int]] = []
         for pattern in itertools.product((True, False), repeat=len(parts)):
             full = [f for f, blocks in zip(pattern, self._part_blocks, strict=True) for _ in blocks]
-            plan, index = self._make_plan(full, len(indices))
+            plan, index = make_plan(
+                paths, full, len(indices), self.irreps_in, self._type_of, self._type_blocks
+            )
             self._plans[pattern] = plan
             indices.append(index)
         self._plan_index: Tensor
@@ -302,18 +215,7 @@ class SteerableLinear(nn.Module):
         axes broadcast; returns ``(..., irreps_out.dim)``."""
         parts, a = self._check_inputs(inputs)
         lead = torch.broadcast_shapes(*(p.shape[:-1] for p in parts), a.shape[:-1])
-        xs: list[Tensor] = []  # per input block, as (..., d, mul): weights act on mul
-        for part, indices in zip(parts, self._part_blocks, strict=True):
-            pieces = part.split(
-                [self._in_shapes[b][0] * self._in_shapes[b][1] for b in indices], -1
-            )
-            for piece, b in zip(pieces, indices, strict=True):
-                mul, d = self._in_shapes[b]
-                xs.append(
-                    piece.unsqueeze(-2)
-                    if d == 1
-                    else piece.unflatten(-1, (mul, d)).transpose(-1, -2)
-                )
+        xs = self._input_blocks(parts)
         # Attribute blocks as (..., mul, d) and, for mul = 1, as columns (..., d, 1).
         attrs = [
             piece.unflatten(-1, (mul, d))
@@ -333,10 +235,8 @@ class SteerableLinear(nn.Module):
                 flat.split([r * c for r, c in plan.shapes]), plan.shapes, strict=True
             )
         )
-
         acc: list[Tensor | None] = [None] * len(self._type_dims)  # (..., d, columns of type)
         extra: dict[int, Tensor] = {}  # "general" products per output block
-
         # Weights first: one matrix product per input block, one product per fused group.
         chunks: list[list[Tensor]] = [[] for _ in plan.fused]
         for b, sizes, fused in plan.weights_first:
@@ -358,7 +258,29 @@ class SteerableLinear(nn.Module):
             acc[t] = _add(acc[t], _matmul(torch.cat(p_all, -1), next(matrices)))
         if self.bias is not None:
             acc[self._bias_type] = _add(acc[self._bias_type], self.bias.to(flat.dtype))
+        return self._output(acc, extra, lead)
 
+    def _input_blocks(self, parts: list[Tensor]) -> list[Tensor]:
+        """Every input block as ``(..., d, mul)``: the weights act on ``mul``."""
+        xs: list[Tensor] = []
+        for part, indices in zip(parts, self._part_blocks, strict=True):
+            pieces = part.split(
+                [self._in_shapes[b][0] * self._in_shapes[b][1] for b in indices], -1
+            )
+            for piece, b in zip(pieces, indices, strict=True):
+                mul, d = self._in_shapes[b]
+                xs.append(
+                    piece.unsqueeze(-2)
+                    if d == 1
+                    else piece.unflatten(-1, (mul, d)).transpose(-1, -2)
+                )
+        return xs
+
+    def _output(
+        self, acc: list[Tensor | None], extra: dict[int, Tensor], lead: torch.Size
+    ) -> Tensor:
+        """The output ``(..., irreps_out.dim)`` from the sums per output irrep type ``acc``
+        (columns ``(..., d, mul)``) and the general products per output block ``extra``."""
         columns: dict[int, Tensor] = {}
         for t, blocks in enumerate(self._type_blocks):
             total = acc[t]
@@ -408,65 +330,6 @@ class SteerableLinear(nn.Module):
             ) from None
         return parts, a
 
-    def _make_plan(self, full: list[bool], row: int) -> tuple[_Plan, list[int]]:
-        """Group the paths for inputs whose blocks do (``full``) or do not have the output's
-        leading shape: product first only for elementwise kinds of full blocks. Returns the
-        plan and its gather indices (the plan's ``row`` of ``_plan_index``)."""
-        first = [p for p in self._paths if full[p.i_in] and p.kind in _PRODUCT_FIRST]
-        rest = [p for p in self._paths if not (full[p.i_in] and p.kind in _PRODUCT_FIRST)]
-        groups: dict[tuple[o3.Irrep, int, int, int], list[_Path]] = {}
-        for p in rest:
-            general = p.kind == "general"
-            ir = self.irreps_in[p.i_in].ir
-            groups.setdefault(
-                (ir, p.i_attr, self._type_of[p.i_out], p.i_out if general else -1), []
-            ).append(p)
-        fused = []
-        per_block: dict[int, list[tuple[int, list[_Path]]]] = {}
-        for f, ((_, j, t, k), members) in enumerate(groups.items()):
-            p0 = members[0]
-            fused.append(_Fused(p0.kind, j, t, k, p0.cg, p0.mul_attr))
-            by_block: dict[int, list[_Path]] = {}
-            for p in members:
-                by_block.setdefault(p.i_in, []).append(p)
-            for b, block_paths in by_block.items():
-                if k < 0:  # columns must follow the output blocks of the type
-                    assert [p.i_out for p in block_paths] == self._type_blocks[t]
-                per_block.setdefault(b, []).append((f, block_paths))
-        matrices: list[list[list[tuple[_Path, int]]]] = []  # rows of (path, row in path)
-        weights_first = []
-        for b, entries in sorted(per_block.items()):
-            paths = [p for _, g in entries for p in g]
-            matrices.append([[(p, u) for p in paths] for u in range(self._in_shapes[b][0])])
-            sizes = [sum(p.mul_attr * p.mul_out for p in g) for _, g in entries]
-            weights_first.append((b, sizes, [f for f, _ in entries]))
-        product_first = []
-        for t, blocks in enumerate(self._type_blocks):
-            members = [p for p in first if self._type_of[p.i_out] == t]
-            if not members:
-                continue
-            products = list(dict.fromkeys((p.i_in, p.i_attr, p.kind) for p in members))
-            lookup = {(p.i_in, p.i_attr, p.i_out): p for p in members}
-            rows = []
-            for b, j, _ in products:  # a fully connected product reaches every block of t
-                row_paths = [lookup[(b, j, k)] for k in blocks]
-                rows += [[(p, u) for p in row_paths] for u in range(self._in_shapes[b][0])]
-            matrices.append(rows)
-            product_first.append((t, products))
-        index = [
-            p.start + u * p.mul_attr * p.mul_out + c
-            for rows in matrices
-            for row in rows
-            for p, u in row
-            for c in range(p.mul_attr * p.mul_out)
-        ]
-        shapes = [
-            (len(rows), len(rows[0]) and sum(p.mul_attr * p.mul_out for p, _ in rows[0]))
-            for rows in matrices
-        ]
-        assert sorted(index) == list(range(self.weight_numel))  # every weight, once
-        return _Plan(weights_first, fused, product_first, row, shapes), index
-
     def _constants_for(
         self, dtype: torch.dtype, device: torch.device
     ) -> tuple[Tensor, list[Tensor]]:
@@ -507,7 +370,7 @@ def _add(total: Tensor | None, term: Tensor) -> Tensor:
 
 
 def _weights_then_product(
-    z: Tensor, a: Tensor, column: Tensor, f: _Fused, coefficients: list[Tensor]
+    z: Tensor, a: Tensor, column: Tensor, f: Fused, coefficients: list[Tensor]
 ) -> Tensor:
     """``C(z, a)`` for ``z = W^T x`` ``(..., d_in, columns)`` and ``a``
     ``(..., mul_attr, d_attr)`` (``column``: ``a`` as ``(..., d_attr, 1)`` if ``mul_attr = 1``);
@@ -528,28 +391,6 @@ def _product(z: Tensor, column: Tensor, kind: str) -> Tensor:
     if kind == "contract":
         return (z * column).sum(dim=-2, keepdim=True)
     return z * column
-
-
-def _product_kind(
-    cg: Tensor, l_in: int, l_attr: int, l_out: int, mul_attr: int
-) -> tuple[str, float]:
-    """How to evaluate a path: when one of the three degrees is 0 the coefficients are a
-    multiple ``scale`` of the identity (checked) and the product is elementwise."""
-    if mul_attr != 1:
-        return "general", 1.0
-    if l_in == 0:
-        kind, eye_like = ("scalar" if l_attr == 0 else "left"), cg[0]
-    elif l_attr == 0:
-        kind, eye_like = "right", cg[:, 0, :]
-    elif l_out == 0:
-        kind, eye_like = "contract", cg[:, :, 0]
-    else:
-        return "general", 1.0
-    scale = float(eye_like[0, 0])
-    identity = torch.eye(eye_like.shape[0], dtype=eye_like.dtype) * scale
-    if eye_like.shape != identity.shape or not torch.allclose(eye_like, identity, atol=1e-14):
-        return "general", 1.0
-    return kind, scale
 
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {

@@ -1,0 +1,119 @@
+"""The settings and the result of :func:`~equirelax.engine.train`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from equirelax._checks import check_choice, check_positive_int
+from equirelax.strategies.base import Strategy
+
+__all__ = ["LR_SCHEDULES", "NonFiniteLossError", "TrainConfig", "TrainResult"]
+
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+"""The learning-rate schedules of :class:`TrainConfig`."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the message names the epoch and step."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of :func:`train` (all plain values, stored in checkpoints).
+
+    ``lr_scale`` maps parameter-name prefixes to learning-rate multipliers, e.g.
+    ``{"canonicalizer.": 10.0}`` trains a :class:`~equirelax.canonical.Canonicalized` model's
+    canonicalizer 10 times faster than its predictor (the longest matching prefix wins; other
+    parameters use ``lr``).
+
+    ``lr_schedule`` is ``"constant"``, ``"cosine"`` (annealed to 0 over the run, per step) or
+    ``"exponential"`` (times ``lr_decay`` after every epoch, as the smoke-plume protocol's
+    ``StepLR``).
+
+    ``eval_every`` evaluates on the validation split every that many epochs (and always after
+    the last); ``patience`` (``None``: never) stops training once that many epochs have passed
+    since the best validation epoch.
+
+    ``compile`` runs the training forward pass through ``torch.compile`` (``True``: its
+    default backend, inductor; a string: that backend, e.g. ``"aot_eager"``); the model itself,
+    its evaluation, projection and checkpoints stay eager. The first steps pay the compilation
+    (``benchmarks/speed.md`` gives the compiled/eager step ratio per model).
+    """
+
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    lr_decay: float = 0.95
+    max_grad_norm: float | None = None
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    eval_batch_size: int = 1000
+    equivariance_samples: int = 32
+    eval_every: int = 1
+    patience: int | None = None
+    device: str = "cpu"
+    compile: bool | str = False
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "equivariance_samples"):
+            check_positive_int(name, getattr(self, name))
+        check_positive_int("eval_every", self.eval_every)
+        if self.patience is not None:
+            check_positive_int("patience", self.patience)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed: expected a non-negative integer, received {self.seed!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr: expected a positive finite number, received {self.lr!r}")
+        if isinstance(self.lr_decay, bool) or not (
+            isinstance(self.lr_decay, (int, float)) and 0 < self.lr_decay <= 1
+        ):
+            raise ValueError(f"lr_decay: expected a number in (0, 1], received {self.lr_decay!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay: expected >= 0, received {self.weight_decay!r}")
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not isinstance(self.lr_scale, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and v > 0 and math.isfinite(v)
+            for k, v in self.lr_scale.items()
+        ):
+            raise ValueError(
+                "lr_scale: expected a dict of parameter-name prefix -> positive multiplier, "
+                f"received {self.lr_scale!r}"
+            )
+        if not isinstance(self.compile, bool):
+            check_choice("compile", self.compile, torch.compiler.list_backends(exclude_tags=()))
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(
+                f"max_grad_norm: expected a positive number or None, "
+                f"received {self.max_grad_norm!r}"
+            )
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    ``model`` is the trained (possibly relaxed) model, ``evaluation_model`` the one the
+    strategy evaluates (projected for strict/CR/ACE-equality) at the final epoch,
+    ``best_model`` that model's copy at the best validation epoch ``best_epoch``, ``history``
+    one record per epoch (the lines of ``metrics.jsonl``) and ``final`` the last record (over
+    the last evaluated one) plus ``epochs_run``, ``best_epoch``, ``best_val``, ``test`` (at the
+    best validation epoch) and ``test_final``; when the evaluated model is not the trained one
+    (a projection of a relaxed model), also the trained model's ``test_relaxed`` at the best
+    validation epoch (of the evaluated model) and ``test_relaxed_final``, as the ACE paper
+    reports both.
+    """
+
+    model: nn.Module
+    evaluation_model: nn.Module
+    strategy: Strategy
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
+    best_model: nn.Module | None = None
+    best_epoch: int | None = None
