@@ -1,18 +1,19 @@
-"""Shared fixtures: a float dtype fixture and the tolerances used with it."""
+"""Shared fixtures: the float dtype fixture (its tolerances: ``ATOL`` in ``_tolerances.py``)
+and a seeded generator."""
 
 import pytest
 import torch
 
-ATOL = {torch.float32: 1e-4, torch.float64: 1e-10}
+from _tolerances import ATOL
 
 # The tests run many tiny ops; one intra-op thread avoids thread start-up and contention costs
 # (several times faster on a 2-core CI machine running other work).
 torch.set_num_threads(1)
 
 
-@pytest.fixture(params=[torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.fixture(params=list(ATOL), ids=[str(d).removeprefix("torch.") for d in ATOL])
 def dtype(request):
-    """Run a test in float32 and float64; look the tolerance up in ``ATOL``."""
+    """Run a test in every dtype of ``ATOL`` (float32, float64); its tolerance: ``ATOL[dtype]``."""
     return request.param
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from _tolerances import ATOL, F64
 from equirelax.actions import (
     Action,
     DirectSumAction,
@@ -36,8 +37,6 @@ from equirelax.groups import (
     SymmetricGroup,
 )
 
-F64 = torch.float64
-ATOL = 1e-10
 B = 4
 
 
@@ -126,7 +125,7 @@ def test_action_is_homomorphism(name: str) -> None:
     group = action.group
     a, b = group.sample(B, _gen(1), dtype=F64), group.sample(B, _gen(2), dtype=F64)
     # pixel and index permutations are exact; the rest is float64 round-off
-    atol = 0.0 if name in EXACT_ACTIONS else ATOL
+    atol = 0.0 if name in EXACT_ACTIONS else ATOL[F64]
     assert _close(action(a, action(b, x)), action(group.compose(a, b), x), atol)
     assert _close(action(_identity(group, B), x), x, atol)
     assert _close(action(group.inverse(a), action(a, x)), x, atol)
@@ -153,10 +152,10 @@ def test_representation_action_matches_the_matrices() -> None:
     g = SO3().sample(B, _gen(3), dtype=F64)
     x = _randn(B, 6, 10)
     expected = torch.einsum("bij,bnj->bni", rep(g), x)
-    assert torch.allclose(RepresentationAction(rep)(g, x), expected, atol=ATOL)
+    assert torch.allclose(RepresentationAction(rep)(g, x), expected, atol=ATOL[F64])
     # dim=1 on (B, d, N) is the same map applied to the transposed tensor
     moved = RepresentationAction(rep, dim=1)(g, x.transpose(1, 2))
-    assert torch.allclose(moved, expected.transpose(1, 2), atol=ATOL)
+    assert torch.allclose(moved, expected.transpose(1, 2), atol=ATOL[F64])
     # float32 input stays float32
     assert RepresentationAction(rep)(g, x.float()).dtype == torch.float32
 
@@ -167,16 +166,16 @@ def test_vector_and_point_actions() -> None:
     x = _randn(B, 7, 3)
     rot, shift = group.rotation(g), group.translation(g)
     rotated = torch.einsum("bij,bnj->bni", rot, x)
-    assert torch.allclose(PointAction(group)(g, x), rotated + shift[:, None], atol=ATOL)
-    assert torch.allclose(VectorAction(group)(g, x), rotated, atol=ATOL)  # vectors: no shift
+    assert torch.allclose(PointAction(group)(g, x), rotated + shift[:, None], atol=ATOL[F64])
+    assert torch.allclose(VectorAction(group)(g, x), rotated, atol=ATOL[F64])  # vectors: no shift
     # a pure translation moves points and leaves vectors alone
     pure = Euclidean.from_parts(torch.eye(3, dtype=F64).expand(B, 3, 3), shift)
-    assert torch.allclose(PointAction(group)(pure, x), x + shift[:, None], atol=ATOL)
-    assert torch.allclose(VectorAction(group)(pure, x), x, atol=ATOL)
+    assert torch.allclose(PointAction(group)(pure, x), x + shift[:, None], atol=ATOL[F64])
+    assert torch.allclose(VectorAction(group)(pure, x), x, atol=ATOL[F64])
     # without translations, points rotate about the origin
     rot_only = SO3().sample(B, _gen(5), dtype=F64)
     assert torch.allclose(
-        PointAction(SO3())(rot_only, x), torch.einsum("bij,bnj->bni", rot_only, x), atol=ATOL
+        PointAction(SO3())(rot_only, x), torch.einsum("bij,bnj->bni", rot_only, x), atol=ATOL[F64]
     )
 
 
@@ -289,8 +288,8 @@ def test_direct_sum_action_parts() -> None:
     out = action(g, (pos, vel, charge))
     assert isinstance(out, tuple)
     assert len(out) == 3
-    assert torch.allclose(out[0], PointAction(group)(g, pos), atol=ATOL)
-    assert torch.allclose(out[1], VectorAction(group)(g, vel), atol=ATOL)
+    assert torch.allclose(out[0], PointAction(group)(g, pos), atol=ATOL[F64])
+    assert torch.allclose(out[1], VectorAction(group)(g, vel), atol=ATOL[F64])
     assert torch.equal(out[2], charge)
     assert action(g, [pos, vel, charge])[2] is charge  # lists are accepted too
 

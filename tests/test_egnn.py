@@ -7,11 +7,18 @@ import pytest
 import torch
 from torch import Tensor
 
-from equirelax.actions import PermutationAction, PointAction, VectorAction
+from _tolerances import ATOL, F64
+from equirelax import assert_equivariant, equivariance_error
+from equirelax.actions import (
+    DirectSumAction,
+    PermutationAction,
+    PointAction,
+    TrivialAction,
+    VectorAction,
+)
 from equirelax.groups import O2, O3, Euclidean, SymmetricGroup
-from equirelax.nn.egnn import EGNNLayer
+from equirelax.nn.egnn import EGNN, EGNNLayer
 
-ATOL = 1e-10
 F_IN, HIDDEN, E = 5, 16, 2
 
 
@@ -43,25 +50,28 @@ def _padding_mask(batch: int, n: int) -> Tensor:
 
 
 def _euclidean_error(layer: EGNNLayer, group: Euclidean, use_v: bool, seed: int = 2) -> float:
-    """max |f(g.in) - g.f(in)| over h' (invariant) and x' (points) for random g, with a mask."""
+    """The largest ``||f(g . in) - g . f(in)||`` over ``(h', x')`` (``h'`` invariant, ``x'``
+    points) for sampled ``g``, on padded graphs (the library's metric; padding nodes keep ``x``
+    and get ``h' = 0``, so they add no error)."""
     batch, n = 3, 6
-    d = group.d
-    data = _inputs(batch, n, d)
+    data = _inputs(batch, n, group.d)
     mask = _padding_mask(batch, n)
-    g = group.sample(batch, torch.Generator().manual_seed(seed), dtype=torch.float64)
-    points, vectors = PointAction(group), VectorAction(group)
-    kw = {"mask": mask}
-    if layer.edge_features:
-        kw["edge_attr"] = data["edge_attr"]
-    v = data["v"] if use_v else None
-    gv = vectors(g, data["v"]) if use_v else None
-    with torch.no_grad():
-        h1, x1 = layer(data["h"], data["x"], v, **kw)
-        h2, x2 = layer(data["h"], points(g, data["x"]), gv, **kw)
-    real = mask.unsqueeze(-1)
-    err_h = ((h2 - h1) * real).abs().max()
-    err_x = ((x2 - points(g, x1)) * real).abs().max()
-    return float(torch.maximum(err_h, err_x))
+
+    def f(h: Tensor, x: Tensor, v: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        copies = h.shape[0] // batch  # the metric stacks moved copies of the batch
+        kw = {"mask": mask.repeat(copies, 1)}
+        if layer.edge_features:
+            kw["edge_attr"] = data["edge_attr"].repeat(copies, 1, 1, 1)
+        return layer(h, x, v, **kw)
+
+    nodes = [TrivialAction(group), PointAction(group)]
+    inputs = (data["h"], data["x"], data["v"]) if use_v else (data["h"], data["x"])
+    action_in = DirectSumAction(*nodes, VectorAction(group)) if use_v else DirectSumAction(*nodes)
+    generator = torch.Generator().manual_seed(seed)
+    err = equivariance_error(
+        f, inputs, action_in, DirectSumAction(*nodes), num_samples=4, generator=generator
+    )
+    return err.max_absolute
 
 
 CONFIGS = [
@@ -76,13 +86,33 @@ CONFIGS = [
 def test_e3_equivariance(config: dict) -> None:
     layer = _make_layer(**config)
     err = _euclidean_error(layer, Euclidean(O3()), use_v=layer.velocity)
-    assert err < ATOL
+    assert err < ATOL[F64]
 
 
 @pytest.mark.parametrize("config", [{}, {"velocity": True, "edge_features": E}])
 def test_e2_equivariance_in_the_plane(config: dict) -> None:
     layer = _make_layer(**config)
-    assert _euclidean_error(layer, Euclidean(O2()), use_v=layer.velocity) < ATOL
+    assert _euclidean_error(layer, Euclidean(O2()), use_v=layer.velocity) < ATOL[F64]
+
+
+@pytest.mark.parametrize("velocity", [False, True])
+def test_layer_and_stack_pass_assert_equivariant(velocity: bool, dtype: torch.dtype) -> None:
+    group = Euclidean(O3())
+    torch.manual_seed(0)
+    layer = EGNNLayer(F_IN, HIDDEN, velocity=velocity, group=group)
+    stack = EGNN(F_IN, HIDDEN, num_layers=2, velocity=velocity, group=group)
+    with torch.no_grad():  # O(1) coordinate updates (they start near 0)
+        for egnn_layer in (layer, *stack.layers):
+            egnn_layer.phi_x[-1].weight.normal_(0.0, 0.3)
+    data = _inputs(3, 5)
+    x = tuple(data[k].to(dtype) for k in ("h", "x", "v")[: 3 if velocity else 2])
+    generator = torch.Generator().manual_seed(3)
+    err = assert_equivariant(layer.to(dtype), x, generator=generator, atol=ATOL[dtype])
+    assert err.output_norm > 0.1
+    stack, first = stack.to(dtype), stack.layers[0]  # the stack has its layers' actions
+    assert_equivariant(
+        stack, x, first.action_in, first.action_out, generator=generator, atol=ATOL[dtype]
+    )
 
 
 def test_coordinates_actually_move() -> None:
@@ -131,8 +161,8 @@ def test_permutation_equivariance() -> None:
         mask=nodes(g, mask),
         adjacency=pairs(g, adjacency),
     )
-    torch.testing.assert_close(h2, nodes(g, h1), atol=ATOL, rtol=0)
-    torch.testing.assert_close(x2, nodes(g, x1), atol=ATOL, rtol=0)
+    torch.testing.assert_close(h2, nodes(g, h1), atol=ATOL[F64], rtol=0)
+    torch.testing.assert_close(x2, nodes(g, x1), atol=ATOL[F64], rtol=0)
 
 
 def test_padding_matches_unpadded_graphs() -> None:
@@ -161,8 +191,8 @@ def test_padding_matches_unpadded_graphs() -> None:
             data["v"][b : b + 1, idx],
             edge_attr=data["edge_attr"][b : b + 1, idx][:, :, idx],
         )
-        torch.testing.assert_close(h_out[b, idx], h_alone[0], atol=ATOL, rtol=0)
-        torch.testing.assert_close(x_out[b, idx], x_alone[0], atol=ATOL, rtol=0)
+        torch.testing.assert_close(h_out[b, idx], h_alone[0], atol=ATOL[F64], rtol=0)
+        torch.testing.assert_close(x_out[b, idx], x_alone[0], atol=ATOL[F64], rtol=0)
     assert bool((h_out[~mask] == 0).all())
     assert bool(x_out[~mask].isnan().all())  # the padded input coordinates, kept as they were
     assert bool(torch.isfinite(h_out).all())
@@ -210,8 +240,8 @@ def test_matches_edge_by_edge_equations(aggregation: str) -> None:
         h_ref, x_ref = _loop_reference(
             layer, data["h"][b], data["x"][b], data["v"][b], data["edge_attr"][b], adjacency[b]
         )
-        torch.testing.assert_close(h_out[b], h_ref, atol=ATOL, rtol=0)
-        torch.testing.assert_close(x_out[b], x_ref, atol=ATOL, rtol=0)
+        torch.testing.assert_close(h_out[b], h_ref, atol=ATOL[F64], rtol=0)
+        torch.testing.assert_close(x_out[b], x_ref, atol=ATOL[F64], rtol=0)
 
 
 def test_coordinate_clamp_clips_each_edge_term_as_the_official_code() -> None:
@@ -229,9 +259,9 @@ def test_coordinate_clamp_clips_each_edge_term_as_the_official_code() -> None:
     off_diagonal = ~torch.eye(5, dtype=torch.bool).unsqueeze(-1)
     expected = x + (terms.clamp(-2.0, 2.0) * off_diagonal).sum(dim=2) / 4
     assert (terms.abs() > 2.0).any()
-    torch.testing.assert_close(x_clamped, expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(x_clamped, expected, atol=ATOL[F64], rtol=0)
     assert not torch.allclose(x_clamped, x_plain)
-    assert ((x_clamped - x).abs() <= 2.0 + ATOL).all()  # the mean of clipped terms
+    assert ((x_clamped - x).abs() <= 2.0 + ATOL[F64]).all()  # the mean of clipped terms
     _, x_loose = _make_layer(coordinate_clamp=1e9)(*args)
     torch.testing.assert_close(x_loose, x_plain, atol=0, rtol=0)
     with pytest.raises(ValueError, match=r"coordinate_clamp.*-1"):
@@ -362,12 +392,12 @@ def test_layer_actions_give_zero_lie_derivative_and_a_finite_check(velocity: boo
     kwargs = {"edge_attr": data["edge_attr"]}
     derivative = metrics.lie_derivative(layer, x, layer.action_in, layer.action_out, kwargs=kwargs)
     assert derivative.shape[0] == 6  # three rotations and three translations
-    assert derivative.abs().max() < ATOL
+    assert derivative.abs().max() < ATOL[F64]
     g = group.sample(1, torch.Generator().manual_seed(3), dtype=torch.float64).expand(4, -1, -1)
     moved = layer(*layer.action_in(g, x), **kwargs)
     expected = layer.action_out(g, layer(*x, **kwargs))
     for a, b in zip(moved, expected, strict=True):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+        torch.testing.assert_close(a, b, atol=ATOL[F64], rtol=0)
     relaxed = relax(layer)
     assert relaxed.action_in is relaxed.equivariant.action_in
     free = relaxed.free

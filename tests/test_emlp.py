@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import equirelax
+from _tolerances import ATOL
 from equirelax import metrics
 from equirelax.actions import (
     DirectSumAction,
@@ -89,6 +90,19 @@ def test_bilinear_is_equivariant_in_float64(case: str) -> None:
     err = _error(layer, _inputs(rep_in.dim))
     assert err.output_norm > 0.1
     assert err.max < TOL, err
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bilinear_passes_assert_equivariant(case: str, dtype: torch.dtype, generator) -> None:
+    rep_in, rep_out = CASES[case]()
+    torch.manual_seed(0)
+    layer = EquivariantBilinear(rep_in, rep_out, default_mid(rep_in.group)).to(dtype)
+    _randomise_biases(layer, generator)
+    x = _inputs(rep_in.dim).to(dtype)
+    err = equirelax.assert_equivariant(
+        layer, x, num_samples=8, generator=generator, atol=ATOL[dtype]
+    )
+    assert err.output_norm > 0.1
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from _tolerances import ATOL, F64
 from equirelax.groups import (
     O2,
     O3,
@@ -26,9 +27,6 @@ from equirelax.groups import (
     SymmetricGroup,
 )
 from equirelax.representations import DirectSum, Representation
-
-F64 = torch.float64
-ATOL = 1e-10
 
 
 def _signed_permutations() -> Tensor:
@@ -290,8 +288,8 @@ def test_representation_is_homomorphism(name: str) -> None:
     ra, rb, rab = rep(a), rep(b), rep(group.compose(a, b))
     assert ra.shape == (16, rep.dim, rep.dim)
     assert ra.dtype == F64
-    assert torch.allclose(rab, ra @ rb, atol=ATOL)
-    assert torch.allclose(rep(_identity(group, 1, a)), _eye(1, rep.dim), atol=ATOL)
+    assert torch.allclose(rab, ra @ rb, atol=ATOL[F64])
+    assert torch.allclose(rep(_identity(group, 1, a)), _eye(1, rep.dim), atol=ATOL[F64])
     assert torch.allclose(rep(group.inverse(a)), torch.linalg.inv(ra), atol=1e-8)
     assert rep(a, torch.float32).dtype == torch.float32
     if name not in TRIVIAL_REPS:  # a test that rho(g) = I everywhere would pass vacuously
@@ -339,16 +337,16 @@ def test_o3_parity_matters() -> None:
             -torch.ones(7),
         ]
     ).to(F64)
-    assert torch.allclose(rep(minus)[0], torch.diag(expected), atol=ATOL)
+    assert torch.allclose(rep(minus)[0], torch.diag(expected), atol=ATOL[F64])
     assert torch.allclose(O3().irreps("1x1o")(minus), -torch.eye(3, dtype=F64))
     assert torch.allclose(O3().irreps("1x1e")(minus), torch.eye(3, dtype=F64))
     assert torch.allclose(O3().irreps("1x0o")(minus), -torch.ones(1, 1, 1, dtype=F64))
     # SO(3) ignores parity: its reps agree with O(3)'s on proper rotations
     g = _sample(SO3(), 8)
-    assert torch.allclose(SO3().irreps(IRREPS)(g), rep(g), atol=ATOL)
+    assert torch.allclose(SO3().irreps(IRREPS)(g), rep(g), atol=ATOL[F64])
     # an improper element -R acts as parity times D(R)
     parity = torch.diag(expected)
-    assert torch.allclose(rep(-g), parity @ rep(g), atol=ATOL)
+    assert torch.allclose(rep(-g), parity @ rep(g), atol=ATOL[F64])
 
 
 def test_l1_irrep_is_the_rotation_matrix() -> None:
@@ -386,12 +384,12 @@ def test_exp_of_lie_algebra_is_in_the_group(name: str) -> None:
     group.check(g)
     d = m - 1 if name.startswith("E") else m
     rot = g[:, :d, :d]
-    assert torch.allclose(rot @ rot.transpose(-1, -2), _eye(g.shape[0], d), atol=ATOL)
-    assert torch.allclose(torch.linalg.det(rot), torch.ones(g.shape[0], dtype=F64), atol=ATOL)
+    assert torch.allclose(rot @ rot.transpose(-1, -2), _eye(g.shape[0], d), atol=ATOL[F64])
+    assert torch.allclose(torch.linalg.det(rot), torch.ones(g.shape[0], dtype=F64), atol=ATOL[F64])
     if name.startswith("E"):
         bottom = torch.zeros(d + 1, dtype=F64)
         bottom[d] = 1.0
-        assert torch.allclose(g[:, d], bottom.expand(g.shape[0], d + 1), atol=ATOL)
+        assert torch.allclose(g[:, d], bottom.expand(g.shape[0], d + 1), atol=ATOL[F64])
     assert group.equal(group.exp(torch.zeros(1, m, m, dtype=F64)), _eye(1, m)).all()
 
 
@@ -502,8 +500,8 @@ KS_BOUND = 0.02  # false alarm ~2 exp(-2 n 0.02^2) ~ 2e-7 at n = 20000 (5% criti
 def test_so3_haar_sampling() -> None:
     n = 20000
     rot = SO3().sample(n, _gen(11), dtype=F64)
-    assert torch.allclose(rot @ rot.transpose(-1, -2), _eye(n, 3), atol=ATOL)
-    assert torch.allclose(torch.linalg.det(rot), torch.ones(n, dtype=F64), atol=ATOL)
+    assert torch.allclose(rot @ rot.transpose(-1, -2), _eye(n, 3), atol=ATOL[F64])
+    assert torch.allclose(torch.linalg.det(rot), torch.ones(n, dtype=F64), atol=ATOL[F64])
     assert rot.mean(dim=0).abs().max() < 0.03
     assert _ks_statistic(_rotation_angles(rot), _haar_angle_cdf) < KS_BOUND
 
@@ -517,7 +515,7 @@ def test_ks_statistic_catches_a_non_haar_sampler() -> None:
     beta = torch.rand(n, generator=gen, dtype=F64) * math.pi
     gamma = torch.rand(n, generator=gen, dtype=F64) * 2 * math.pi
     rot = _euler_zyz(alpha, beta, gamma)
-    assert torch.allclose(rot @ rot.transpose(-1, -2), _eye(n, 3), atol=ATOL)
+    assert torch.allclose(rot @ rot.transpose(-1, -2), _eye(n, 3), atol=ATOL[F64])
     assert _ks_statistic(_rotation_angles(rot), _haar_angle_cdf) > 3 * KS_BOUND
 
 
@@ -528,14 +526,14 @@ def test_orthogonal_n_haar_moments(name: str) -> None:
     group, n = GROUPS[name](), 20000
     g = group.sample(n, _gen(14), dtype=F64)
     d = g.shape[-1]
-    assert torch.allclose(g @ g.transpose(-1, -2), _eye(n, d), atol=ATOL)
+    assert torch.allclose(g @ g.transpose(-1, -2), _eye(n, d), atol=ATOL[F64])
     assert g.mean(dim=0).abs().max() < 0.03
     assert (g.pow(2).mean(dim=0) - 1 / d).abs().max() < 0.01
     trace = g.diagonal(dim1=-2, dim2=-1).sum(-1)
     assert abs(float(trace.pow(2).mean()) - 1.0) < 0.05
     det = torch.linalg.det(g)
     if group.special:
-        assert torch.allclose(det, torch.ones(n, dtype=F64), atol=ATOL)
+        assert torch.allclose(det, torch.ones(n, dtype=F64), atol=ATOL[F64])
     else:
         assert abs(float((det > 0).double().mean()) - 0.5) < 0.02
     # negative control: rotations near the identity fail the trace moment
@@ -552,13 +550,13 @@ def test_orthogonal_n_haar_moments(name: str) -> None:
 def test_so2_and_o2_haar_sampling() -> None:
     n = 20000
     rot = SO2().sample(n, _gen(13), dtype=F64)
-    assert torch.allclose(torch.linalg.det(rot), torch.ones(n, dtype=F64), atol=ATOL)
+    assert torch.allclose(torch.linalg.det(rot), torch.ones(n, dtype=F64), atol=ATOL[F64])
     angle = torch.atan2(rot[:, 1, 0], rot[:, 0, 0])  # (-pi, pi]
     assert _ks_statistic(angle, lambda t: (t + math.pi) / (2 * math.pi)) < KS_BOUND
     # negative control: a squeezed angle distribution is rejected
     assert _ks_statistic(angle / 2, lambda t: (t + math.pi) / (2 * math.pi)) > 3 * KS_BOUND
     o2 = O2().sample(n, _gen(14), dtype=F64)
-    assert torch.allclose(o2 @ o2.transpose(-1, -2), _eye(n, 2), atol=ATOL)
+    assert torch.allclose(o2 @ o2.transpose(-1, -2), _eye(n, 2), atol=ATOL[F64])
     det = torch.linalg.det(o2)
     assert torch.allclose(det.abs(), torch.ones(n, dtype=F64))
     assert abs(float((det < 0).to(F64).mean()) - 0.5) < 0.02

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import ATOL
+from _tolerances import ATOL
 from equirelax import assert_equivariant, equivariance_error
 from equirelax.actions import RepresentationAction
 from equirelax.groups import O3, SO3, DihedralGroup, SymmetricGroup

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from equirelax import project
-from equirelax.actions import ImageAction
-from equirelax.groups import CyclicGroup, DihedralGroup, FiniteGroup
+from _tolerances import ATOL, F64
+from equirelax import assert_equivariant, equivariance_error, project
+from equirelax.actions import ImageAction, PermutationAction
+from equirelax.groups import CyclicGroup, DihedralGroup, FiniteGroup, SymmetricGroup
 from equirelax.nn import (
     GroupConv2d,
     GroupPool,
@@ -18,17 +19,14 @@ from equirelax.nn import (
     RelaxedTranslationConv2d,
 )
 
-F64 = torch.float64
 GROUPS = [CyclicGroup(4), DihedralGroup(4)]
 
 
 def _error(module: nn.Module, x: Tensor, group: FiniteGroup, regular_in: bool) -> float:
-    g = group.elements()
-    xs = x.expand(g.shape[0], *x.shape[1:])
+    """The largest ``||f(g . x) - g . f(x)||`` over all elements ``g`` (the library's metric)."""
     action_in = ImageAction(group, "regular" if regular_in else "trivial")
     action_out = ImageAction(group, "regular")
-    with torch.no_grad():
-        return float((module(action_in(g, xs)) - action_out(g, module(xs))).abs().max())
+    return equivariance_error(module, x, action_in, action_out).max_absolute
 
 
 def _layers(group: FiniteGroup) -> list[tuple[nn.Module, Tensor, bool]]:
@@ -45,8 +43,8 @@ def _layers(group: FiniteGroup) -> list[tuple[nn.Module, Tensor, bool]]:
 def test_equivariant_at_initialisation_and_equal_to_its_projection(group: FiniteGroup) -> None:
     for layer, x, regular in _layers(group):
         assert torch.allclose(layer.relaxed_weights, torch.full_like(layer.relaxed_weights, 1 / 3))
-        assert float(layer.level().detach()) == 0.0
-        assert _error(layer, x, group, regular) < 1e-10
+        assert layer.level().item() == 0.0
+        assert _error(layer, x, group, regular) < ATOL[F64]
         with torch.no_grad():
             torch.testing.assert_close(layer.to_equivariant()(x), layer(x), atol=1e-12, rtol=0)
 
@@ -56,11 +54,19 @@ def test_weights_that_differ_break_equivariance_and_projection_restores_it(group
     for layer, x, regular in _layers(group):
         with torch.no_grad():
             layer.relaxed_weights.add_(0.3 * torch.randn_like(layer.relaxed_weights))
-        assert float(layer.level()) > 0.05
+        assert layer.level().item() > 0.05
         assert _error(layer, x, group, regular) > 1e-2
         projected = project(layer)
         assert type(projected) is (GroupConv2d if regular else LiftingConv2d)
-        assert _error(projected, x, group, regular) < 1e-10
+        assert _error(projected, x, group, regular) < ATOL[F64]
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=str)
+def test_relaxed_group_convolutions_pass_assert_equivariant_at_initialisation(
+    group: FiniteGroup, dtype: torch.dtype
+) -> None:
+    for layer, x, _ in _layers(group):
+        assert_equivariant(layer.to(dtype), x.to(dtype), atol=ATOL[dtype])
 
 
 def test_project_replaces_relaxed_group_convolutions_inside_a_model() -> None:
@@ -92,10 +98,10 @@ def test_regularizer_matches_its_formula_on_a_hand_computed_case() -> None:
     layer = RelaxedLiftingConv2d(1, 1, 3, CyclicGroup(4), num_banks=2, alpha=0.5)
     with torch.no_grad():
         layer.relaxed_weights.copy_(torch.tensor([[1.0, 2, 4, 8], [0, 0, 0, 1]]))
-    assert float(layer.regularizer()) == pytest.approx(0.5 * 2.0)
+    assert layer.regularizer().item() == pytest.approx(0.5 * 2.0)
     # The level: |w - mean| averaged: w_1 mean 3.75 -> (2.75 + 1.75 + 0.25 + 4.25) / 4 = 2.25,
     # w_2 mean 0.25 -> (0.25 * 3 + 0.75) / 4 = 0.375; mean 1.3125.
-    assert float(layer.level()) == pytest.approx(1.3125)
+    assert layer.level().item() == pytest.approx(1.3125)
 
 
 def test_dihedral_neighbours_use_both_generators() -> None:
@@ -104,7 +110,7 @@ def test_dihedral_neighbours_use_both_generators() -> None:
         layer.relaxed_weights.zero_()
         layer.relaxed_weights[0, 0] = 1.0  # only the identity differs
     # Pairs (a, a s) for 2 generators and 8 elements: 16; the identity is in 2 pairs per generator.
-    assert float(layer.regularizer()) == pytest.approx(4 / 16)
+    assert layer.regularizer().item() == pytest.approx(4 / 16)
 
 
 def test_relaxed_translation_is_a_convolution_at_init_and_after_projection() -> None:
@@ -113,7 +119,7 @@ def test_relaxed_translation_is_a_convolution_at_init_and_after_projection() -> 
     x = torch.randn(2, 2, 10, 10, dtype=F64)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), layer.to_equivariant()(x), atol=1e-12, rtol=0)
-        assert float(layer.regularizer()) == 0.0
+        assert layer.regularizer().item() == 0.0
         layer.relaxed_weights[0, :5] += 0.5  # bank 0's top half differs: the step costs TV
     shifted = torch.roll(x, 1, dims=-2)
     with torch.no_grad():
@@ -122,9 +128,32 @@ def test_relaxed_translation_is_a_convolution_at_init_and_after_projection() -> 
         difference = layer(shifted)[..., 2:-2, :] - torch.roll(out, 1, dims=-2)[..., 2:-2, :]
     assert float(difference.abs().max()) > 1e-2
     # TV: bank 0's rows 4 and 5 differ by 0.5 in 10 columns, mean over 2 x 9 x 10 row pairs.
-    assert float(layer.regularizer()) == pytest.approx(0.5 * 10 / 180)
+    assert layer.regularizer().item() == pytest.approx(0.5 * 10 / 180)
     conv = project(layer)
     assert isinstance(conv, nn.Conv2d)
+
+
+def test_relaxed_translation_passes_assert_equivariant_at_init_and_after_projection(
+    dtype: torch.dtype,
+) -> None:
+    # Shifts by 0-2 rows or columns, as permutations, of images that are zero within 3 px of
+    # the border: no content wraps around, so the zero-padded convolution commutes exactly.
+    n = 10
+    torch.manual_seed(2)
+    layer = RelaxedTranslationConv2d(2, 3, 3, size=n, num_banks=2).to(dtype)
+    x = torch.zeros(2, 2, n, n, dtype=dtype)
+    x[..., 3:-3, 3:-3] = torch.randn(2, 2, n - 6, n - 6, dtype=dtype)
+    shifts = torch.stack([torch.roll(torch.arange(n), s) for s in range(3)])
+    rows, columns = (PermutationAction(SymmetricGroup(n), dims=(d,)) for d in (2, 3))
+    for action in (rows, columns):
+        assert_equivariant(layer, x, action, action, elements=shifts, atol=ATOL[dtype])
+    with torch.no_grad():
+        layer.relaxed_weights[0, :5] += 0.5  # the top half of bank 0 differs
+    with pytest.raises(AssertionError, match="not equivariant"):
+        assert_equivariant(layer, x, rows, rows, elements=shifts, atol=ATOL[dtype])
+    conv = project(layer)
+    for action in (rows, columns):
+        assert_equivariant(conv, x, action, action, elements=shifts, atol=ATOL[dtype])
 
 
 def test_bad_arguments_are_named() -> None:

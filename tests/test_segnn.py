@@ -15,10 +15,13 @@ from e3nn import o3
 from torch import Tensor
 
 import equirelax
+from _tolerances import ATOL, F64
 from equirelax.actions import (
+    Action,
     DirectSumAction,
     PermutationAction,
     PointAction,
+    RepresentationAction,
     TrivialAction,
     VectorAction,
 )
@@ -29,7 +32,6 @@ from equirelax.models.segnn import NBodySEGNN, _spherical_harmonics
 from equirelax.nn import SEGNNLayer, SteerableGate, SteerableLinear
 from equirelax.strategies.cr import free_branch_terms
 
-ATOL = 1e-10
 ATTR = "1x0e + 1x1o"
 E3 = Euclidean(O3())
 PARTICLES_IN = DirectSumAction(PointAction(E3), VectorAction(E3), TrivialAction(E3))
@@ -118,10 +120,10 @@ def test_steerable_linear_is_o3_equivariant(
     assert (torch.linalg.det(g) < 0).any()
     assert (torch.linalg.det(g) > 0).any()
     moved = layer(_apply(irreps_in, g, x), _apply(irreps_attr, g, a))
-    assert torch.allclose(moved, _apply(irreps_out, g, layer(x, a)), atol=ATOL, rtol=0)
+    assert torch.allclose(moved, _apply(irreps_out, g, layer(x, a)), atol=ATOL[F64], rtol=0)
     # The same through the library's metric and the layer's own actions.
     err = equivariance_error(layer, (x, a), layer.action_in, layer.action_out, generator=_gen())
-    assert err.max_absolute < ATOL
+    assert err.max_absolute < ATOL[F64]
 
 
 def test_steerable_linear_broadcasts_and_runs_in_float32() -> None:
@@ -153,7 +155,7 @@ def test_gate_layout_and_equivariance() -> None:
     x = _randn(16, gate.in_features, seed=1)
     assert gate(x).shape == (16, gate.out_features)
     err = equivariance_error(gate, x, gate.action_in, gate.action_out, generator=_gen())
-    assert err.max_absolute < ATOL
+    assert err.max_absolute < ATOL[F64]
 
 
 def test_gate_activations_have_unit_second_moment() -> None:
@@ -163,6 +165,53 @@ def test_gate_activations_have_unit_second_moment() -> None:
     assert abs(float(y[:, :1000].pow(2).mean()) - 1) < 0.02  # c SiLU(z)
     # c sigmoid(g) v with independent g, v: E[(c s)^2] E[v^2] = 1.
     assert abs(float(y[:, 1000:].pow(2).mean()) - 1) < 0.02
+
+
+# --------------------------------------------------------------------------- every layer
+
+
+def _steerable_linear() -> tuple[torch.nn.Module, tuple[Tensor, ...], Action, Action]:
+    layer = SteerableLinear(*CASES[0])
+    with torch.no_grad():
+        layer.bias.normal_(generator=_gen(4))
+    x = (_randn(4, layer.in_features, seed=1), _randn(4, layer.attr_features, seed=2))
+    return layer, x, layer.action_in, layer.action_out
+
+
+def _steerable_gate() -> tuple[torch.nn.Module, Tensor, Action, Action]:
+    layer = SteerableGate("3x0e + 2x1o + 1x0o + 1x2e")
+    return layer, _randn(4, layer.in_features, seed=1), layer.action_in, layer.action_out
+
+
+def _segnn_layer() -> tuple[torch.nn.Module, tuple[Tensor, ...], Action, Action]:
+    """O(3) acts on the node features and both attributes; the edge features are invariant."""
+    layer = SEGNNLayer("4x0e + 2x1o", ATTR, edge_features=1)
+    hidden, attr = (RepresentationAction(O3().irreps(i)) for i in ("4x0e + 2x1o", ATTR))
+    x = (
+        _randn(2, 4, 10, seed=1),
+        _randn(2, 4, 4, 4, seed=2),
+        _randn(2, 4, 4, seed=3),
+        _randn(2, 4, 4, 1, seed=4),
+    )
+    return layer, x, DirectSumAction(hidden, attr, attr, TrivialAction(O3())), hidden
+
+
+LAYERS = {
+    "SteerableLinear": _steerable_linear,
+    "SteerableGate": _steerable_gate,
+    "SEGNNLayer": _segnn_layer,
+}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_every_layer_passes_assert_equivariant(name: str, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    layer, x, action_in, action_out = LAYERS[name]()
+    x = tuple(t.to(dtype) for t in x) if isinstance(x, tuple) else x.to(dtype)
+    err = equirelax.assert_equivariant(
+        layer.to(dtype), x, action_in, action_out, generator=_gen(5), atol=ATOL[dtype]
+    )
+    assert err.output_norm > 0.1
 
 
 # --------------------------------------------------------------------------- SEGNN
@@ -187,7 +236,7 @@ def test_model_is_e3_equivariant() -> None:
     assert out.shape == x.shape
     assert (out - x).abs().max() > 1e-2
     err = equivariance_error(model, (x, v, q), PARTICLES_IN, PARTICLES_OUT, generator=_gen())
-    assert err.max_absolute < ATOL
+    assert err.max_absolute < ATOL[F64]
     assert repr(model.action_in) == repr(PARTICLES_IN)
     assert repr(model.action_out) == repr(PARTICLES_OUT)
 
@@ -199,7 +248,7 @@ def test_model_is_permutation_equivariant() -> None:
     action_in = DirectSumAction(per_particle, per_particle, per_particle)
     err = equivariance_error(model, _particles(batch=2), action_in, per_particle)
     assert err.num_elements == 120
-    assert err.max_absolute < ATOL
+    assert err.max_absolute < ATOL[F64]
 
 
 def test_layer_uses_no_self_loops_and_sums_or_averages() -> None:
@@ -272,7 +321,7 @@ def test_relax_wraps_the_update_maps_and_project_restores_equivariance() -> None
     projected = equirelax.project(relaxed)
     assert not equirelax.relaxed_layers(projected)
     err = equivariance_error(projected, x, PARTICLES_IN, PARTICLES_OUT, generator=_gen())
-    assert err.max_absolute < ATOL
+    assert err.max_absolute < ATOL[F64]
     torch.testing.assert_close(projected(*x), model(*x))
 
 
@@ -290,7 +339,7 @@ def test_lie_derivatives_of_layer_and_free_branches() -> None:
     assert isinstance(layer.action_in, DirectSumAction)
     derivative = lie_derivative(layer, x, layer.action_in, layer.action_out)
     assert derivative.shape == (3, 6, layer.out_features)
-    assert derivative.abs().max() < ATOL
+    assert derivative.abs().max() < ATOL[F64]
     random_free = equirelax.Relaxed(layer)
     zero_free = equirelax.Relaxed(layer, init="zero")
     equivariant_free = equirelax.Relaxed(layer, free=copy.deepcopy(layer))

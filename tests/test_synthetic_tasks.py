@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from _tolerances import ATOL, F64
 from equirelax.experiments import task_registry
 from equirelax.groups import O2, O3, Orthogonal
 from equirelax.metrics import equivariance_error
@@ -25,7 +26,6 @@ from equirelax.tasks import (
 )
 from equirelax.tasks.base import Task
 
-EXACT_ATOL = 1e-10  # float64 computations that are equivariant in exact arithmetic
 FLOAT32_RTOL = 1e-5  # stored float32 targets against the float64 target function
 SMALL = {"train_size": 64, "val_size": 32, "test_size": 16}
 BUILDERS: dict[str, Callable[..., Task]] = {
@@ -71,11 +71,11 @@ def test_inertia_targets_are_exactly_o3_equivariant_under_the_task_actions() -> 
     assert torch.equal(moved[:, :5], x[:, :5])  # masses are scalars
     moved_then_f = inertia_tensor(*_split_inertia(moved)).reshape(-1, 9)
     f_then_moved = task.action_out(g, inertia_tensor(*_split_inertia(x)).reshape(-1, 9))
-    torch.testing.assert_close(moved_then_f, f_then_moved, atol=EXACT_ATOL, rtol=0)
+    torch.testing.assert_close(moved_then_f, f_then_moved, atol=ATOL[F64], rtol=0)
     # the flattening is row-major: action_out(g) vec(I) = vec(R I R^T)
     matrices = inertia_tensor(*_split_inertia(x))
     torch.testing.assert_close(
-        f_then_moved.reshape(-1, 3, 3), g @ matrices @ g.transpose(1, 2), atol=EXACT_ATOL, rtol=0
+        f_then_moved.reshape(-1, 3, 3), g @ matrices @ g.transpose(1, 2), atol=ATOL[F64], rtol=0
     )
 
 
@@ -95,11 +95,11 @@ def test_inertia_tensor_is_symmetric_psd_with_the_trace_of_its_definition() -> N
     positions = torch.randn(50, 5, 3, generator=gen, dtype=torch.float64)
     inertia = inertia_tensor(masses, positions)
     assert torch.equal(inertia, inertia.transpose(1, 2))
-    assert float(torch.linalg.eigvalsh(inertia).min()) > -EXACT_ATOL
+    assert float(torch.linalg.eigvalsh(inertia).min()) > -ATOL[F64]
     # tr(|r|^2 Id - r r^T) = 2 |r|^2; and a single unit mass on the x axis gives diag(0, 1, 1)
     trace = torch.diagonal(inertia, dim1=1, dim2=2).sum(-1)
     expected = 2 * (masses * (positions**2).sum(-1)).sum(-1)
-    torch.testing.assert_close(trace, expected, atol=EXACT_ATOL, rtol=0)
+    torch.testing.assert_close(trace, expected, atol=ATOL[F64], rtol=0)
     one = inertia_tensor(torch.ones(1, 1), torch.tensor([[[1.0, 0.0, 0.0]]]))
     torch.testing.assert_close(one[0], torch.diag(torch.tensor([0.0, 1.0, 1.0])))
 
@@ -117,7 +117,7 @@ def test_modified_inertia_is_not_o3_equivariant_but_is_about_the_z_axis() -> Non
     assert broken.mean > 0.05
     h = _axis_stabiliser(16, gen)
     kept = equivariance_error(target, x, task.action_in, task.action_out, elements=h)
-    assert kept.max_absolute < EXACT_ATOL
+    assert kept.max_absolute < ATOL[F64]
 
 
 def test_modified_inertia_adds_strength_times_i_ez_ez_transposed() -> None:
@@ -126,7 +126,7 @@ def test_modified_inertia_adds_strength_times_i_ez_ez_transposed() -> None:
     inertia = inertia_tensor(masses, positions)
     expected = inertia + 0.7 * (inertia @ E_Z).unsqueeze(-1) * E_Z
     torch.testing.assert_close(
-        modified_inertia_tensor(masses, positions, 0.7), expected, atol=EXACT_ATOL, rtol=0
+        modified_inertia_tensor(masses, positions, 0.7), expected, atol=ATOL[F64], rtol=0
     )
     torch.testing.assert_close(task.train[1], expected.reshape(-1, 9).float())
     assert task.extra["strength"] == 0.7
@@ -146,7 +146,7 @@ def test_o5_function_is_o5_invariant() -> None:
     g = Orthogonal(5).sample(200, gen, dtype=torch.float64)
     assert bool((torch.linalg.det(g) < 0).any())  # reflections are tested too
     moved = o5_function(torch.einsum("bij,bj->bi", g, x1), torch.einsum("bij,bj->bi", g, x2))
-    torch.testing.assert_close(moved, o5_function(x1, x2), atol=EXACT_ATOL, rtol=0)
+    torch.testing.assert_close(moved, o5_function(x1, x2), atol=ATOL[F64], rtol=0)
     # and it is not a constant: the check above could not pass by accident
     assert float(o5_function(x1, x2).std()) > 1.0
 
@@ -170,7 +170,7 @@ def test_o5_task_is_invariant_under_its_actions_and_standardised() -> None:
         num_samples=8,
         generator=_generator(4),
     )
-    assert error.max_absolute < EXACT_ATOL
+    assert error.max_absolute < ATOL[F64]
     assert abs(float(y.double().mean())) < 1e-5
     assert abs(float(y.double().std(correction=0)) - 1.0) < 1e-5
     raw = y.double() * task.extra["target_std"] + task.extra["target_mean"]
@@ -197,7 +197,7 @@ def test_gap_dial_at_zero_is_exactly_equivariant_under_the_task_actions() -> Non
         num_samples=16,
         generator=_generator(5),
     )
-    assert error.max_absolute < EXACT_ATOL
+    assert error.max_absolute < ATOL[F64]
     broken = gap_dial_task(0.5, **SMALL)
     assert (
         equivariance_error(
@@ -229,7 +229,7 @@ def test_gap_dial_breaking_term_is_equivariant_about_the_z_axis() -> None:
     x1, x2 = torch.randn(2, 100, 3, generator=gen, dtype=torch.float64)
     for h in _axis_stabiliser(8, gen):
         difference = _gap_difference(3.0, x1, x2, h.unsqueeze(0))
-        assert float(difference.abs().max()) < EXACT_ATOL
+        assert float(difference.abs().max()) < ATOL[F64]
 
 
 def test_gap_dial_records_the_exact_symmetry_gap() -> None:

@@ -7,44 +7,44 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from _tolerances import ATOL, F64
+from equirelax import assert_equivariant
 from equirelax.actions import VectorAction
 from equirelax.groups import O3, SO3
 from equirelax.nn.vector_neurons import VNLeakyReLU, VNLinear
 
-ATOL = 1e-10
+
+def _features(shape: tuple[int, ...], seed: int = 0, dtype: torch.dtype = F64) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def _features(shape: tuple[int, ...], seed: int = 0) -> Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+def _assert_equivariant(module: nn.Module, v: Tensor, group=None, seed: int = 1) -> None:
+    """``assert_equivariant`` under the rotations (default SO(3)) of the 3-vector axis, to
+    ``ATOL`` of ``v``'s dtype."""
+    action = VectorAction(group or SO3(), dim=2)
+    generator = torch.Generator().manual_seed(seed)
+    assert_equivariant(module, v, action, action, generator=generator, atol=ATOL[v.dtype])
 
 
-def _equivariance_error(module: nn.Module, v: Tensor, group=None, seed: int = 1) -> float:
-    group = group or SO3()
-    g = group.sample(v.shape[0], torch.Generator().manual_seed(seed), dtype=torch.float64)
-    act = VectorAction(group, dim=2)
-    with torch.no_grad():
-        return float((module(act(g, v)) - act(g, module(v))).abs().max())
-
-
-def test_vn_linear_equivariance_and_shape() -> None:
+def test_vn_linear_equivariance_and_shape(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    layer = VNLinear(4, 6).double()
-    v = _features((5, 4, 3, 10))
+    layer = VNLinear(4, 6).to(dtype)
+    v = _features((5, 4, 3, 10), dtype=dtype)
     assert layer(v).shape == (5, 6, 3, 10)
     assert (layer.in_channels, layer.out_channels) == (4, 6)
-    assert _equivariance_error(layer, v) < ATOL
+    _assert_equivariant(layer, v)
     # no trailing axis and two trailing axes
-    assert _equivariance_error(layer, _features((3, 4, 3))) < ATOL
-    assert _equivariance_error(layer, _features((3, 4, 3, 2, 5))) < ATOL
+    _assert_equivariant(layer, _features((3, 4, 3), dtype=dtype))
+    _assert_equivariant(layer, _features((3, 4, 3, 2, 5), dtype=dtype))
 
 
 @pytest.mark.parametrize("share_direction", [False, True])
-def test_vn_leaky_relu_equivariance(share_direction: bool) -> None:
+def test_vn_leaky_relu_equivariance(share_direction: bool, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    layer = VNLeakyReLU(4, share_direction=share_direction).double()
+    layer = VNLeakyReLU(4, share_direction=share_direction).to(dtype)
     assert layer.direction.shape == ((1, 4) if share_direction else (4, 4))
     assert (layer.in_channels, layer.out_channels) == (4, 4)
-    v = _features((6, 4, 3, 20))
+    v = _features((6, 4, 3, 20), dtype=dtype)
     out = layer(v)
     assert out.shape == v.shape
     # Both branches are exercised, so the test covers the projection.
@@ -53,11 +53,11 @@ def test_vn_leaky_relu_equivariance(share_direction: bool) -> None:
     dot = (q * k).sum(dim=2)
     assert bool((dot < 0).any())
     assert bool((dot > 0).any())
-    assert _equivariance_error(layer, v) < ATOL
-    assert _equivariance_error(layer, v, group=O3()) < ATOL  # reflections commute as well
+    _assert_equivariant(layer, v)
+    _assert_equivariant(layer, v, group=O3())  # reflections commute as well
 
 
-def test_stack_equivariance_and_nonlinearity() -> None:
+def test_stack_equivariance_and_nonlinearity(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     net = nn.Sequential(
         VNLinear(2, 8),
@@ -65,13 +65,13 @@ def test_stack_equivariance_and_nonlinearity() -> None:
         VNLinear(8, 8),
         VNLeakyReLU(8, negative_slope=0.0, share_direction=True),
         VNLinear(8, 3),
-    ).double()
-    v = _features((4, 2, 3, 16))
-    assert _equivariance_error(net, v) < ATOL
-    assert _equivariance_error(net, v, seed=2) < ATOL
+    ).to(dtype)
+    v = _features((4, 2, 3, 16), dtype=dtype)
+    _assert_equivariant(net, v)
+    _assert_equivariant(net, v, seed=2)
     # the stack is not linear (the leaky ReLUs bend): f(a + b) != f(a) + f(b)
     # (it is odd and positively homogeneous, as VN layers are, so test additivity)
-    w = _features((4, 2, 3, 16), seed=3)
+    w = _features((4, 2, 3, 16), seed=3, dtype=dtype)
     with torch.no_grad():
         assert float((net(v + w) - net(v) - net(w)).abs().max()) > 1e-3
 
@@ -153,9 +153,7 @@ def test_constructor_validation() -> None:
 
 
 def test_declared_actions_let_assert_equivariant_check_without_arguments():
-    from equirelax import assert_equivariant
-
     layer = VNLeakyReLU(4).double()
     x = torch.randn(3, 4, 3, 7, dtype=torch.float64)
-    err = assert_equivariant(layer, x, atol=1e-10)
+    err = assert_equivariant(layer, x, atol=ATOL[F64])
     assert err.num_elements == 16

@@ -187,7 +187,7 @@ class RelaxedLiftingConv2d(_RelaxedGroupConvolution):
     --------
     >>> from equirelax.groups import CyclicGroup
     >>> layer = RelaxedLiftingConv2d(1, 4, 3, CyclicGroup(4))
-    >>> layer(torch.randn(2, 1, 9, 9)).shape, float(layer.level())
+    >>> layer(torch.randn(2, 1, 9, 9)).shape, layer.level().item()
     (torch.Size([2, 4, 4, 9, 9]), 0.0)
     """
 

@@ -389,8 +389,11 @@ def nbody_task(
 
     Examples
     --------
-    >>> task = nbody_task(train_size=8, val_size=4, test_size=0, progress=False)  # doctest: +SKIP
-    >>> [t.shape for t in task.train[0]]  # doctest: +SKIP
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as cache:  # simulates 12 systems (under a second)
+    ...     task = nbody_task(train_size=8, val_size=4, test_size=0, cache_dir=cache,
+    ...                       progress=False)
+    >>> [t.shape for t in task.train[0]]
     [torch.Size([8, 5, 3]), torch.Size([8, 5, 3]), torch.Size([8, 5, 1])]
     """
     sizes = {
