@@ -180,3 +180,53 @@ def test_compare_runs_the_emlp_tasks_with_task_options_and_recm(tmp_path: Path) 
     runs = {run["strategy"]: run for run in results["runs"]}
     assert runs["strict"]["final"]["equivariance_error"] < 1e-4  # projected E-MLP
     assert "recm" in (tmp_path / "results.md").read_text()
+
+
+def _equirelax(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "equirelax", *argv], capture_output=True, text=True, check=False
+    )
+
+
+def test_a_file_that_is_not_a_predictor_is_named_without_a_traceback(tmp_path: Path) -> None:
+    garbage = tmp_path / "predictor.pt"
+    garbage.write_bytes(b"not a torch file")
+    result = _equirelax(
+        "adapt", "glyphs", "--predictor", str(garbage), "--train-size", "20", "--val-size", "10",
+        "--test-size", "10", "--epochs", "1", "--quiet", "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.returncode == 2  # a bad argument
+    assert "Traceback" not in result.stderr
+    assert "--predictor" in result.stderr
+    assert str(garbage) in result.stderr
+
+
+def test_an_output_path_that_is_a_file_is_named_without_a_traceback(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a directory")
+    result = _equirelax(
+        "train", "inertia", "--train-size", "20", "--val-size", "10", "--test-size", "10",
+        "--epochs", "1", "--quiet", "--out", str(taken),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert str(taken) in result.stderr
+
+
+def test_an_unexpected_error_asks_for_debug_which_shows_the_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("equirelax.experiments.cli.run_one", broken)
+    argv = ["train", "inertia", "--train-size", "20", "--val-size", "10", "--test-size", "10"]
+    assert main([*argv, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "equirelax train: error: a bug" in err
+    assert "--debug" in err
+    with pytest.raises(ZeroDivisionError):
+        main([*argv, "--quiet", "--debug"])
+    monkeypatch.setenv("EQUIRELAX_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        main([*argv, "--quiet"])

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -45,7 +46,10 @@ from equirelax.experiments.compare import DEFAULT_STRATEGIES, STRATEGY_PRESETS, 
 from equirelax.experiments.report import format_table, ordering, summarize
 from equirelax.experiments.task_registry import TASKS, TaskInfo
 
-__all__ = ["main"]
+__all__ = ["DEBUG_ENV", "main"]
+
+DEBUG_ENV = "EQUIRELAX_DEBUG"
+"""The environment variable that makes the command line show tracebacks (``1``)."""
 
 
 def _number(cast: type, *, positive: bool) -> Any:
@@ -143,6 +147,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="equirelax",
         description="Train equivariant models between strict equivariance and none.",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show the Python traceback of an error (anywhere on the line; also {DEBUG_ENV}=1)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("tasks", help="list the tasks with their symmetry and models")
@@ -257,7 +266,41 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``equirelax`` console script; returns the exit status."""
+    """Entry point of the ``equirelax`` console script; returns the exit status: 0, 2 for a
+    usage error, 1 for a runtime error, which is reported as one message (with ``--debug`` or
+    ``EQUIRELAX_DEBUG=1``: the traceback), 130 when interrupted."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in words or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    words = [word for word in words if word != "--debug"]
+    try:
+        return _main(words)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("equirelax: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if debug:
+            raise
+        print(_error_message(words, error), file=sys.stderr)
+        return 1
+
+
+def _error_message(words: Sequence[str], error: Exception) -> str:
+    """One message for an error that reached the command line: what it says, and for an error
+    that is not a report of bad input or a file problem, how to report it."""
+    command = next((word for word in words if not word.startswith("-")), "")
+    notes = "".join(f"\n  {note}" for note in getattr(error, "__notes__", ()))
+    prefix = f"equirelax {command}" if command else "equirelax"
+    message = f"{prefix}: error: {error}{notes}"
+    if not isinstance(error, (ValueError, TypeError, OSError, ImportError, RuntimeError)):
+        message += (
+            f"\n({type(error).__name__}; run again with --debug for the traceback and report it)"
+        )
+    return message
+
+
+def _main(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "tasks":
@@ -265,9 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     parser = args.subparser
     if args.command == "adapt":
-        return _adapt(parser, args, sys.argv[1:] if argv is None else list(argv))
+        return _adapt(parser, args, argv)
     if args.command == "break":
-        return _break(parser, args, sys.argv[1:] if argv is None else list(argv))
+        return _break(parser, args, argv)
     if args.task not in TASKS:
         parser.error(f"task: expected one of {', '.join(TASKS)}, received {args.task!r}")
     info = TASKS[args.task]
@@ -282,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     task_options = _task_options(args, preset)
     config = TrainConfig(**{**preset["train"], **_overrides(args), "device": args.device})
     model_options = dict(args.model_option)
-    words = sys.argv[1:] if argv is None else argv
+    words = argv
     command = "equirelax " + " ".join(shlex.quote(word) for word in words)
     try:
         task = info.builder(**task_options)
@@ -410,10 +453,17 @@ def _adapt(parser: argparse.ArgumentParser, args: argparse.Namespace, words: lis
         torch.manual_seed(0)
         predictor = model_registry.build(model, task, **dict(args.model_option))
         if predictor_path.exists():
-            state = torch.load(predictor_path, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(predictor_path, map_location="cpu", weights_only=True)
+            except Exception as error:
+                raise ValueError(
+                    f"--predictor: expected a file of weights saved with torch.save, "
+                    f"{predictor_path} is not one ({type(error).__name__}: {error}); pass the "
+                    "predictor.pt an earlier run wrote, or none to pretrain one"
+                ) from None
             try:
                 predictor.load_state_dict(state)
-            except RuntimeError as error:
+            except (RuntimeError, AttributeError, TypeError) as error:
                 raise ValueError(
                     f"--predictor: {predictor_path} is not a state dict of model {model!r} "
                     f"with options {dict(args.model_option)} ({error})"
