@@ -9,8 +9,11 @@ worker pool starts the fork server (a few seconds), later pools fork from it."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from _toy import InterruptError, interrupt_at
 from equirelax.engine import CHECKPOINT, METRICS, TrainConfig
 from equirelax.experiments import compare as compare_module
 from equirelax.experiments.compare import RESULTS_JSON, RUN_RESULT, compare, run_one
+from equirelax.experiments.runner import exclusive
 from equirelax.tasks.base import Task
 from equirelax.tasks.synthetic import gap_dial_task
 
@@ -205,3 +209,28 @@ def test_invalid_jobs_are_refused(task: Task, tmp_path: Path, jobs: Any) -> None
     with pytest.raises(ValueError, match=rf"jobs: expected a positive int .*received {jobs!r}"):
         _compare(task, tmp_path / "out", jobs=jobs)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_comparison_into_a_held_directory_is_refused_and_changes_nothing(
+    task: Task, tmp_path: Path
+) -> None:
+    _compare(task, tmp_path, jobs=1)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with exclusive(tmp_path):
+        with pytest.raises(RuntimeError, match=rf"in use by process {os.getpid()} on"):
+            _compare(task, tmp_path, jobs=1)
+        with pytest.raises(RuntimeError, match="in use by process"):
+            run_one(task, "emlp", "strict", seed=0, config=TrainConfig(epochs=1), out_dir=tmp_path)
+        result = subprocess.run(
+            [sys.executable, "-m", "equirelax", "compare", "gap-dial", "--epochs", "1",
+             "--train-size", "24", "--val-size", "8", "--test-size", "8", "--quiet",
+             "--strategies", "strict", "--seeds", "1", "--out", str(tmp_path)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"{tmp_path} is in use by process {os.getpid()}" in result.stderr
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert {p: after.get(p) for p in before} == before
+    with exclusive(tmp_path):  # released by the refused processes and by the holder
+        pass

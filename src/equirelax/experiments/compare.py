@@ -53,7 +53,7 @@ from equirelax import strategies
 from equirelax.engine import NonFiniteLossError, TrainConfig, check_continuation, train
 from equirelax.experiments import model_registry
 from equirelax.experiments.report import write_report
-from equirelax.experiments.runner import RESULTS_JSON, write_json
+from equirelax.experiments.runner import RESULTS_JSON, exclusive, write_json
 from equirelax.relaxed import relax
 from equirelax.tasks.base import Task
 
@@ -130,36 +130,37 @@ def run_one(
     model = model_registry.build(model_name, task, **model_options)
     if model_registry.MODELS[model_name].equivariant:
         model = relax(model, placement=strategy.placement)
-    started = time.perf_counter()
-    result = train(
-        model,
-        strategy,
-        task,
-        config,
-        out_dir=out_dir,
-        resume=resume,
-        progress=progress,
-        progress_position=progress_position,
-    )
-    wall = time.perf_counter() - started
-    epoch_seconds = [record["epoch_seconds"] for record in result.history]
-    final = {key: value for key, value in result.final.items() if _is_plain(value)}
-    record = {
-        "task": task.name,
-        "model": model_name,
-        "strategy": label,
-        "seed": seed,
-        "config": asdict(config),
-        "model_options": model_options,
-        "strategy_options": {**STRATEGY_PRESETS[label][1], **strategy_options},
-        "metric": task.metric_name,
-        "final": final,
-        "wall_seconds": wall,
-        "seconds_per_epoch": sum(epoch_seconds) / max(len(epoch_seconds), 1),
-        "parameters": sum(p.numel() for p in result.evaluation_model.parameters()),
-        "history": str(Path(out_dir) / "metrics.jsonl"),
-    }
-    write_json(Path(out_dir) / RUN_RESULT, record)
+    with exclusive(out_dir):
+        started = time.perf_counter()
+        result = train(
+            model,
+            strategy,
+            task,
+            config,
+            out_dir=out_dir,
+            resume=resume,
+            progress=progress,
+            progress_position=progress_position,
+        )
+        wall = time.perf_counter() - started
+        epoch_seconds = [record["epoch_seconds"] for record in result.history]
+        final = {key: value for key, value in result.final.items() if _is_plain(value)}
+        record = {
+            "task": task.name,
+            "model": model_name,
+            "strategy": label,
+            "seed": seed,
+            "config": asdict(config),
+            "model_options": model_options,
+            "strategy_options": {**STRATEGY_PRESETS[label][1], **strategy_options},
+            "metric": task.metric_name,
+            "final": final,
+            "wall_seconds": wall,
+            "seconds_per_epoch": sum(epoch_seconds) / max(len(epoch_seconds), 1),
+            "parameters": sum(p.numel() for p in result.evaluation_model.parameters()),
+            "history": str(Path(out_dir) / "metrics.jsonl"),
+        }
+        write_json(Path(out_dir) / RUN_RESULT, record)
     return record
 
 
@@ -218,8 +219,34 @@ def compare(
             f"jobs: under torchrun (WORLD_SIZE={world}) the processes train every run "
             f"together; expected 1 or None, received {jobs!r}"
         )
-    root = Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    with exclusive(out_dir) as root:
+        return _compare_held(
+            task, model_name, labels, root=root, seeds=seeds, config=config, resume=resume,
+            progress=progress, model_options=model_options, strategy_options=strategy_options,
+            task_options=task_options, command=command, reference=reference, jobs=jobs,
+            world=world,
+        )  # fmt: skip
+
+
+def _compare_held(
+    task: Task,
+    model_name: str,
+    labels: Sequence[str],
+    *,
+    root: Path,
+    seeds: int,
+    config: TrainConfig,
+    resume: bool,
+    progress: bool,
+    model_options: dict[str, Any] | None,
+    strategy_options: dict[str, dict[str, Any]] | None,
+    task_options: dict[str, Any] | None,
+    command: str | None,
+    reference: dict[str, float] | None,
+    jobs: int | None,
+    world: int,
+) -> dict[str, Any]:
+    """:func:`compare` in the directory ``root`` it holds."""
     setup = {
         "task": task.name,
         "task_options": task_options or {},

@@ -7,16 +7,33 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
 from equirelax._checks import check_positive_int
 from equirelax.experiments.report import mean_std
 
-__all__ = ["RESULTS_JSON", "Column", "arm_table", "check_arms", "run_arms", "write_json"]
+__all__ = [
+    "LOCK",
+    "RESULTS_JSON",
+    "Column",
+    "arm_table",
+    "check_arms",
+    "exclusive",
+    "run_arms",
+    "write_json",
+]
+
+LOCK = ".equirelax.lock"
+"""The lock file of an output directory in use (:func:`exclusive`); ``LOCK + ".holder"``
+names the process that holds it."""
 
 RESULTS_JSON = "results.json"
 """The records of a comparison in its output directory."""
@@ -32,6 +49,32 @@ def check_arms(arms: Sequence[str], known: Sequence[str]) -> list[str]:
     if unknown or not arms or len(set(arms)) != len(arms):
         raise ValueError(f"arms: expected distinct names from {list(known)}, received {list(arms)}")
     return list(arms)
+
+
+@contextmanager
+def exclusive(directory: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``directory`` (created if needed) for this process: a second process that asks for
+    it while it is held gets a ``RuntimeError`` naming the holder, so two runs never write into
+    one directory (an exclusive :class:`filelock.FileLock` on ``directory/.equirelax.lock``)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(directory / LOCK)
+    holder = directory / f"{LOCK}.holder"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        who = holder.read_text().strip() if holder.exists() else "another process"
+        raise RuntimeError(
+            f"out_dir: {directory} is in use by {who}; wait for it to finish (then --resume "
+            "continues it) or write to another directory"
+        ) from None
+    try:
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        holder.write_text(f"process {os.getpid()} on {socket.gethostname()} since {started}\n")
+        yield directory
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
 
 
 def write_json(path: Path, content: dict[str, Any]) -> None:
@@ -55,18 +98,20 @@ def run_arms(
     """``{"arm", "seed", **run(arm, seed, run_dir)}`` for every arm and seed, in order, with
     torch's global generator seeded by ``seed`` before each run. With ``out_dir`` each run gets
     ``out_dir/<arm>/seed<k>`` and the records so far go to ``out_dir/results.json``
-    (``{"setup": setup, "runs": records}``) after every run. ``seeds_of(arm)`` overrides the
+    (``{"setup": setup, "runs": records}``) after every run; the directory is held
+    (:func:`exclusive`) until the last run ends. ``seeds_of(arm)`` overrides the
     number of seeds of an arm (e.g. 1 for one that trains nothing)."""
     check_positive_int("seeds", seeds)
     root = Path(out_dir) if out_dir is not None else None
     records: list[dict[str, Any]] = []
-    for arm in arms:
-        for seed in range(seeds if seeds_of is None else seeds_of(arm)):
-            torch.manual_seed(seed)
-            run_dir = root / arm / f"seed{seed}" if root is not None else None
-            records.append({"arm": arm, "seed": seed, **run(arm, seed, run_dir)})
-            if root is not None:
-                write_json(root / RESULTS_JSON, {"setup": setup or {}, "runs": records})
+    with exclusive(root) if root is not None else nullcontext():
+        for arm in arms:
+            for seed in range(seeds if seeds_of is None else seeds_of(arm)):
+                torch.manual_seed(seed)
+                run_dir = root / arm / f"seed{seed}" if root is not None else None
+                records.append({"arm": arm, "seed": seed, **run(arm, seed, run_dir)})
+                if root is not None:
+                    write_json(root / RESULTS_JSON, {"setup": setup or {}, "runs": records})
     return records
 
 
