@@ -106,6 +106,15 @@ def check_non_negative(name: str, value: object) -> float:
     return float(value)
 
 
+def check_positive_finite(name: str, value: object) -> float:
+    """``float(value)``; raise unless it is a finite number > 0 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a positive finite number, received {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: expected a positive finite number, received {value!r}")
+    return float(value)
+
+
 def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
     if value not in choices:

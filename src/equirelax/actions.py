@@ -112,6 +112,11 @@ class RepresentationAction(Action):
 
     def check_input(self, x: Any, name: str = "x") -> None:
         super().check_input(x, name)
+        if not (x.is_floating_point() or x.is_complex()):
+            raise ValueError(
+                f"{name}: expected a floating-point tensor for {self.representation}, whose "
+                f"matrices mix its entries, received dtype {x.dtype}"
+            )
         if x.ndim < 2 or x.shape[self.dim] != self.representation.dim:
             raise ValueError(
                 f"{name}: expected size {self.representation.dim} along dimension {self.dim} "
@@ -191,6 +196,11 @@ class ImageAction(Action):
 
     def check_input(self, x: Any, name: str = "x") -> None:
         super().check_input(x, name)
+        if not (self.exact or x.is_floating_point()):
+            raise ValueError(
+                f"{name}: expected a floating-point tensor for {self.group}, whose rotations "
+                f"interpolate between pixels, received dtype {x.dtype}"
+            )
         if self.fibre == "vector":
             if x.ndim < 4 or x.shape[-3] != 2 or x.shape[-1] != x.shape[-2]:
                 raise ValueError(

@@ -9,13 +9,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from equirelax._checks import check_choice, check_positive_int
+from equirelax._checks import (
+    check_choice,
+    check_non_negative,
+    check_positive_finite,
+    check_positive_int,
+)
 from equirelax.strategies.base import Strategy
 
-__all__ = ["LR_SCHEDULES", "NonFiniteLossError", "TrainConfig", "TrainResult"]
+__all__ = ["LR_SCHEDULES", "MAX_EPOCHS", "NonFiniteLossError", "TrainConfig", "TrainResult"]
 
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 """The learning-rate schedules of :class:`TrainConfig`."""
+MAX_EPOCHS = 10_000_000
+"""The most epochs :class:`TrainConfig` accepts (the papers' longest runs have 10,000)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,35 +71,40 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "equivariance_samples"):
             check_positive_int(name, getattr(self, name))
+        if self.epochs > MAX_EPOCHS:
+            raise ValueError(f"epochs: expected at most {MAX_EPOCHS}, received {self.epochs}")
         check_positive_int("eval_every", self.eval_every)
         if self.patience is not None:
             check_positive_int("patience", self.patience)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed: expected a non-negative integer, received {self.seed!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr: expected a positive finite number, received {self.lr!r}")
+        check_positive_finite("lr", self.lr)
         if isinstance(self.lr_decay, bool) or not (
             isinstance(self.lr_decay, (int, float)) and 0 < self.lr_decay <= 1
         ):
             raise ValueError(f"lr_decay: expected a number in (0, 1], received {self.lr_decay!r}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay: expected >= 0, received {self.weight_decay!r}")
+        check_non_negative("weight_decay", self.weight_decay)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        if not isinstance(self.lr_scale, dict) or not all(
-            isinstance(k, str) and isinstance(v, (int, float)) and v > 0 and math.isfinite(v)
-            for k, v in self.lr_scale.items()
-        ):
-            raise ValueError(
-                "lr_scale: expected a dict of parameter-name prefix -> positive multiplier, "
-                f"received {self.lr_scale!r}"
-            )
+        _check_lr_scale(self.lr_scale)
         if not isinstance(self.compile, bool):
             check_choice("compile", self.compile, torch.compiler.list_backends(exclude_tags=()))
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(
-                f"max_grad_norm: expected a positive number or None, "
-                f"received {self.max_grad_norm!r}"
-            )
+        if self.max_grad_norm is not None:
+            check_positive_finite("max_grad_norm", self.max_grad_norm)
+
+
+def _check_lr_scale(lr_scale: object) -> None:
+    if not isinstance(lr_scale, dict) or not all(
+        isinstance(k, str)
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and v > 0
+        and math.isfinite(v)
+        for k, v in lr_scale.items()
+    ):
+        raise ValueError(
+            "lr_scale: expected a dict of parameter-name prefix -> positive multiplier, "
+            f"received {lr_scale!r}"
+        )
 
 
 @dataclass

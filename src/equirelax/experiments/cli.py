@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import os
 import shlex
 import sys
@@ -53,9 +54,10 @@ DEBUG_ENV = "EQUIRELAX_DEBUG"
 
 
 def _number(cast: type, *, positive: bool) -> Any:
-    """An argparse type: ``cast(text)``, required to be > 0 (``positive``) or >= 0."""
+    """An argparse type: ``cast(text)``, required to be finite and > 0 (``positive``) or
+    >= 0."""
     kind = ("a positive " if positive else "a non-negative ") + (
-        "integer" if cast is int else "number"
+        "integer" if cast is int else "finite number"
     )
 
     def parse(text: str) -> Any:
@@ -63,7 +65,7 @@ def _number(cast: type, *, positive: bool) -> Any:
             value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind}, received {text!r}") from None
-        if not (value > 0 if positive else value >= 0):
+        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
             raise argparse.ArgumentTypeError(f"expected {kind}, received {value}")
         return value
 

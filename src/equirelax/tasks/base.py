@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from equirelax._checks import batch_size
@@ -81,16 +82,8 @@ class Task:
         named = {"train": self.train, "val": self.val, "test": self.test}
         named.update({f"test_splits[{k!r}]": v for k, v in self.test_splits.items()})
         for name, split in named.items():
-            if split is None:
-                continue
-            if not isinstance(split, tuple) or len(split) != 2:
-                raise TypeError(f"{name}: expected an (inputs, targets) pair, received {split!r}")
-            inputs, targets = split
-            if batch_size(inputs) != targets.shape[0]:
-                raise ValueError(
-                    f"{name}: expected as many targets as inputs ({batch_size(inputs)}), "
-                    f"received {targets.shape[0]}"
-                )
+            if split is not None:
+                _check_split(name, split)
         if self.metric is None:
             self.metric = self.loss
         if self.predict is not None and not callable(self.predict):
@@ -103,3 +96,25 @@ class Task:
         return cls(
             name=name, train=splits["train"], val=splits["val"], test=splits.get("test"), **fields
         )
+
+
+def _check_split(name: str, split: Any) -> None:
+    """An ``(inputs, targets)`` pair with one target per input and only finite values."""
+    if not isinstance(split, tuple) or len(split) != 2:
+        raise TypeError(f"{name}: expected an (inputs, targets) pair, received {split!r}")
+    inputs, targets = split
+    if batch_size(inputs) != targets.shape[0]:
+        raise ValueError(
+            f"{name}: expected as many targets as inputs ({batch_size(inputs)}), "
+            f"received {targets.shape[0]}"
+        )
+    parts = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+    fields = {f"inputs[{i}]" if len(parts) > 1 else "inputs": p for i, p in enumerate(parts)}
+    for field_name, values in {**fields, "targets": targets}.items():
+        if isinstance(values, Tensor) and values.is_floating_point():
+            bad = int((~torch.isfinite(values)).sum())
+            if bad:
+                raise ValueError(
+                    f"{name}: expected finite {field_name}, received {bad} NaN or infinite "
+                    f"values of {values.numel()}; clean or drop those samples"
+                )
