@@ -3,14 +3,22 @@ compute something wrong: integer data under rotations, non-finite training data.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 
+import equirelax
+from _toy import vector_model, vector_task
 from equirelax.actions import ImageAction, PermutationAction, TrivialAction, VectorAction
+from equirelax.engine import CHECKPOINT, METRICS, NonFiniteLossError
 from equirelax.groups import O3, CyclicGroup, SymmetricGroup
-from equirelax.strategies import ACE
+from equirelax.strategies import ACE, Free
 from equirelax.tasks import Task
 
 
@@ -67,3 +75,77 @@ def test_a_task_with_non_finite_data_names_the_split_and_the_field(
 def test_ace_refuses_settings_that_cannot_be_meant(option: str, value: float, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         ACE(**{option: value})
+
+
+# --------------------------------------------------------------------------- run files
+
+
+def _one_epoch(out: Path, **options: object) -> None:
+    model = equirelax.relax(vector_model(**options))
+    equirelax.train(model, Free(), vector_task(32, 16), epochs=1, batch_size=16,
+                    out_dir=out, progress=False)  # fmt: skip
+
+
+def _resume(out: Path, **options: object) -> None:
+    model = equirelax.relax(vector_model(**options))
+    equirelax.train(model, Free(), vector_task(32, 16), epochs=2, batch_size=16,
+                    out_dir=out, resume=True, progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda path: path.write_bytes(path.read_bytes()[:100]), "is not a readable checkpoint"),
+        (lambda path: path.write_bytes(b""), "is not a readable checkpoint"),
+        (lambda path: torch.save({"weights": 1}, path), "is not an equirelax checkpoint"),
+    ],
+    ids=["truncated", "empty", "foreign"],
+)
+def test_a_damaged_checkpoint_is_named_on_resume(
+    tmp_path: Path, damage: Callable[[Path], object], message: str
+) -> None:
+    _one_epoch(tmp_path)
+    damage(tmp_path / CHECKPOINT)
+    with pytest.raises(ValueError, match=re.escape(f"resume: {tmp_path / CHECKPOINT} {message}")):
+        _resume(tmp_path)
+
+
+def test_resuming_another_model_names_the_checkpoint(tmp_path: Path) -> None:
+    _one_epoch(tmp_path, hidden=8)
+    expected = f"resume: {tmp_path / CHECKPOINT} holds the model state of another run"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        _resume(tmp_path, hidden=4)
+
+
+def test_a_records_file_cut_mid_line_is_resumed_from_the_checkpoint(tmp_path: Path) -> None:
+    _one_epoch(tmp_path)
+    metrics = tmp_path / METRICS
+    metrics.write_text(metrics.read_text() + '{"epoch": 1, "train_lo')
+    _resume(tmp_path)
+    epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+    assert epochs == [0, 1]
+
+
+def test_a_diverged_run_names_only_a_checkpoint_that_exists(tmp_path: Path) -> None:
+    task = vector_task(32, 16)
+    model = equirelax.relax(vector_model())
+    with pytest.raises(NonFiniteLossError, match="no checkpoint yet"):
+        equirelax.train(model, Free(), task, epochs=1, batch_size=16, lr=1e30, out_dir=tmp_path,
+                        progress=False)  # fmt: skip
+    assert not (tmp_path / CHECKPOINT).exists()
+
+
+def test_the_cli_names_a_damaged_checkpoint_without_a_traceback(tmp_path: Path) -> None:
+    argv = [
+        sys.executable, "-m", "equirelax", "train", "inertia", "--train-size", "20",
+        "--val-size", "10", "--test-size", "10", "--epochs", "1", "--quiet", "--out", str(tmp_path),
+    ]  # fmt: skip
+    assert subprocess.run(argv, capture_output=True, check=False).returncode == 0
+    (tmp_path / CHECKPOINT).write_bytes(b"\x00" * 10)
+    result = subprocess.run(
+        [*argv[:-4], "2", "--quiet", "--resume", "--out", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert f"{tmp_path / CHECKPOINT} is not a readable checkpoint" in result.stderr

@@ -268,9 +268,12 @@ class _Run:
         for step, (batch_loss, objective) in enumerate(values, start):
             if not (math.isfinite(batch_loss) and math.isfinite(objective)):
                 checkpoint = self.checkpoint
-                kept = (
-                    f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint"
-                )
+                if checkpoint is None:
+                    kept = "no checkpoint (no output directory)"
+                elif checkpoint.exists():
+                    kept = f"the last good checkpoint is {checkpoint}"
+                else:
+                    kept = f"no checkpoint yet (the first epoch had not ended; {checkpoint})"
                 raise NonFiniteLossError(
                     f"loss: non-finite value at epoch {epoch}, step {step} (task loss "
                     f"{batch_loss}, objective {objective}; strategy {self.strategy.name}, "

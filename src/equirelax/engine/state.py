@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from equirelax.strategies.base import Strategy
 __all__ = [
     "BEST",
     "CHECKPOINT",
+    "CHECKPOINT_KEYS",
     "METRICS",
     "Best",
     "atomic_save",
@@ -32,7 +34,9 @@ __all__ = [
     "epoch_seed",
     "load_best",
     "load_checkpoint",
+    "load_into",
     "read_history",
+    "read_state",
     "rewrite_history",
     "rng_states",
     "save_best",
@@ -41,6 +45,8 @@ __all__ = [
     "set_rng_states",
 ]
 
+CHECKPOINT_KEYS = ("epoch", "config", "model", "optimiser", "scheduler", "strategy", "rng")
+"""What a resume checkpoint holds."""
 CHECKPOINT = "checkpoint.pt"
 """The resume checkpoint's file name in a run's directory."""
 BEST = "best.pt"
@@ -176,13 +182,13 @@ def load_best(
             f"resume: the checkpoint records a best epoch {recorded['epoch']} but {path} is "
             "missing; start the run again without resume"
         )
-    state = torch.load(path, weights_only=True, map_location="cpu")
+    state = read_state(path, ("epoch", "val", "model"), "best-model file")
     best = detached(strategy.evaluation_model(model), model)
-    best.load_state_dict(state["model"])
+    load_into(best, state["model"], path)
     relaxed = None
     if "relaxed" in state:
         relaxed = copy.deepcopy(model)
-        relaxed.load_state_dict(state["relaxed"])
+        load_into(relaxed, state["relaxed"], path)
     return Best(int(state["epoch"]), float(state["val"]), best, relaxed)
 
 
@@ -235,24 +241,70 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore the training state from ``path`` after :func:`check_continuation` of its
     settings against ``config``; returns the checkpoint (epoch, best, ...)."""
-    state = torch.load(path, weights_only=True, map_location="cpu")
+    state = read_state(path, CHECKPOINT_KEYS, "checkpoint")
     check_continuation(state["config"], config, strategy, where=str(path))
-    model.load_state_dict(state["model"])
-    optimiser.load_state_dict(state["optimiser"])
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    strategy.load_state_dict(state["strategy"])
+    load_into(model, state["model"], path)
+    for part, saved in (("optimiser", optimiser), ("strategy", strategy), ("scheduler", scheduler)):
+        if saved is not None and state[part] is not None:
+            load_into(saved, state[part], path, part)
     set_rng_states(state["rng"])
     return state
+
+
+def read_state(path: Path, keys: Sequence[str], what: str) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` on the CPU, checked to be a dict with ``keys``;
+    a ``ValueError`` naming the file (and what it is not) otherwise."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as error:
+        raise ValueError(
+            f"resume: {path} is not a readable {what} ({type(error).__name__}: "
+            f"{_first_line(error)}); delete it to start the run again"
+        ) from None
+    missing = [key for key in keys if not (isinstance(state, dict) and key in state)]
+    if missing:
+        raise ValueError(
+            f"resume: {path} is not an equirelax {what}: it has no {', '.join(missing)}; "
+            "delete it to start the run again"
+        )
+    return state
+
+
+def load_into(target: Any, state: Any, path: Path, part: str = "model") -> None:
+    """``target.load_state_dict(state)``; a ``ValueError`` naming the file when the saved state
+    belongs to another model, optimiser or strategy than this run's."""
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
+        raise ValueError(
+            f"resume: {path} holds the {part} state of another run than this one "
+            f"({_first_line(error)}); resume with the model, strategy and options it was "
+            "trained with, or start a new run in another directory"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def read_history(path: Path, epochs: int) -> list[dict[str, Any]]:
     """The records of ``metrics.jsonl`` of the epochs before ``epochs`` (none if it is missing)."""
     if not path.exists():
         return []
-    with open(path) as stream:
-        records = [json.loads(line) for line in stream if line.strip()]
-    return [r for r in records if r["epoch"] < epochs]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):  # a write cut short: the checkpoint says what was done
+                break
+            raise ValueError(
+                f"resume: line {number} of {path} is not a JSON record; delete the file to "
+                "start the run again"
+            ) from None
+    return [r for r in records if isinstance(r, dict) and r.get("epoch", epochs) < epochs]
 
 
 def rewrite_history(path: Path, history: list[dict[str, Any]]) -> None:

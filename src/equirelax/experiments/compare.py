@@ -53,7 +53,7 @@ from equirelax import strategies
 from equirelax.engine import NonFiniteLossError, TrainConfig, check_continuation, train
 from equirelax.experiments import model_registry
 from equirelax.experiments.report import write_report
-from equirelax.experiments.runner import RESULTS_JSON, exclusive, write_json
+from equirelax.experiments.runner import RESULTS_JSON, exclusive, read_json, write_json
 from equirelax.relaxed import relax
 from equirelax.tasks.base import Task
 
@@ -437,7 +437,7 @@ def _finished_earlier(
     waiting, records = set(pending), {}
     for i, (label, seed) in enumerate(plan):
         if i not in waiting:
-            records[i] = json.loads((_run_dir(root, label, seed) / RUN_RESULT).read_text())
+            records[i] = read_json(_run_dir(root, label, seed) / RUN_RESULT, "resume")
             _say(
                 progress, f"[{i + 1}/{len(plan)}] {label} seed {seed}: finished earlier, read back"
             )
@@ -560,7 +560,7 @@ def _check_resumable(
     rate, without CR; compile, device)."""
     if not (resume and path.exists()):
         return
-    previous = json.loads(path.read_text()).get("setup") or {}
+    previous = read_json(path, "resume").get("setup") or {}
     ours = json.loads(json.dumps(setup))
     if {k: v for k, v in previous.items() if k != "config"} != {
         k: v for k, v in ours.items() if k != "config"
@@ -582,7 +582,12 @@ def _finished(run_dir: Path, epochs: int) -> bool:
     """Whether the run in ``run_dir`` has a result of at least ``epochs`` epochs (a shorter
     one is continued from its checkpoint by a comparison that asks for more)."""
     path = run_dir / RUN_RESULT
-    return path.exists() and json.loads(path.read_text())["config"]["epochs"] >= epochs
+    if not path.exists():
+        return False
+    try:
+        return json.loads(path.read_text())["config"]["epochs"] >= epochs
+    except (json.JSONDecodeError, KeyError, TypeError):  # cut short: train it again (resumes)
+        return False
 
 
 def _machine(device: str, *, jobs: int, threads: int) -> dict[str, Any]:

@@ -27,6 +27,7 @@ __all__ = [
     "arm_table",
     "check_arms",
     "exclusive",
+    "read_json",
     "run_arms",
     "write_json",
 ]
@@ -75,6 +76,21 @@ def exclusive(directory: str | os.PathLike) -> Iterator[Path]:
     finally:
         holder.unlink(missing_ok=True)
         lock.release()
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a ``ValueError`` that starts with ``what`` and names the
+    file when it is not one (e.g. cut short)."""
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{what}: {path} is not valid JSON ({error}); it may have been cut short: delete "
+            "it and run again with --resume (finished runs keep their own result.json)"
+        ) from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{what}: {path} holds a {type(content).__name__}, not a JSON object")
+    return content
 
 
 def write_json(path: Path, content: dict[str, Any]) -> None:
