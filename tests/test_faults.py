@@ -19,7 +19,7 @@ from equirelax.actions import ImageAction, PermutationAction, TrivialAction, Vec
 from equirelax.engine import CHECKPOINT, METRICS, NonFiniteLossError
 from equirelax.groups import O3, CyclicGroup, SymmetricGroup
 from equirelax.strategies import ACE, Free
-from equirelax.tasks import Task
+from equirelax.tasks import Task, inertia_task
 
 
 def test_rotations_refuse_integer_data_that_they_would_round() -> None:
@@ -149,3 +149,8 @@ def test_the_cli_names_a_damaged_checkpoint_without_a_traceback(tmp_path: Path) 
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert f"{tmp_path / CHECKPOINT} is not a readable checkpoint" in result.stderr
+
+
+def test_absurd_split_sizes_are_refused_before_any_data_is_made() -> None:
+    with pytest.raises(ValueError, match="train_size: expected at most"):
+        inertia_task(train_size=10**12, val_size=10, test_size=10)

@@ -128,11 +128,21 @@ def check_bool(name: str, value: object) -> bool:
     return value
 
 
+MAX_SPLIT_SIZE = 100_000_000
+"""The most samples a generated split may have (beyond it, memory runs out first)."""
+
+
 def check_split_sizes(train_size: object, val_size: object, test_size: object) -> dict[str, int]:
     """``{"train": ..., "val": ..., "test": ...}``: positive train and validation sizes, a test
-    size >= 0 (0: no test split)."""
-    return {
+    size >= 0 (0: no test split), none above :data:`MAX_SPLIT_SIZE`."""
+    sizes = {
         "train": check_positive_int("train_size", train_size),
         "val": check_positive_int("val_size", val_size),
         "test": check_int("test_size", test_size, minimum=0),
     }
+    for split, size in sizes.items():
+        if size > MAX_SPLIT_SIZE:
+            raise ValueError(
+                f"{split}_size: expected at most {MAX_SPLIT_SIZE} samples, received {size}"
+            )
+    return sizes

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from equirelax._checks import check_int, check_positive_int
+from equirelax._checks import check_int, check_positive_int, check_split_sizes
 from equirelax.actions import (
     DirectSumAction,
     PermutationAction,
@@ -396,11 +396,7 @@ def nbody_task(
     >>> [t.shape for t in task.train[0]]
     [torch.Size([8, 5, 3]), torch.Size([8, 5, 3]), torch.Size([8, 5, 1])]
     """
-    sizes = {
-        "train": check_positive_int("train_size", train_size),
-        "val": check_positive_int("val_size", val_size),
-        "test": check_int("test_size", test_size, minimum=0),
-    }
+    sizes = check_split_sizes(train_size, val_size, test_size)
     num_particles = check_int("num_particles", num_particles, minimum=2)
     frame_in = check_int("frame_in", frame_in, minimum=0)
     frame_out = check_int("frame_out", frame_out, minimum=0)

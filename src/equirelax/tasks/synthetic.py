@@ -66,6 +66,7 @@ from equirelax._checks import (
     check_int,
     check_non_negative,
     check_positive_int,
+    check_split_sizes,
     check_tensor,
 )
 from equirelax.actions import RepresentationAction
@@ -513,11 +514,7 @@ def _gap_dial_targets(inputs: Tensor, delta: float) -> Tensor:
 def _check_common(
     train_size: object, val_size: object, test_size: object, seed: object, progress: object
 ) -> tuple[dict[str, int], int]:
-    sizes = {
-        "train": check_positive_int("train_size", train_size),
-        "val": check_positive_int("val_size", val_size),
-        "test": check_int("test_size", test_size, minimum=0),
-    }
+    sizes = check_split_sizes(train_size, val_size, test_size)
     seed = check_int("seed", seed, minimum=0)
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected a bool, received {progress!r}")
