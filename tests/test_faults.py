@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import equirelax
 from _toy import vector_model, vector_task
+from equirelax import Relaxed
 from equirelax.actions import ImageAction, PermutationAction, TrivialAction, VectorAction
 from equirelax.engine import CHECKPOINT, METRICS, NonFiniteLossError
 from equirelax.groups import O3, CyclicGroup, SymmetricGroup
@@ -154,3 +156,9 @@ def test_the_cli_names_a_damaged_checkpoint_without_a_traceback(tmp_path: Path) 
 def test_absurd_split_sizes_are_refused_before_any_data_is_made() -> None:
     with pytest.raises(ValueError, match="train_size: expected at most"):
         inertia_task(train_size=10**12, val_size=10, test_size=10)
+
+
+def test_a_free_branch_that_does_not_fit_the_layer_is_named() -> None:
+    layer = Relaxed(nn.Linear(4, 3), nn.Linear(5, 3), level=1.0)
+    with pytest.raises(ValueError, match=r"free: the free branch Linear of Linear does not accept"):
+        layer(torch.randn(2, 4))

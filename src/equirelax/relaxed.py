@@ -216,7 +216,15 @@ class Relaxed(nn.Module):
         if self.free is None:
             self._build_default_free(args, out)
         assert self.free is not None
-        deviation = self.free(*args, **kwargs)
+        try:
+            deviation = self.free(*args, **kwargs)
+        except RuntimeError as error:  # torch's shape errors name no layer
+            shapes = ", ".join(describe(a) for a in args)
+            raise ValueError(
+                f"free: the free branch {type(self.free).__name__} of "
+                f"{type(self.equivariant).__name__} does not accept the layer's input ({shapes}): "
+                f"{str(error).splitlines()[0]}"
+            ) from error
         return _combine(out, deviation, self.level)
 
     def _build_default_free(self, args: tuple[Any, ...], out: Any) -> None:
