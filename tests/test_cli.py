@@ -145,6 +145,8 @@ def test_tasks_lists_names_and_symmetry(capsys: pytest.CaptureFixture[str]) -> N
         (["compare", "nbody", "--jobs", "0"], "--jobs: expected a positive integer"),
         (["compare", "nbody", "--lr", "0"], "--lr: expected a positive finite number"),
         (["compare", "nbody", "--lr", "inf"], "--lr: expected a positive finite number"),
+        (["train", "inertia", "--device", "banana"], "--device: expected a torch device"),
+        (["train", "inertia", "--device", "meta"], "--device: expected a device that holds"),
         (["compare", "nbody", "--weight-decay", "nan"], "--weight-decay: expected a non-negative"),
         (["compare", "nbody", "--option", "cr.weight"], "expected KEY=VALUE"),
         (["compare", "nbody", "--strategies", "cr", "--option", "ace.mode=x"], "--option"),

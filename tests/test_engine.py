@@ -120,7 +120,7 @@ def test_seeded_runs_repeat_and_seeds_differ():
     [("epochs", 0), ("batch_size", -1), ("lr", 0.0), ("lr_schedule", "step"), ("seed", 0.5),
      ("lr_scale", {"layer": 0.0}), ("lr_scale", ["layer"]), ("lr", True), ("lr", math.inf),
      ("weight_decay", math.inf), ("weight_decay", -1.0), ("max_grad_norm", math.nan),
-     ("epochs", 10**20), ("lr_scale", {"layer": True})],
+     ("epochs", 10**20), ("lr_scale", {"layer": True}), ("device", "banana"), ("device", "meta")],
 )  # fmt: skip
 def test_bad_config_is_rejected_by_name(field, value):
     with pytest.raises((ValueError, TypeError), match=field):

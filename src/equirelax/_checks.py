@@ -115,6 +115,20 @@ def check_positive_finite(name: str, value: object) -> float:
     return float(value)
 
 
+def check_device(name: str, value: object) -> str:
+    """``value`` if it names a device that holds data (``"cpu"``, ``"cuda"``, ``"cuda:1"``...);
+    a ``ValueError`` naming ``name`` otherwise (``"meta"`` tensors hold no data)."""
+    try:
+        device = torch.device(value)  # type: ignore[call-overload]
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"{name}: expected a torch device such as 'cpu', 'cuda' or 'cuda:1', received {value!r}"
+        ) from None
+    if device.type == "meta":
+        raise ValueError(f"{name}: expected a device that holds data, received 'meta'")
+    return str(value)
+
+
 def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
     if value not in choices:

@@ -11,6 +11,7 @@ from torch import nn
 
 from equirelax._checks import (
     check_choice,
+    check_device,
     check_non_negative,
     check_positive_finite,
     check_positive_int,
@@ -90,6 +91,7 @@ class TrainConfig:
             check_choice("compile", self.compile, torch.compiler.list_backends(exclude_tags=()))
         if self.max_grad_norm is not None:
             check_positive_finite("max_grad_norm", self.max_grad_norm)
+        check_device("device", self.device)
 
 
 def _check_lr_scale(lr_scale: object) -> None:

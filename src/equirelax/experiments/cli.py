@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from equirelax._checks import check_device
 from equirelax.breaking.objects import TIE_BREAKS
 from equirelax.engine import TrainConfig
 from equirelax.experiments import model_registry
@@ -395,6 +396,10 @@ def _model_and_device(
             f"--model: expected one of {', '.join(info.models)} for task {args.task!r}, "
             f"received {model!r}"
         )
+    try:
+        check_device("--device", args.device)
+    except ValueError as error:
+        parser.error(str(error))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device: {args.device!r} requested but no CUDA device is available")
     return model
