@@ -162,3 +162,9 @@ def test_a_free_branch_that_does_not_fit_the_layer_is_named() -> None:
     layer = Relaxed(nn.Linear(4, 3), nn.Linear(5, 3), level=1.0)
     with pytest.raises(ValueError, match=r"free: the free branch Linear of Linear does not accept"):
         layer(torch.randn(2, 4))
+
+
+def test_a_relaxed_layer_refuses_a_level_that_is_not_a_finite_number() -> None:
+    for level in (float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="level: expected a finite number"):
+            Relaxed(nn.Linear(2, 2), nn.Linear(2, 2), level=level)

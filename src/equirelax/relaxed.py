@@ -23,6 +23,7 @@ and output shapes.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -134,6 +135,10 @@ class Relaxed(nn.Module):
             raise TypeError(f"free: expected an nn.Module or None, received {free!r}")
         check_choice("init", init, _INITS)
         check_choice("norm_bound", norm_bound, _NORM_BOUNDS)
+        if isinstance(level, bool) or not (
+            isinstance(level, (int, float)) and math.isfinite(level)
+        ):
+            raise ValueError(f"level: expected a finite number, received {level!r}")
         self.equivariant = equivariant
         self.init = init
         self.init_scale = float(init_scale)
