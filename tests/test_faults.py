@@ -20,7 +20,7 @@ from equirelax import Relaxed
 from equirelax.actions import ImageAction, PermutationAction, TrivialAction, VectorAction
 from equirelax.engine import CHECKPOINT, METRICS, NonFiniteLossError
 from equirelax.groups import O3, CyclicGroup, SymmetricGroup
-from equirelax.strategies import ACE, Free
+from equirelax.strategies import ACE, RPP, Free
 from equirelax.tasks import Task, inertia_task
 
 
@@ -168,3 +168,12 @@ def test_a_relaxed_layer_refuses_a_level_that_is_not_a_finite_number() -> None:
     for level in (float("nan"), float("inf"), True):
         with pytest.raises(ValueError, match="level: expected a finite number"):
             Relaxed(nn.Linear(2, 2), nn.Linear(2, 2), level=level)
+
+
+def test_resuming_with_another_strategy_names_the_checkpoint(tmp_path: Path) -> None:
+    _one_epoch(tmp_path)
+    model = equirelax.relax(vector_model())
+    expected = f"resume: {tmp_path / CHECKPOINT} was trained with strategy 'free', received 'rpp'"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        equirelax.train(model, RPP(), vector_task(32, 16), epochs=2, batch_size=16,
+                        out_dir=tmp_path, resume=True, progress=False)  # fmt: skip

@@ -313,6 +313,7 @@ class _Run:
         progress = {
             "epoch": epoch,
             "config": asdict(self.config),
+            "strategy_name": self.strategy.name,
             "stopped": self.stopped,
             "best": None if best is None else {"epoch": best.epoch, "val": best.val},
         }

@@ -242,6 +242,12 @@ def load_checkpoint(
     """Restore the training state from ``path`` after :func:`check_continuation` of its
     settings against ``config``; returns the checkpoint (epoch, best, ...)."""
     state = read_state(path, CHECKPOINT_KEYS, "checkpoint")
+    recorded = state.get("strategy_name", strategy.name)  # absent from older checkpoints
+    if recorded != strategy.name:
+        raise ValueError(
+            f"resume: {path} was trained with strategy {recorded!r}, received {strategy.name!r}; "
+            "resume with the strategy it was trained with, or start a new run elsewhere"
+        )
     check_continuation(state["config"], config, strategy, where=str(path))
     load_into(model, state["model"], path)
     for part, saved in (("optimiser", optimiser), ("strategy", strategy), ("scheduler", scheduler)):
