@@ -21,7 +21,7 @@ from equirelax.actions import ImageAction, PermutationAction, TrivialAction, Vec
 from equirelax.engine import CHECKPOINT, METRICS, NonFiniteLossError
 from equirelax.groups import O3, CyclicGroup, SymmetricGroup
 from equirelax.strategies import ACE, RPP, Free
-from equirelax.tasks import Task, inertia_task
+from equirelax.tasks import Task, inertia_task, nbody_task
 
 
 def test_rotations_refuse_integer_data_that_they_would_round() -> None:
@@ -177,3 +177,10 @@ def test_resuming_with_another_strategy_names_the_checkpoint(tmp_path: Path) -> 
     with pytest.raises(ValueError, match=re.escape(expected)):
         equirelax.train(model, RPP(), vector_task(32, 16), epochs=2, batch_size=16,
                         out_dir=tmp_path, resume=True, progress=False)  # fmt: skip
+
+
+def test_a_cache_path_that_is_a_file_is_named(tmp_path: Path) -> None:
+    taken = tmp_path / "cache"
+    taken.write_text("a file")
+    with pytest.raises(OSError, match=re.escape(f"cache_dir: {taken} cannot hold the data cache")):
+        nbody_task(train_size=4, val_size=2, test_size=0, cache_dir=taken, progress=False)

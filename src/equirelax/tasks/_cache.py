@@ -65,9 +65,17 @@ def load_arrays(
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> None:
     """Write ``arrays`` and ``params`` to ``path`` through a temporary file in the same
-    directory and ``os.replace`` (readers never see a partial file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    directory and ``os.replace`` (readers never see a partial file). A directory that cannot
+    hold the cache is named, with how to choose another (``cache_dir=`` or
+    ``$EQUIRELAX_CACHE``)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise OSError(
+            f"cache_dir: {path.parent} cannot hold the data cache ({error.strerror or error}); "
+            "pass cache_dir= or set EQUIRELAX_CACHE to a writable directory"
+        ) from error
     try:
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, params=np.array(json.dumps(params, sort_keys=True)), **arrays)
