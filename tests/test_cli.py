@@ -146,6 +146,7 @@ def test_tasks_lists_names_and_symmetry(capsys: pytest.CaptureFixture[str]) -> N
         (["compare", "nbody", "--lr", "0"], "--lr: expected a positive finite number"),
         (["compare", "nbody", "--lr", "inf"], "--lr: expected a positive finite number"),
         (["train", "inertia", "--device", "banana"], "--device: expected a torch device"),
+        (["break", "polygon", "--model-option", "breaking=noise"], "'breaking' is set by each arm"),
         (["train", "inertia", "--device", "meta"], "--device: expected a device that holds"),
         (["compare", "nbody", "--weight-decay", "nan"], "--weight-decay: expected a non-negative"),
         (["compare", "nbody", "--option", "cr.weight"], "expected KEY=VALUE"),
@@ -234,3 +235,12 @@ def test_an_unexpected_error_asks_for_debug_which_shows_the_traceback(
     monkeypatch.setenv("EQUIRELAX_DEBUG", "1")
     with pytest.raises(ZeroDivisionError):
         main([*argv, "--quiet"])
+
+
+def test_train_takes_its_strategy_options_with_or_without_the_label(tmp_path: Path) -> None:
+    small = ["train", "inertia", "--strategy", "cr", "--train-size", "20", "--val-size", "10",
+             "--test-size", "10", "--epochs", "1", "--quiet"]  # fmt: skip
+    for option, out in (("weight=0.5", "plain"), ("cr.weight=0.5", "labelled")):
+        assert main([*small, "--option", option, "--out", str(tmp_path / out)]) == 0
+        record = json.loads((tmp_path / out / "result.json").read_text())
+        assert record["strategy_options"]["weight"] == 0.5

@@ -515,6 +515,8 @@ def _break(parser: argparse.ArgumentParser, args: argparse.Namespace, words: lis
     info = TASKS[args.task]
     model = _model_and_device(parser, args, info)
     arms = _arms(parser, args.arms, BREAKING_ARMS)
+    if "breaking" in dict(args.model_option):
+        parser.error("--model-option: 'breaking' is set by each arm; choose the arms with --arms")
     preset = info.full if args.full else info.quick
     try:
         task = info.builder(**_task_options(args, preset))
@@ -576,7 +578,8 @@ def _strategy_options(
     labels: list[str],
     preset: dict[str, dict[str, Any]],
 ) -> dict[str, dict[str, Any]]:
-    """Options per label: the task preset's for the label's strategy, then ``--option``s."""
+    """Options per label: the task preset's for the label's strategy, then ``--option``s
+    (``LABEL.KEY=VALUE``; plain ``KEY=VALUE`` when there is one label)."""
     out = {
         label: dict(preset[STRATEGY_PRESETS[label][0]])
         for label in labels
@@ -584,6 +587,8 @@ def _strategy_options(
     }
     for key, value in options:
         label, dot, name = key.partition(".")
+        if not dot and len(labels) == 1:  # one strategy (train): KEY=VALUE is its option
+            label, dot, name = labels[0], ".", key
         if not dot or label not in labels:
             parser.error(
                 f"--option: expected STRATEGY.KEY=VALUE with STRATEGY one of "
