@@ -4,9 +4,12 @@ compute something wrong: integer data under rotations, non-finite training data.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -184,3 +187,36 @@ def test_a_cache_path_that_is_a_file_is_named(tmp_path: Path) -> None:
     taken.write_text("a file")
     with pytest.raises(OSError, match=re.escape(f"cache_dir: {taken} cannot hold the data cache")):
         nbody_task(train_size=4, val_size=2, test_size=0, cache_dir=taken, progress=False)
+
+
+@pytest.mark.slow
+def test_a_comparison_killed_mid_run_resumes_to_the_uninterrupted_results(tmp_path: Path) -> None:
+    argv = [
+        sys.executable, "-m", "equirelax", "compare", "gap-dial", "--strategies", "strict,rpp",
+        "--seeds", "1", "--epochs", "40", "--train-size", "64", "--val-size", "16",
+        "--test-size", "16", "--batch-size", "16", "--model-option", "num_layers=1", "--jobs", "1",
+        "--quiet",
+    ]  # fmt: skip
+    reference = tmp_path / "reference"
+    subprocess.run([*argv, "--out", str(reference)], check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [*argv, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    checkpoint = killed / "runs" / "rpp" / "seed0" / CHECKPOINT
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # mid-run: strict done, rpp part-way
+    process.wait()
+    assert not (killed / "runs" / "rpp" / "seed0" / "result.json").exists()
+    resumed = subprocess.run([*argv, "--out", str(killed), "--resume"], capture_output=True,
+                             text=True, check=False)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+
+    def finals(root: Path) -> list[dict]:
+        runs = json.loads((root / "results.json").read_text())["runs"]
+        return [{k: v for k, v in r["final"].items() if "seconds" not in k} for r in runs]
+
+    assert finals(killed) == finals(reference)
