@@ -22,13 +22,14 @@ def check_tensor(name: str, value: object) -> Tensor:
     return value
 
 
-def check_finite(name: str, value: Tensor) -> Tensor:
-    """Raise ``ValueError`` if ``value`` holds NaN or infinite entries."""
+def check_finite(name: str, value: Tensor, what: str = "values") -> Tensor:
+    """Raise ``ValueError`` if ``value`` holds NaN or infinite entries; the message reads
+    ``"{name}: expected finite {what}, ..."``."""
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
         bad = int((~torch.isfinite(value)).sum())
         raise ValueError(
-            f"{name}: expected finite values, received {bad} non-finite entries "
-            f"(NaN or inf) in a tensor of shape {tuple(value.shape)}"
+            f"{name}: expected finite {what}, received {bad} NaN or infinite values of "
+            f"{value.numel()} in a tensor of shape {tuple(value.shape)}"
         )
     return value
 
@@ -103,6 +104,13 @@ def check_non_negative(name: str, value: object) -> float:
         raise TypeError(f"{name}: expected a non-negative number, received {value!r}")
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name}: expected a finite number >= 0, received {value!r}")
+    return float(value)
+
+
+def check_finite_number(name: str, value: object) -> float:
+    """``float(value)``; raise ``ValueError`` unless it is a finite number (not a bool)."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise ValueError(f"{name}: expected a finite number, received {value!r}")
     return float(value)
 
 

@@ -159,8 +159,8 @@ class ImageCanonicalizer(nn.Module):
         self.action = ImageAction(group)
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.beta, self.gumbel = float(beta), bool(gumbel)
-        if smoothing is None:
-            smoothing = 0.0 if group.n in (1, 2, 4) else DEFAULT_SMOOTHING
+        if smoothing is None:  # a blur only where rotations interpolate
+            smoothing = 0.0 if self.action.exact else DEFAULT_SMOOTHING
         self.smoothing = _check_smoothing(smoothing)
         hidden = check_positive_int("hidden", hidden)
         self.lift = LiftingConv2d(in_channels, hidden, kernel_size, group, basis=basis)

@@ -23,7 +23,6 @@ and output shapes.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-from equirelax._checks import check_choice, describe
+from equirelax._checks import check_choice, check_finite_number, describe
 from equirelax.free_branches import DenseFreeBranch
 
 __all__ = [
@@ -135,10 +134,7 @@ class Relaxed(nn.Module):
             raise TypeError(f"free: expected an nn.Module or None, received {free!r}")
         check_choice("init", init, _INITS)
         check_choice("norm_bound", norm_bound, _NORM_BOUNDS)
-        if isinstance(level, bool) or not (
-            isinstance(level, (int, float)) and math.isfinite(level)
-        ):
-            raise ValueError(f"level: expected a finite number, received {level!r}")
+        check_finite_number("level", level)
         self.equivariant = equivariant
         self.init = init
         self.init_scale = float(init_scale)

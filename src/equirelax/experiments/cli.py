@@ -328,8 +328,7 @@ def _main(argv: list[str]) -> int:
     task_options = _task_options(args, preset)
     config = TrainConfig(**{**preset["train"], **_overrides(args), "device": args.device})
     model_options = dict(args.model_option)
-    words = argv
-    command = "equirelax " + " ".join(shlex.quote(word) for word in words)
+    command = _command_line(argv)
     try:
         task = info.builder(**task_options)
     except ImportError as error:
@@ -553,11 +552,14 @@ def _arms(parser: argparse.ArgumentParser, text: str, valid: Sequence[str]) -> l
     return arms
 
 
+def _command_line(words: Sequence[str]) -> str:
+    """The command as a user would type it again (shell-quoted)."""
+    return "equirelax " + " ".join(shlex.quote(word) for word in words)
+
+
 def _write_table(out: Path, words: list[str], table: str) -> None:
     """Write ``out/results.md`` (the command, then ``table``) and print the table."""
-    (out / "results.md").write_text(
-        f"`equirelax {' '.join(shlex.quote(w) for w in words)}`\n\n{table}\n"
-    )
+    (out / "results.md").write_text(f"`{_command_line(words)}`\n\n{table}\n")
     print()
     print(table)
     print(f"\nwrote {out}/results.json, results.md")

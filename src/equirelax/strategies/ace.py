@@ -51,7 +51,6 @@ computed from the replicated levels, stay identical on every rank without commun
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import cooper
@@ -59,7 +58,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from equirelax._checks import check_choice, check_non_negative, check_positive_finite
+from equirelax._checks import (
+    check_choice,
+    check_finite_number,
+    check_non_negative,
+    check_positive_finite,
+)
 from equirelax.relaxed import Relaxed
 from equirelax.strategies.base import Strategy, require_relaxed
 
@@ -165,10 +169,7 @@ class ACE(Strategy):
         ):
             check_positive_finite(name, value)
         check_non_negative("kp", kp)
-        if isinstance(initial_level, bool) or not (
-            isinstance(initial_level, (int, float)) and math.isfinite(initial_level)
-        ):
-            raise ValueError(f"initial_level: expected a finite number, received {initial_level!r}")
+        check_finite_number("initial_level", initial_level)
         self.mode, self.update, self.dual_optimizer_name = mode, update, dual_optimizer
         self.level_rule = level_rule
         self.epsilon, self.rho, self.kp = float(epsilon), float(rho), float(kp)

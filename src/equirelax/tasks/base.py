@@ -10,10 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from equirelax._checks import batch_size
+from equirelax._checks import batch_size, check_finite
 from equirelax.actions import Action, TrivialAction
 from equirelax.losses import Loss, mean_squared_error
 
@@ -111,10 +110,5 @@ def _check_split(name: str, split: Any) -> None:
     parts = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
     fields = {f"inputs[{i}]" if len(parts) > 1 else "inputs": p for i, p in enumerate(parts)}
     for field_name, values in {**fields, "targets": targets}.items():
-        if isinstance(values, Tensor) and values.is_floating_point():
-            bad = int((~torch.isfinite(values)).sum())
-            if bad:
-                raise ValueError(
-                    f"{name}: expected finite {field_name}, received {bad} NaN or infinite "
-                    f"values of {values.numel()}; clean or drop those samples"
-                )
+        if isinstance(values, Tensor):
+            check_finite(name, values, field_name)
