@@ -182,6 +182,28 @@ def test_resuming_with_another_strategy_names_the_checkpoint(tmp_path: Path) -> 
                         out_dir=tmp_path, resume=True, progress=False)  # fmt: skip
 
 
+def test_resuming_on_other_training_data_names_the_checkpoint(tmp_path: Path) -> None:
+    _one_epoch(tmp_path)
+    model = equirelax.relax(vector_model())
+    expected = f"resume: {tmp_path / CHECKPOINT} was trained on other training data"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        equirelax.train(model, Free(), vector_task(48, 16), epochs=2, batch_size=16,
+                        out_dir=tmp_path, resume=True, progress=False)  # fmt: skip
+
+
+def test_the_cli_refuses_to_resume_a_run_as_another_setup(tmp_path: Path) -> None:
+    words = ["train", "inertia", "--strategy", "ace-resilient", *_QUICK, "--out", str(tmp_path)]
+    assert _cli(*words).returncode == 0
+    before = (tmp_path / "result.json").read_text()
+    result = _cli(*words, "--resume", "--option", "kp=2.0")
+    assert (result.returncode, "Traceback" in result.stderr) == (2, False)
+    assert f"resume: {tmp_path} is a run of another setup (strategy_options=" in result.stderr
+    result = _cli(*words, "--resume", "--task-option", "num_masses=4")
+    assert (result.returncode, "Traceback" in result.stderr) == (2, False)
+    assert "was trained on other training data" in result.stderr
+    assert (tmp_path / "result.json").read_text() == before
+
+
 def test_a_cache_path_that_is_a_file_is_named(tmp_path: Path) -> None:
     taken = tmp_path / "cache"
     taken.write_text("a file")
@@ -213,6 +235,153 @@ def test_a_comparison_killed_mid_run_resumes_to_the_uninterrupted_results(tmp_pa
     assert not (killed / "runs" / "rpp" / "seed0" / "result.json").exists()
     resumed = subprocess.run([*argv, "--out", str(killed), "--resume"], capture_output=True,
                              text=True, check=False)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+
+    def finals(root: Path) -> list[dict]:
+        runs = json.loads((root / "results.json").read_text())["runs"]
+        return [{k: v for k, v in r["final"].items() if "seconds" not in k} for r in runs]
+
+    assert finals(killed) == finals(reference)
+
+
+# --------------------------------------------------------------------------- the command line
+
+_QUICK = ["--train-size", "20", "--val-size", "10", "--test-size", "10", "--epochs", "1", "--quiet"]
+
+
+def _cli(*words: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "equirelax", *words], capture_output=True,
+                          text=True, check=False, cwd=cwd)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["train", "inertia", "--strategy", "ace", "--option", "banana=1"],
+         "--option: strategy 'ace': expected options from mode, epsilon"),
+        (["train", "inertia", "--task-option", "banana=1"],
+         "--task-option: task 'inertia' has no option 'banana'; its options are train_size"),
+        (["train", "inertia", "--model-option", "banana=1"],
+         "--model-option: model 'emlp' has no option 'banana'"),
+        (["compare", "inertia", "--strategies", "strict", "--seeds", str(10**9)],
+         "--seeds: expected a positive integer of at most 10000, received 1000000000"),
+        (["train", "inertia", "--seed", str(2**70)],
+         "--seed: expected a non-negative integer of at most 9223372036854775807"),
+        (["train", "inertia", "--compile", "banana"], "--compile: expected one of"),
+    ],
+    ids=["strategy-option", "task-option", "model-option", "seeds", "seed", "compile-backend"],
+)  # fmt: skip
+def test_the_cli_names_a_refused_setting_and_what_it_accepts(
+    tmp_path: Path, words: list[str], message: str
+) -> None:
+    result = _cli(*words, *_QUICK, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
+def test_the_cli_refuses_an_output_path_that_is_a_file_or_under_one(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    result = _cli("train", "inertia", *_QUICK, "--out", str(taken))
+    assert (result.returncode, "Traceback" in result.stderr) == (2, False)
+    assert f"--out: expected a directory, received {taken}, which is a file" in result.stderr
+    result = _cli("compare", "inertia", "--strategies", "strict", *_QUICK, "--out",
+                  str(taken / "below"))  # fmt: skip
+    assert (result.returncode, "Traceback" in result.stderr) == (2, False)
+    assert f"--out: cannot create the directory {taken / 'below'}" in result.stderr
+    assert taken.read_text() == "not a directory"
+
+
+# --------------------------------------------------------------------------- non-finite models
+
+
+def test_metrics_and_projection_name_a_model_with_non_finite_weights() -> None:
+    task = vector_task(8, 4)
+    model = equirelax.relax(vector_model())
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    inputs = task.val[0]
+    with pytest.raises(ValueError, match=r"f: expected finite outputs on finite inputs"):
+        equirelax.equivariance_error(model, inputs, task.action_in, task.action_out)
+    with pytest.raises(ValueError, match=r"model: .*weight.*: expected finite values \(did"):
+        equirelax.project(model)
+
+
+# --------------------------------------------------------------------------- the data cache
+
+
+def test_processes_that_need_the_same_data_at_once_generate_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from equirelax.tasks import nbody
+
+    calls: list[list[str]] = []
+    generate = nbody._generate
+
+    def slow_generate(*args: object, **kwargs: object) -> object:
+        calls.append(list(args[0]))  # type: ignore[call-overload]
+        time.sleep(0.5)  # the second caller arrives while the first generates
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(nbody, "_generate", slow_generate)
+    made: list[Task] = []
+
+    def make() -> None:
+        made.append(nbody_task(train_size=4, val_size=2, test_size=0, cache_dir=tmp_path,
+                               progress=False))  # fmt: skip
+
+    threads = [threading.Thread(target=make) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == [["train", "val"]]  # generated by one, read by the other
+    assert torch.equal(made[0].train[1], made[1].train[1])
+
+
+# --------------------------------------------------------------------------- kill mid-write
+
+_KILL_AT_WRITE = """
+import os, signal, sys
+from pathlib import Path
+target, nth = sys.argv[1], int(sys.argv[2])
+replace, seen = os.replace, []
+def killing_replace(source, destination, *args, **kwargs):
+    if Path(destination).name == target:
+        seen.append(destination)
+        if len(seen) == nth:  # the temporary file is written; die before it is renamed
+            os.kill(os.getpid(), signal.SIGKILL)
+    return replace(source, destination, *args, **kwargs)
+os.replace = killing_replace
+from equirelax.experiments.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("target", "nth"), [(CHECKPOINT, 3), ("results.json", 1)])
+def test_a_kill_in_the_middle_of_a_write_resumes_to_the_uninterrupted_results(
+    tmp_path: Path, target: str, nth: int
+) -> None:
+    words = [
+        "compare", "gap-dial", "--strategies", "strict,rpp", "--seeds", "1", "--epochs", "5",
+        "--train-size", "64", "--val-size", "16", "--test-size", "16", "--batch-size", "16",
+        "--model-option", "num_layers=1", "--jobs", "1", "--quiet",
+    ]  # fmt: skip
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert _cli(*words, "--out", str(reference)).returncode == 0
+    dying = subprocess.run(
+        [sys.executable, "-c", _KILL_AT_WRITE, target, str(nth), *words, "--out", str(killed)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert dying.returncode == -signal.SIGKILL, dying.stderr
+    assert list(killed.rglob(f"{target}.*.tmp"))  # the write it died in
+    resumed = _cli(*words, "--out", str(killed), "--resume")
     assert resumed.returncode == 0, resumed.stderr
 
     def finals(root: Path) -> list[dict]:

@@ -98,7 +98,8 @@ def test_egnn_free_branch_sees_centroid_relative_coordinates():
 
 
 def test_an_option_that_changes_a_labelled_preset_is_refused():
-    with pytest.raises(ValueError, match="option: the label 'ace-equality' means mode='equality'"):
+    refused = "strategy 'ace-equality': the label means mode='equality'"
+    with pytest.raises(ValueError, match=refused):
         make_strategy("ace-equality", mode="resilient")
     assert make_strategy("ace-equality", mode="equality").mode == "equality"
     assert make_strategy("ace-resilient", rho=2.0).rho == 2.0

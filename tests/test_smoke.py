@@ -187,7 +187,9 @@ def test_missing_phiflow_names_the_install_command(tmp_path, monkeypatch, capsys
     with pytest.raises(ModuleNotFoundError, match=r'pip install "equirelax\[flow\]"'):
         smoke_task(resolution=16, steps=170, per_edge=1, cache_dir=tmp_path)
     monkeypatch.setenv("EQUIRELAX_CACHE", str(tmp_path))
-    assert main(["compare", "smoke", "--epochs", "1", "--out", str(tmp_path / "out")]) == 2
+    with pytest.raises(SystemExit) as refused:
+        main(["compare", "smoke", "--epochs", "1", "--out", str(tmp_path / "out")])
+    assert refused.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("equirelax compare: error: smoke: generating the smoke-plume data")
     assert "Traceback" not in error

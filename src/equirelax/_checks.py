@@ -6,13 +6,52 @@ value, so that a user sees at once which input is wrong.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none), to quote a
+    library's long error inside one of ours."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def option_names(factory: Callable[..., Any]) -> list[str] | None:
+    """The keyword options ``factory`` accepts (``None`` when it takes ``**options`` or has no
+    signature), leaving out ``self``, ``task`` and ``progress``."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [
+        p.name
+        for p in parameters
+        if p.kind in keyword and p.name not in ("self", "task", "progress")
+    ]
+
+
+def check_options(name: str, factory: Callable[..., Any], options: Mapping[str, Any]) -> None:
+    """Raise ``TypeError`` naming ``name``, the first option ``factory`` does not accept and the
+    options it does (nothing is checked where its signature cannot tell)."""
+    accepted = option_names(factory)
+    if accepted is None:
+        return
+    unknown = [key for key in options if key not in accepted]
+    if unknown:
+        raise TypeError(
+            f"{name}: expected options from {', '.join(accepted) or '(none)'}, received "
+            f"{unknown[0]!r}"
+        )
 
 
 def check_tensor(name: str, value: object) -> Tensor:

@@ -130,9 +130,13 @@ def equivariance_error(
     batch, k = batch_size(x), g.shape[0]
 
     y = call(f, x)
-    y_flat = flat(y)
+    y_flat = check_finite(
+        "f", flat(y), "outputs on finite inputs (are its weights or levels finite?)"
+    )
     g_rep = g.repeat_interleave(batch, dim=0)
-    moved_then_f = flat(call(f, action_in(g_rep, repeat(x, k))))
+    moved_then_f = check_finite(
+        "f", flat(call(f, action_in(g_rep, repeat(x, k)))), "outputs on transformed inputs"
+    )
     f_then_moved = flat(action_out(g_rep, repeat(y, k)))
     diff = torch.linalg.vector_norm(moved_then_f - f_then_moved, dim=1)
     scale = float(torch.linalg.vector_norm(y_flat, dim=1).mean())

@@ -6,6 +6,7 @@ import copy
 
 from torch import nn
 
+from equirelax._checks import check_finite
 from equirelax.relaxed import Relaxed
 
 __all__ = ["project"]
@@ -21,12 +22,20 @@ def project(model: nn.Module) -> nn.Module:
 
     The result holds no free branch, no level and no equirelax relaxation code, so it runs and
     saves as a plain PyTorch module; it is exactly equivariant when the wrapped layers are. The
-    input model is left unchanged.
+    input model is left unchanged. A ``ValueError`` names a parameter or buffer of the
+    result that holds NaN or infinite values.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, received {type(model).__name__}")
+    projected = _projected(model)
+    for name, value in [*projected.named_parameters(), *projected.named_buffers()]:
+        check_finite(f"model: {name}", value.detach(), "values (did training diverge?)")
+    return projected
+
+
+def _projected(model: nn.Module) -> nn.Module:
     if isinstance(model, Relaxed):
-        return project(model.equivariant)
+        return _projected(model.equivariant)
     if callable(getattr(model, "to_equivariant", None)):
         return model.to_equivariant()
     projected = copy.deepcopy(model)

@@ -38,7 +38,13 @@ schedule), :mod:`~equirelax.engine.config` (:class:`TrainConfig`, :class:`TrainR
 :func:`check_continuation`) and :mod:`~equirelax.engine.distributed` (``torchrun``).
 """
 
-from equirelax.engine.config import NonFiniteLossError, TrainConfig, TrainResult
+from equirelax.engine.config import (
+    MAX_EPOCHS,
+    MAX_SEED,
+    NonFiniteLossError,
+    TrainConfig,
+    TrainResult,
+)
 from equirelax.engine.evaluation import split_means
 from equirelax.engine.loop import make_optimiser, train
 from equirelax.engine.state import BEST, CHECKPOINT, METRICS, check_continuation
@@ -46,6 +52,8 @@ from equirelax.engine.state import BEST, CHECKPOINT, METRICS, check_continuation
 __all__ = [
     "BEST",
     "CHECKPOINT",
+    "MAX_EPOCHS",
+    "MAX_SEED",
     "METRICS",
     "NonFiniteLossError",
     "TrainConfig",

@@ -18,12 +18,22 @@ from equirelax._checks import (
 )
 from equirelax.strategies.base import Strategy
 
-__all__ = ["LR_SCHEDULES", "MAX_EPOCHS", "NonFiniteLossError", "TrainConfig", "TrainResult"]
+__all__ = [
+    "LR_SCHEDULES",
+    "MAX_EPOCHS",
+    "MAX_SEED",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainResult",
+]
 
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 """The learning-rate schedules of :class:`TrainConfig`."""
 MAX_EPOCHS = 10_000_000
 """The most epochs :class:`TrainConfig` accepts (the papers' longest runs have 10,000)."""
+MAX_SEED = 2**63 - 1
+"""The largest seed :class:`TrainConfig` accepts (``torch.manual_seed`` takes a signed 64-bit
+integer)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -77,8 +87,14 @@ class TrainConfig:
         check_positive_int("eval_every", self.eval_every)
         if self.patience is not None:
             check_positive_int("patience", self.patience)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed: expected a non-negative integer, received {self.seed!r}")
+        if (
+            not isinstance(self.seed, int)
+            or isinstance(self.seed, bool)
+            or not (0 <= self.seed <= MAX_SEED)
+        ):
+            raise ValueError(
+                f"seed: expected an integer in [0, {MAX_SEED}], received {self.seed!r}"
+            )
         check_positive_finite("lr", self.lr)
         if isinstance(self.lr_decay, bool) or not (
             isinstance(self.lr_decay, (int, float)) and 0 < self.lr_decay <= 1

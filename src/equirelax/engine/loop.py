@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from equirelax.engine.state import (
     CHECKPOINT,
     METRICS,
     Best,
+    data_fingerprint,
     detached,
     epoch_seed,
     load_best,
@@ -156,6 +158,11 @@ class _Run:
             run.wrapped = torch.compile(run.wrapped, backend=backend)
         return run
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """:func:`data_fingerprint` of the task's training split, recorded in checkpoints."""
+        return data_fingerprint(self.task.train)
+
     @property
     def checkpoint(self) -> Path | None:
         return self.directory / CHECKPOINT if self.directory is not None else None
@@ -170,8 +177,9 @@ class _Run:
         checkpoint = self.checkpoint
         if resume and checkpoint is not None and checkpoint.exists():
             state = load_checkpoint(
-                checkpoint, self.model, self.optimiser, self.scheduler, self.strategy, self.config
-            )
+                checkpoint, self.model, self.optimiser, self.scheduler, self.strategy, self.config,
+                data=self.fingerprint,
+            )  # fmt: skip
             self.start_epoch, self.stopped = state["epoch"] + 1, bool(state.get("stopped", False))
             self.history = read_history(self.directory / METRICS, self.start_epoch)  # type: ignore[operator]
             self.best = load_best(self.best_path, state.get("best"), self.strategy, self.model)
@@ -314,6 +322,7 @@ class _Run:
             "epoch": epoch,
             "config": asdict(self.config),
             "strategy_name": self.strategy.name,
+            "data": self.fingerprint,
             "stopped": self.stopped,
             "best": None if best is None else {"epoch": best.epoch, "val": best.val},
         }

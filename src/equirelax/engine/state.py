@@ -6,11 +6,12 @@ this process, then a rename)."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from equirelax._checks import first_line
 from equirelax.engine.config import TrainConfig
 from equirelax.strategies.base import Strategy
 
@@ -30,6 +32,7 @@ __all__ = [
     "Best",
     "atomic_save",
     "check_continuation",
+    "data_fingerprint",
     "detached",
     "epoch_seed",
     "load_best",
@@ -231,6 +234,24 @@ def check_continuation(
         )
 
 
+def data_fingerprint(split: Any) -> str:
+    """A SHA-256 digest of a split's tensors (shapes, dtypes and values), to tell on resume
+    whether a run continues on the data it was trained on."""
+    digest = hashlib.sha256()
+    for tensor in _tensors(split):
+        digest.update(f"{tuple(tensor.shape)} {tensor.dtype};".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for part in value:
+            yield from _tensors(part)
+
+
 def load_checkpoint(
     path: Path,
     model: nn.Module,
@@ -238,15 +259,23 @@ def load_checkpoint(
     scheduler: Any,
     strategy: Strategy,
     config: TrainConfig,
+    data: str | None = None,
 ) -> dict[str, Any]:
     """Restore the training state from ``path`` after :func:`check_continuation` of its
-    settings against ``config``; returns the checkpoint (epoch, best, ...)."""
+    settings against ``config`` and of its training data's fingerprint against ``data``
+    (:func:`data_fingerprint`); returns the checkpoint (epoch, best, ...)."""
     state = read_state(path, CHECKPOINT_KEYS, "checkpoint")
     recorded = state.get("strategy_name", strategy.name)  # absent from older checkpoints
     if recorded != strategy.name:
         raise ValueError(
             f"resume: {path} was trained with strategy {recorded!r}, received {strategy.name!r}; "
             "resume with the strategy it was trained with, or start a new run elsewhere"
+        )
+    if data is not None and state.get("data", data) != data:
+        raise ValueError(
+            f"resume: {path} was trained on other training data than this run's (another task, "
+            "split size, data seed or task option); resume with the data it was trained on, or "
+            "start a new run elsewhere"
         )
     check_continuation(state["config"], config, strategy, where=str(path))
     load_into(model, state["model"], path)
@@ -265,7 +294,7 @@ def read_state(path: Path, keys: Sequence[str], what: str) -> dict[str, Any]:
     except Exception as error:
         raise ValueError(
             f"resume: {path} is not a readable {what} ({type(error).__name__}: "
-            f"{_first_line(error)}); delete it to start the run again"
+            f"{first_line(error)}); delete it to start the run again"
         ) from None
     missing = [key for key in keys if not (isinstance(state, dict) and key in state)]
     if missing:
@@ -284,14 +313,9 @@ def load_into(target: Any, state: Any, path: Path, part: str = "model") -> None:
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
         raise ValueError(
             f"resume: {path} holds the {part} state of another run than this one "
-            f"({_first_line(error)}); resume with the model, strategy and options it was "
+            f"({first_line(error)}); resume with the model, strategy and options it was "
             "trained with, or start a new run in another directory"
         ) from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def read_history(path: Path, epochs: int) -> list[dict[str, Any]]:

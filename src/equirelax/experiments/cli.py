@@ -29,6 +29,7 @@ import ast
 import json
 import math
 import os
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -36,17 +37,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from equirelax._checks import check_device
+from equirelax._checks import MAX_SPLIT_SIZE, check_device, first_line, option_names
 from equirelax.breaking.objects import TIE_BREAKS
-from equirelax.engine import TrainConfig
+from equirelax.engine import MAX_EPOCHS, MAX_SEED, TrainConfig
 from equirelax.experiments import model_registry
 from equirelax.experiments.adapt import ARMS, adapt, format_adapt_table, pretrain
 from equirelax.experiments.breaking import ARMS as BREAKING_ARMS
 from equirelax.experiments.breaking import compare_breaking, format_breaking_table
-from equirelax.experiments.compare import DEFAULT_STRATEGIES, STRATEGY_PRESETS, compare, run_one
+from equirelax.experiments.compare import (
+    DEFAULT_STRATEGIES,
+    STRATEGY_PRESETS,
+    compare,
+    make_strategy,
+    run_one,
+)
 from equirelax.experiments.report import format_table, ordering, summarize
+from equirelax.experiments.runner import MAX_SEEDS
 from equirelax.experiments.task_registry import TASKS, TaskInfo
+from equirelax.tasks.base import Task
 
 __all__ = ["DEBUG_ENV", "main"]
 
@@ -54,19 +64,22 @@ DEBUG_ENV = "EQUIRELAX_DEBUG"
 """The environment variable that makes the command line show tracebacks (``1``)."""
 
 
-def _number(cast: type, *, positive: bool) -> Any:
+def _number(cast: type, *, positive: bool, at_most: float | None = None) -> Any:
     """An argparse type: ``cast(text)``, required to be finite and > 0 (``positive``) or
-    >= 0."""
+    >= 0, and at most ``at_most``."""
     kind = ("a positive " if positive else "a non-negative ") + (
         "integer" if cast is int else "finite number"
     )
+    if at_most is not None:
+        kind += f" of at most {at_most}"
 
     def parse(text: str) -> Any:
         try:
             value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind}, received {text!r}") from None
-        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+        in_range = value > 0 if positive else value >= 0
+        if not (math.isfinite(value) and in_range and (at_most is None or value <= at_most)):
             raise argparse.ArgumentTypeError(f"expected {kind}, received {value}")
         return value
 
@@ -74,7 +87,10 @@ def _number(cast: type, *, positive: bool) -> Any:
 
 
 _positive_int = _number(int, positive=True)
-_non_negative_int = _number(int, positive=False)
+_split_size = _number(int, positive=True, at_most=MAX_SPLIT_SIZE)
+_epochs = _number(int, positive=True, at_most=MAX_EPOCHS)
+_seeds = _number(int, positive=True, at_most=MAX_SEEDS)
+_seed = _number(int, positive=False, at_most=MAX_SEED)
 _positive_float = _number(float, positive=True)
 _non_negative_float = _number(float, positive=False)
 
@@ -97,9 +113,9 @@ def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None
     parser.add_argument("--full", action="store_true", help="the published protocol")
     sizes = parser.add_argument_group("data")
     for split in ("train", "val", "test"):
-        sizes.add_argument(f"--{split}-size", type=_positive_int, help=f"number of {split} samples")
+        sizes.add_argument(f"--{split}-size", type=_split_size, help=f"number of {split} samples")
     training = parser.add_argument_group("training (defaults: the task's preset)")
-    training.add_argument("--epochs", type=_positive_int)
+    training.add_argument("--epochs", type=_epochs)
     training.add_argument("--batch-size", type=_positive_int)
     training.add_argument("--lr", type=_positive_float)
     training.add_argument("--weight-decay", type=_non_negative_float)
@@ -163,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(train)
     train.set_defaults(subparser=train)
     train.add_argument("--strategy", default="strict", help="a strategy label (see compare)")
-    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument("--seed", type=_seed, default=0)
     train.add_argument(
         "--option",
         type=_key_value,
@@ -181,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(DEFAULT_STRATEGIES),
         help=f"comma-separated labels from: {', '.join(STRATEGY_PRESETS)}",
     )
-    comp.add_argument("--seeds", type=_positive_int, default=1, help="seeds per strategy")
+    comp.add_argument("--seeds", type=_seeds, default=1, help="seeds per strategy")
     comp.add_argument(
         "--jobs",
         type=_positive_int,
@@ -221,8 +237,8 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument(
         "--arms", default=",".join(ARMS), help=f"comma-separated arms from: {', '.join(ARMS)}"
     )
-    adapt.add_argument("--seeds", type=_positive_int, default=1, help="fine-tuning seeds per arm")
-    adapt.add_argument("--pretrain-epochs", type=_positive_int, help="epochs of pretraining")
+    adapt.add_argument("--seeds", type=_seeds, default=1, help="fine-tuning seeds per arm")
+    adapt.add_argument("--pretrain-epochs", type=_epochs, help="epochs of pretraining")
     adapt.add_argument(
         "--prior-weight", type=_non_negative_float, default=100.0, help="lambda_prior"
     )
@@ -258,7 +274,7 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(BREAKING_ARMS),
         help=f"comma-separated arms from: {', '.join(BREAKING_ARMS)}",
     )
-    breaking.add_argument("--seeds", type=_positive_int, default=3, help="seeds per arm")
+    breaking.add_argument("--seeds", type=_seeds, default=3, help="seeds per arm")
     breaking.add_argument(
         "--tie-break", choices=TIE_BREAKS, default="first", help="the relaxed arm's tie breaking"
     )
@@ -326,21 +342,16 @@ def _main(argv: list[str]) -> int:
             )
     preset = info.full if args.full else info.quick
     task_options = _task_options(args, preset)
-    config = TrainConfig(**{**preset["train"], **_overrides(args), "device": args.device})
+    config = _train_config(parser, args, preset["train"])
     model_options = dict(args.model_option)
     command = _command_line(argv)
-    try:
-        task = info.builder(**task_options)
-    except ImportError as error:
-        print(f"equirelax {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except (TypeError, ValueError) as error:
-        parser.error(f"--task-option: task {args.task!r} refused its options: {error}")
+    task = _build_task(parser, args, info, task_options)
+    _build_model(parser, model, task, model_options)
     recorded_task_options = {k: v for k, v in task_options.items() if k != "progress"}
     options = _strategy_options(parser, args.option, labels, preset.get("strategies", {}))
     try:
         if args.command == "train":
-            out = args.out or Path("runs") / f"train-{args.task}-{model}-{args.strategy}"
+            out = _output_dir(parser, args, f"train-{args.task}-{model}-{args.strategy}")
             record = run_one(
                 task,
                 model,
@@ -356,7 +367,7 @@ def _main(argv: list[str]) -> int:
             print(json.dumps(record["final"], indent=2))
             print(f"wrote {out}")
             return 0
-        out = args.out or Path("runs") / f"compare-{args.task}-{model}"
+        out = _output_dir(parser, args, f"compare-{args.task}-{model}")
         results = compare(
             task,
             model,
@@ -404,6 +415,79 @@ def _model_and_device(
     return model
 
 
+def _build_task(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, info: TaskInfo, options: dict
+) -> Task:
+    """``info.builder(**options)``; a usage error naming the option it refuses (or the extra to
+    install)."""
+    try:
+        return info.builder(**options)
+    except ImportError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except (TypeError, ValueError) as error:
+        unknown = _unexpected_keyword(error)
+        if unknown is None:
+            parser.error(f"--task-option: task {args.task!r} refused its options: {error}")
+        flag = f"--{unknown.replace('_', '-')}" if unknown.endswith("_size") else "--task-option"
+        accepted = option_names(info.builder) or []
+        parser.error(
+            f"{flag}: task {args.task!r} has no option {unknown!r}; its options are "
+            f"{', '.join(accepted) or '(none)'}"
+        )
+
+
+def _build_model(
+    parser: argparse.ArgumentParser, model: str, task: Task, options: dict[str, Any]
+) -> nn.Module:
+    """The registry's model ``model`` for ``task``; a usage error naming a refused option."""
+    try:
+        return model_registry.build(model, task, **options)
+    except (TypeError, ValueError) as error:
+        unknown = _unexpected_keyword(error)
+        if unknown is None:
+            parser.error(f"--model-option: model {model!r} refused its options: {error}")
+        parser.error(
+            f"--model-option: model {model!r} has no option {unknown!r} ({first_line(error)}); "
+            "`equirelax tasks` lists the models, their classes document the options"
+        )
+
+
+def _unexpected_keyword(error: Exception) -> str | None:
+    """The keyword a ``TypeError`` says a callable did not expect, or ``None``."""
+    match = re.search(r"unexpected keyword argument '([^']+)'", str(error))
+    return match.group(1) if isinstance(error, TypeError) and match else None
+
+
+def _train_config(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, preset: dict[str, Any]
+) -> TrainConfig:
+    """The preset's TrainConfig with the command line's settings; a usage error naming the
+    flag of a setting it refuses."""
+    try:
+        return TrainConfig(**{**preset, **_overrides(args), "device": args.device})
+    except (TypeError, ValueError) as error:
+        field, _, rest = str(error).partition(":")
+        parser.error(f"--{field.replace('_', '-')}:{rest}")
+
+
+def _output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace, default: str) -> Path:
+    """``--out`` (default ``runs/<default>``), created; a usage error when it is a file or
+    cannot be created or written."""
+    out = args.out or Path("runs") / default
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out: expected a directory, received {out}, which is a file")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(
+            f"--out: cannot create the directory {out} ({error.strerror or error}); choose a "
+            "directory you can write to"
+        )
+    if not os.access(out, os.W_OK | os.X_OK):
+        parser.error(f"--out: {out} is not writable; choose a directory you can write to")
+    return out
+
+
 def _task_options(args: argparse.Namespace, preset: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The preset's task options with the split sizes and ``--task-option`` s given."""
     options = {**preset["task"], "progress": not args.quiet}
@@ -443,29 +527,24 @@ def _adapt(parser: argparse.ArgumentParser, args: argparse.Namespace, words: lis
     arms = _arms(parser, args.arms, ARMS)
     preset = info.full if args.full else info.quick
     task_options = {**_task_options(args, preset), "group": args.group}
-    try:
-        task = info.builder(**task_options)
-    except ImportError as error:
-        print(f"equirelax adapt: error: {error}", file=sys.stderr)
-        return 2
-    except (TypeError, ValueError) as error:
-        parser.error(f"--task-option: task {args.task!r} refused its options: {error}")
-    finetune = TrainConfig(**{**preset["adapt"], **_overrides(args), "device": args.device})
+    task = _build_task(parser, args, info, task_options)
+    finetune = _train_config(parser, args, preset["adapt"])
     pretrain_epochs = {"epochs": args.pretrain_epochs} if args.pretrain_epochs else {}
     pretraining = TrainConfig(**{**preset["train"], **pretrain_epochs, "device": args.device})
-    out = args.out or Path("runs") / f"adapt-{args.task}-{model}"
+    out = _output_dir(parser, args, f"adapt-{args.task}-{model}")
     predictor_path = args.predictor or out / "predictor.pt"
+    torch.manual_seed(0)
+    predictor = _build_model(parser, model, task, dict(args.model_option))
     try:
-        torch.manual_seed(0)
-        predictor = model_registry.build(model, task, **dict(args.model_option))
         if predictor_path.exists():
             try:
                 state = torch.load(predictor_path, map_location="cpu", weights_only=True)
             except Exception as error:
                 raise ValueError(
                     f"--predictor: expected a file of weights saved with torch.save, "
-                    f"{predictor_path} is not one ({type(error).__name__}: {error}); pass the "
-                    "predictor.pt an earlier run wrote, or none to pretrain one"
+                    f"{predictor_path} is not one ({type(error).__name__}: "
+                    f"{first_line(error)}); pass the predictor.pt an earlier run wrote, or none "
+                    "to pretrain one"
                 ) from None
             try:
                 predictor.load_state_dict(state)
@@ -517,12 +596,11 @@ def _break(parser: argparse.ArgumentParser, args: argparse.Namespace, words: lis
     if "breaking" in dict(args.model_option):
         parser.error("--model-option: 'breaking' is set by each arm; choose the arms with --arms")
     preset = info.full if args.full else info.quick
-    try:
-        task = info.builder(**_task_options(args, preset))
-    except (TypeError, ValueError) as error:
-        parser.error(f"--task-option: task {args.task!r} refused its options: {error}")
-    config = TrainConfig(**{**preset["train"], **_overrides(args), "device": args.device})
-    out = args.out or Path("runs") / f"break-{args.task}-{model}"
+    task = _build_task(parser, args, info, _task_options(args, preset))
+    config = _train_config(parser, args, preset["train"])
+    model_options = {"tie_break": args.tie_break, **dict(args.model_option)}
+    _build_model(parser, model, task, model_options)
+    out = _output_dir(parser, args, f"break-{args.task}-{model}")
     try:
         records = compare_breaking(
             task,
@@ -530,7 +608,7 @@ def _break(parser: argparse.ArgumentParser, args: argparse.Namespace, words: lis
             arms,
             seeds=args.seeds,
             config=config,
-            model_options={"tie_break": args.tie_break, **dict(args.model_option)},
+            model_options=model_options,
             check_samples=args.check_samples or preset["break"]["check_samples"],
             out_dir=out,
             progress=not args.quiet,
@@ -597,6 +675,11 @@ def _strategy_options(
                 f"{', '.join(labels)}, received {key!r}"
             )
         out.setdefault(label, {})[name] = value
+    for label in labels:
+        try:
+            make_strategy(label, **out.get(label, {}))
+        except (TypeError, ValueError) as error:
+            parser.error(f"--option: {error}")
     return out
 
 

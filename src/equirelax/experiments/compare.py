@@ -53,7 +53,13 @@ from equirelax import strategies
 from equirelax.engine import NonFiniteLossError, TrainConfig, check_continuation, train
 from equirelax.experiments import model_registry
 from equirelax.experiments.report import write_report
-from equirelax.experiments.runner import RESULTS_JSON, exclusive, read_json, write_json
+from equirelax.experiments.runner import (
+    RESULTS_JSON,
+    check_seeds,
+    exclusive,
+    read_json,
+    write_json,
+)
 from equirelax.relaxed import relax
 from equirelax.tasks.base import Task
 
@@ -68,6 +74,9 @@ __all__ = [
 ]
 
 RUN_RESULT = "result.json"
+RUN_SETUP = "setup.json"
+"""What a run of :func:`run_one` is (task, model, strategy and their options), written when it
+starts and compared on ``resume``."""
 
 STRATEGY_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     **{name: (name, {}) for name in strategies.STRATEGIES},
@@ -92,7 +101,7 @@ def make_strategy(label: str, **options: Any) -> strategies.Strategy:
     for key, value in options.items():
         if key in preset and value != preset[key]:
             raise ValueError(
-                f"option: the label {label!r} means {key}={preset[key]!r}, received "
+                f"strategy {label!r}: the label means {key}={preset[key]!r}, received "
                 f"{key}={value!r}; use the label that names it instead"
             )
     return strategies.get(name, **{**preset, **options})
@@ -130,7 +139,15 @@ def run_one(
     model = model_registry.build(model_name, task, **model_options)
     if model_registry.MODELS[model_name].equivariant:
         model = relax(model, placement=strategy.placement)
+    identity = {
+        "task": task.name,
+        "model": model_name,
+        "model_options": model_options,
+        "strategy": label,
+        "strategy_options": {**STRATEGY_PRESETS[label][1], **strategy_options},
+    }
     with exclusive(out_dir):
+        _check_run_identity(Path(out_dir) / RUN_SETUP, identity, resume)
         started = time.perf_counter()
         result = train(
             model,
@@ -146,13 +163,9 @@ def run_one(
         epoch_seconds = [record["epoch_seconds"] for record in result.history]
         final = {key: value for key, value in result.final.items() if _is_plain(value)}
         record = {
-            "task": task.name,
-            "model": model_name,
-            "strategy": label,
+            **identity,
             "seed": seed,
             "config": asdict(config),
-            "model_options": model_options,
-            "strategy_options": {**STRATEGY_PRESETS[label][1], **strategy_options},
             "metric": task.metric_name,
             "final": final,
             "wall_seconds": wall,
@@ -162,6 +175,22 @@ def run_one(
         }
         write_json(Path(out_dir) / RUN_RESULT, record)
     return record
+
+
+def _check_run_identity(path: Path, identity: dict[str, Any], resume: bool) -> None:
+    """Refuse to resume a run that was started as another task, model, strategy or with other
+    options (:data:`RUN_SETUP`); record ``identity`` otherwise."""
+    ours = json.loads(json.dumps(identity, default=repr))
+    if resume and path.exists():
+        recorded = read_json(path, "resume")
+        changed = sorted(k for k in {*recorded, *ours} if recorded.get(k) != ours.get(k))
+        if changed:
+            described = ", ".join(f"{k}={recorded.get(k)!r} -> {ours.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"resume: {path.parent} is a run of another setup ({described}); resume with "
+                "the setup it was started with, or start a new run elsewhere"
+            )
+    write_json(path, ours)
 
 
 def compare(
@@ -209,8 +238,7 @@ def compare(
         raise ValueError(
             f"model: expected one of {sorted(model_registry.MODELS)}, received {model_name!r}"
         )
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds: expected a positive int, received {seeds!r}")
+    check_seeds(seeds)
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs: expected a positive int (or None: every core), received {jobs!r}")
     world = int(os.environ.get("WORLD_SIZE", "1"))

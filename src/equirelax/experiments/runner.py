@@ -22,10 +22,12 @@ from equirelax.experiments.report import mean_std
 
 __all__ = [
     "LOCK",
+    "MAX_SEEDS",
     "RESULTS_JSON",
     "Column",
     "arm_table",
     "check_arms",
+    "check_seeds",
     "exclusive",
     "read_json",
     "run_arms",
@@ -38,6 +40,19 @@ names the process that holds it."""
 
 RESULTS_JSON = "results.json"
 """The records of a comparison in its output directory."""
+
+MAX_SEEDS = 10_000
+"""The most seeds per arm a runner accepts (each seed is a training run)."""
+
+
+def check_seeds(seeds: object) -> int:
+    """``seeds`` if it is an int in [1, :data:`MAX_SEEDS`]; a ``ValueError`` naming it
+    otherwise."""
+    count = check_positive_int("seeds", seeds)
+    if count > MAX_SEEDS:
+        raise ValueError(f"seeds: expected at most {MAX_SEEDS} seeds per arm, received {count}")
+    return count
+
 
 Column = tuple[str, str, float, int]
 """A table column: ``(header, record key, scale, decimal places)``."""
@@ -117,7 +132,7 @@ def run_arms(
     (``{"setup": setup, "runs": records}``) after every run; the directory is held
     (:func:`exclusive`) until the last run ends. ``seeds_of(arm)`` overrides the
     number of seeds of an arm (e.g. 1 for one that trains nothing)."""
-    check_positive_int("seeds", seeds)
+    check_seeds(seeds)
     root = Path(out_dir) if out_dir is not None else None
     records: list[dict[str, Any]] = []
     with exclusive(root) if root is not None else nullcontext():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from equirelax._checks import check_options
 from equirelax.strategies.ace import ACE
 from equirelax.strategies.augment import Augment
 from equirelax.strategies.base import Strategy
@@ -53,4 +54,5 @@ def get(name: str, **options: Any) -> Strategy:
     """Build the strategy called ``name`` (see :data:`STRATEGIES`) with ``options``."""
     if name not in STRATEGIES:
         raise ValueError(f"name: expected one of {sorted(STRATEGIES)}, received {name!r}")
+    check_options(f"strategy {name!r}", STRATEGIES[name], options)
     return STRATEGIES[name](**options)

@@ -6,14 +6,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 
-__all__ = ["cache_directory", "cache_file", "load_arrays", "save_arrays"]
+__all__ = ["cache_directory", "cache_file", "generating", "load_arrays", "save_arrays"]
 
 
 def cache_directory(cache_dir: str | os.PathLike[str] | None) -> Path:
@@ -63,6 +67,35 @@ def load_arrays(
     return arrays
 
 
+@contextmanager
+def generating(path: Path, progress: bool = False) -> Iterator[None]:
+    """Hold a lock beside ``path`` (``path.lock``) while its data set is looked up and, if
+    missing, generated and saved: processes that need the same data at once generate it once,
+    the others wait (saying so with ``progress``) and then read it."""
+    lock = FileLock(f"{path}.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if progress:
+                print(f"waiting for another process to generate {path.name}", file=sys.stderr)
+            lock.acquire()
+    except OSError as error:
+        raise _unusable(path.parent, error) from error
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _unusable(directory: Path, error: OSError) -> OSError:
+    return OSError(
+        f"cache_dir: {directory} cannot hold the data cache ({error.strerror or error}); "
+        "pass cache_dir= or set EQUIRELAX_CACHE to a writable directory"
+    )
+
+
 def save_arrays(path: Path, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> None:
     """Write ``arrays`` and ``params`` to ``path`` through a temporary file in the same
     directory and ``os.replace`` (readers never see a partial file). A directory that cannot
@@ -72,10 +105,7 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray], params: dict[str, Any
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
-        raise OSError(
-            f"cache_dir: {path.parent} cannot hold the data cache ({error.strerror or error}); "
-            "pass cache_dir= or set EQUIRELAX_CACHE to a writable directory"
-        ) from error
+        raise _unusable(path.parent, error) from error
     try:
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, params=np.array(json.dumps(params, sort_keys=True)), **arrays)

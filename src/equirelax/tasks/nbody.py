@@ -53,7 +53,13 @@ from equirelax.actions import (
     VectorAction,
 )
 from equirelax.groups import O3, Euclidean, SymmetricGroup
-from equirelax.tasks._cache import cache_directory, cache_file, load_arrays, save_arrays
+from equirelax.tasks._cache import (
+    cache_directory,
+    cache_file,
+    generating,
+    load_arrays,
+    save_arrays,
+)
 from equirelax.tasks.base import Task
 
 __all__ = [
@@ -436,13 +442,14 @@ def nbody_task(
     wanted = [s for s in _SPLITS if sizes[s] > 0]
     params = {s: {**common, "split": s, "size": sizes[s]} for s in wanted}
     paths = {s: cache_file(directory, f"nbody-{s}-{sizes[s]}", params[s]) for s in wanted}
-    data = {s: load_arrays(paths[s], params[s], _shapes(params[s])) for s in wanted}
-    missing = [s for s in wanted if data[s] is None]
-    if missing:
-        generated = _generate(missing, params, progress)
-        for s in missing:
-            save_arrays(paths[s], generated[s], params[s])
-            data[s] = generated[s]
+    with generating(paths[wanted[0]], progress):
+        data = {s: load_arrays(paths[s], params[s], _shapes(params[s])) for s in wanted}
+        missing = [s for s in wanted if data[s] is None]
+        if missing:
+            generated = _generate(missing, params, progress)
+            for s in missing:
+                save_arrays(paths[s], generated[s], params[s])
+                data[s] = generated[s]
 
     splits = {s: _as_split(data[s]) for s in wanted}  # type: ignore[arg-type]
     e3 = Euclidean(O3())

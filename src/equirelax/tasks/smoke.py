@@ -53,7 +53,13 @@ from equirelax._checks import check_bool, check_int, check_positive_int
 from equirelax.actions import ImageAction
 from equirelax.groups import CyclicGroup
 from equirelax.losses import mean_squared_error
-from equirelax.tasks._cache import cache_directory, cache_file, load_arrays, save_arrays
+from equirelax.tasks._cache import (
+    cache_directory,
+    cache_file,
+    generating,
+    load_arrays,
+    save_arrays,
+)
 from equirelax.tasks.base import Task
 
 __all__ = [
@@ -344,9 +350,10 @@ def smoke_task(
     }
     path = cache_file(cache_directory(cache_dir), f"smoke-{resolution}-{steps}", params)
     shape = (len(simulations), steps, 2, resolution, resolution)
-    stored = load_arrays(path, params, {"frames": shape})
-    if stored is None:
-        stored = {"frames": simulate_plumes(simulations, resolution, steps, progress)}
-        save_arrays(path, stored, params)
+    with generating(path, progress):
+        stored = load_arrays(path, params, {"frames": shape})
+        if stored is None:
+            stored = {"frames": simulate_plumes(simulations, resolution, steps, progress)}
+            save_arrays(path, stored, params)
     extra = {"breaking": breaking, "cache_file": str(path), "train_simulations": train}
     return smoke_task_from_frames(stored["frames"], domain=domain, extra=extra)
