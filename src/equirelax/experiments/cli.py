@@ -39,8 +39,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from equirelax._checks import MAX_SPLIT_SIZE, check_device, first_line, option_names
+from equirelax._checks import (
+    MAX_SPLIT_SIZE,
+    check_device,
+    check_options,
+    first_line,
+    option_names,
+)
 from equirelax.breaking.objects import TIE_BREAKS
+from equirelax.canonical import ImageCanonicalizer
 from equirelax.engine import MAX_EPOCHS, MAX_SEED, TrainConfig
 from equirelax.experiments import model_registry
 from equirelax.experiments.adapt import ARMS, adapt, format_adapt_table, pretrain
@@ -527,6 +534,10 @@ def _adapt(parser: argparse.ArgumentParser, args: argparse.Namespace, words: lis
     arms = _arms(parser, args.arms, ARMS)
     preset = info.full if args.full else info.quick
     task_options = {**_task_options(args, preset), "group": args.group}
+    try:
+        check_options("--canonicalizer-option", ImageCanonicalizer, dict(args.canonicalizer_option))
+    except TypeError as error:
+        parser.error(str(error))
     task = _build_task(parser, args, info, task_options)
     finetune = _train_config(parser, args, preset["adapt"])
     pretrain_epochs = {"epochs": args.pretrain_epochs} if args.pretrain_epochs else {}
