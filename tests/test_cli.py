@@ -214,7 +214,7 @@ def test_an_unexpected_error_asks_for_debug_which_shows_the_traceback(
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr("equirelax.experiments.cli.run_one", broken)
+    monkeypatch.setattr("equirelax.experiments.commands.run_one", broken)
     argv = ["train", "inertia", "--train-size", "20", "--val-size", "10", "--test-size", "10"]
     assert main([*argv, "--quiet"]) == 1
     err = capsys.readouterr().err

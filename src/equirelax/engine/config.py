@@ -16,6 +16,7 @@ from equirelax._checks import (
     check_positive_finite,
     check_positive_int,
 )
+from equirelax._constants import MAX_EPOCHS, MAX_SEED
 from equirelax.strategies.base import Strategy
 
 __all__ = [
@@ -29,11 +30,6 @@ __all__ = [
 
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 """The learning-rate schedules of :class:`TrainConfig`."""
-MAX_EPOCHS = 10_000_000
-"""The most epochs :class:`TrainConfig` accepts (the papers' longest runs have 10,000)."""
-MAX_SEED = 2**63 - 1
-"""The largest seed :class:`TrainConfig` accepts (``torch.manual_seed`` takes a signed 64-bit
-integer)."""
 
 
 class NonFiniteLossError(RuntimeError):
