@@ -25,7 +25,15 @@ from equirelax.experiments.adapt import ARMS, adapt, format_adapt_table, pretrai
 from equirelax.experiments.breaking import ARMS as BREAKING_ARMS
 from equirelax.experiments.breaking import compare_breaking, format_breaking_table
 from equirelax.experiments.compare import STRATEGY_PRESETS, compare, make_strategy, run_one
-from equirelax.experiments.report import format_table, ordering, summarize
+from equirelax.experiments.report import (
+    CURVES_PNG,
+    LEVELS_PNG,
+    RESULTS_MD,
+    format_table,
+    ordering,
+    summarize,
+)
+from equirelax.experiments.runner import RESULTS_JSON
 from equirelax.experiments.task_registry import TASKS, TaskInfo
 from equirelax.tasks.base import Task
 
@@ -97,7 +105,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[st
     rows = summarize(results["runs"])
     print(format_table(rows, task.metric_name))
     print(ordering(rows))
-    print(f"\nwrote {out}/results.json, results.md, curves.png, levels.png")
+    written = [
+        name for name in (RESULTS_JSON, RESULTS_MD, CURVES_PNG, LEVELS_PNG) if (out / name).exists()
+    ]
+    print(f"\nwrote {out}/{', '.join(written)}")
     return 0
 
 
