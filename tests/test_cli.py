@@ -103,7 +103,8 @@ def test_train_writes_one_result(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert record["strategy"] == "augment"
     assert (out / "metrics.jsonl").exists()
     assert (out / "checkpoint.pt").exists()
-    assert '"test"' in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert f"test mse {record['final']['test']:.4g} at the best validation epoch" in shown
 
 
 def test_train_takes_strategy_options_and_refuses_one_that_changes_the_label(

@@ -35,6 +35,7 @@ from typing import Any
 
 from equirelax import __version__
 from equirelax._constants import BREAKING_MODES, MAX_EPOCHS, MAX_SEED, MAX_SPLIT_SIZE, TIE_BREAKS
+from equirelax.experiments.config_file import config_words, read_config
 from equirelax.experiments.names import (
     ADAPT_ARMS,
     DEFAULT_STRATEGIES,
@@ -93,7 +94,14 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None:
-    parser.add_argument("task", help=f"one of: {', '.join(TASK_NAMES)}")
+    parser.add_argument("task", nargs="?", help=f"one of: {', '.join(TASK_NAMES)}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="options from a TOML or YAML file (keys: the long options, and task); options "
+        "given on the command line override it",
+    )
     parser.add_argument("--model", help="model name (default: the task's first model)")
     parser.add_argument("--full", action="store_true", help="the published protocol")
     sizes = parser.add_argument_group("data")
@@ -166,6 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(subparser=train)
     train.add_argument("--strategy", default="strict", help="a strategy label (see compare)")
     train.add_argument("--seed", type=_seed, default=0)
+    train.add_argument(
+        "--json", action="store_true", help="print the run's record as JSON (and nothing else)"
+    )
     train.add_argument(
         "--option",
         type=_key_value,
@@ -293,6 +304,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _with_config(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
+) -> argparse.Namespace:
+    """``argv`` parsed again with the options of ``--config`` typed before the command line's
+    (so that those override them), and its task where the command line gives none."""
+    try:
+        task, words = config_words(read_config(args.config), args.subparser, args.config)
+    except ValueError as error:
+        args.subparser.error(str(error))
+    at = argv.index(args.command) + 1
+    given_task = [task] if task is not None and args.task is None else []
+    return parser.parse_args([*argv[:at], *given_task, *words, *argv[at:]])
+
+
 def _error_message(words: Sequence[str], error: Exception) -> str:
     """One message for an error that reached the command line: what it says, and for an error
     that is not a report of bad input or a file problem, how to report it."""
@@ -308,7 +333,15 @@ def _error_message(words: Sequence[str], error: Exception) -> str:
 
 
 def _main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is not None:
+        args = _with_config(parser, args, argv)
+    if args.command != "tasks" and args.task is None:
+        args.subparser.error(
+            f"task: expected one of {', '.join(TASK_NAMES)} on the command line or as task in "
+            "--config, received none"
+        )
     from equirelax.experiments import commands  # torch and the library: only to run a command
 
     if args.command == "tasks":

@@ -24,7 +24,14 @@ from equirelax.experiments import model_registry
 from equirelax.experiments.adapt import ARMS, adapt, format_adapt_table, pretrain
 from equirelax.experiments.breaking import ARMS as BREAKING_ARMS
 from equirelax.experiments.breaking import compare_breaking, format_breaking_table
-from equirelax.experiments.compare import STRATEGY_PRESETS, compare, make_strategy, run_one
+from equirelax.experiments.compare import (
+    RUN_RESULT,
+    STRATEGY_PRESETS,
+    compare,
+    make_strategy,
+    run_one,
+)
+from equirelax.experiments.config_file import CONFIG_TOML, format_config
 from equirelax.experiments.report import (
     CURVES_PNG,
     LEVELS_PNG,
@@ -77,8 +84,12 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[st
                 model_options=model_options,
                 strategy_options=options.get(args.strategy, {}),
             )
-            print(json.dumps(record["final"], indent=2))
-            print(f"wrote {out}")
+            _save_config(out, args)
+            if args.json:
+                print(json.dumps(record, indent=2))
+            else:
+                _print_record(record)
+                print(f"wrote {out}/{RUN_RESULT}, metrics.jsonl, {CONFIG_TOML}")
             return 0
         out = _output_dir(parser, args, f"compare-{args.task}-{model}")
         results = compare(
@@ -105,11 +116,36 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[st
     rows = summarize(results["runs"])
     print(format_table(rows, task.metric_name))
     print(ordering(rows))
-    written = [
-        name for name in (RESULTS_JSON, RESULTS_MD, CURVES_PNG, LEVELS_PNG) if (out / name).exists()
-    ]
+    _save_config(out, args)
+    files = (RESULTS_JSON, RESULTS_MD, CURVES_PNG, LEVELS_PNG, CONFIG_TOML)
+    written = [name for name in files if (out / name).exists()]
     print(f"\nwrote {out}/{', '.join(written)}")
     return 0
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    """A run's outcome in one line: the test metric at the best validation epoch and at the
+    last one, the best validation metric and the time."""
+    final, metric = record["final"], record["metric"]
+
+    def shown(key: str) -> str:
+        value = final.get(key)
+        return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+
+    print(
+        f"{record['task']} / {record['model']} / {record['strategy']} (seed {record['seed']}): "
+        f"test {metric} {shown('test')} at the best validation epoch {final.get('best_epoch')} "
+        f"(final epoch: {shown('test_final')}); validation {shown('best_val')}; "
+        f"{record['wall_seconds']:.1f} s"
+    )
+
+
+def _save_config(out: Path, args: argparse.Namespace) -> None:
+    """Write the command's resolved options to ``out/config.toml`` (``--config`` reads it)."""
+    (out / CONFIG_TOML).write_text(
+        f"# resolved options of `equirelax {args.command}`; run again with --config\n"
+        + format_config(args)
+    )
 
 
 def _model_and_device(
@@ -303,6 +339,7 @@ def adapt_command(
         print(f"equirelax adapt: error: {error}", file=sys.stderr)
         return 2
     table = format_adapt_table(records)
+    _save_config(out, args)
     _write_table(out, words, table)
     return 0
 
@@ -341,6 +378,7 @@ def break_command(
         print(f"equirelax break: error: {error}", file=sys.stderr)
         return 2
     table = format_breaking_table(records)
+    _save_config(out, args)
     _write_table(out, words, table)
     return 0
 
@@ -364,7 +402,7 @@ def _write_table(out: Path, words: list[str], table: str) -> None:
     (out / "results.md").write_text(f"`{_command_line(words)}`\n\n{table}\n")
     print()
     print(table)
-    print(f"\nwrote {out}/results.json, results.md")
+    print(f"\nwrote {out}/results.json, results.md, {CONFIG_TOML}")
 
 
 def _labels(parser: argparse.ArgumentParser, text: str, option: str = "--strategies") -> list[str]:
