@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BREAKING_MODES", "MAX_EPOCHS", "MAX_SEED", "MAX_SPLIT_SIZE", "TIE_BREAKS"]
+__all__ = ["BREAKING_MODES", "LOGGERS", "MAX_EPOCHS", "MAX_SEED", "MAX_SPLIT_SIZE", "TIE_BREAKS"]
 
 MAX_EPOCHS = 10_000_000
 """The most epochs :class:`~equirelax.TrainConfig` accepts (the papers' longest runs have
@@ -15,6 +15,10 @@ MAX_SEED = 2**63 - 1
 
 MAX_SPLIT_SIZE = 100_000_000
 """The most samples a generated split may have (beyond it, memory runs out first)."""
+
+LOGGERS = ("tensorboard",)
+"""The optional loggers of :class:`~equirelax.TrainConfig` (``metrics.jsonl`` and
+``metrics.csv`` are always written)."""
 
 TIE_BREAKS = ("first", "random")
 """How a symmetry-breaking object picks among tied candidates."""

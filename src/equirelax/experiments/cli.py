@@ -34,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from equirelax import __version__
-from equirelax._constants import BREAKING_MODES, MAX_EPOCHS, MAX_SEED, MAX_SPLIT_SIZE, TIE_BREAKS
+from equirelax._constants import (
+    BREAKING_MODES,
+    LOGGERS,
+    MAX_EPOCHS,
+    MAX_SEED,
+    MAX_SPLIT_SIZE,
+    TIE_BREAKS,
+)
 from equirelax.experiments.config_file import config_words, read_config
 from equirelax.experiments.names import (
     ADAPT_ARMS,
@@ -133,6 +140,12 @@ def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None
         help="stop after N epochs without a better validation metric (default: never)",
     )
     training.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    training.add_argument(
+        "--logger",
+        choices=LOGGERS,
+        help="also log to TensorBoard (OUT/.../tensorboard; pip install "
+        "'equirelax[tensorboard]'); metrics.jsonl and metrics.csv are always written",
+    )
     parser.add_argument(
         "--model-option",
         type=_key_value,

@@ -252,7 +252,8 @@ def _task_options(args: argparse.Namespace, preset: dict[str, dict[str, Any]]) -
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields given on the command line."""
-    return {
+    loggers = {"loggers": (args.logger,)} if args.logger is not None else {}
+    return loggers | {
         name: getattr(args, name)
         for name in (
             "epochs",
