@@ -3,6 +3,8 @@ estimate is about 0 (inside its interval) on symmetric data and grows with the g
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -108,3 +110,28 @@ def test_bad_arguments_are_rejected() -> None:
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="targets"):
         symmetry_gap(x, bad, action_in, action_out)
+
+
+@pytest.mark.slow
+def test_the_gap_command_measures_a_task_and_names_the_family_that_fits(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from equirelax.experiments.cli import main
+
+    words = ["gap", "gap-dial", "--task-option", "train_size=400", "--steps", "200", "--quiet"]
+    assert main([*words, "--task-option", "delta=0.0"]) == 0  # exact O(3) symmetry
+    shown = capsys.readouterr().out
+    assert "no gap detectable" in shown
+    assert "(strict;" in shown
+    assert main([*words, "--task-option", "delta=2.0", "--json"]) == 0  # exact gap 0.095
+    measured = json.loads(capsys.readouterr().out)
+    assert measured["detected"] is True
+    assert 0.02 < measured["estimate"] < 0.2
+
+
+def test_the_gap_command_refuses_a_classification_task() -> None:
+    from equirelax.experiments.cli import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["gap", "glyphs", "--steps", "1", "--quiet"])
+    assert refused.value.code == 2

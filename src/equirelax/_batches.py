@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -67,6 +67,13 @@ def index(x: Any, rows: Tensor) -> Any:
     if isinstance(x, (tuple, list)):
         return tuple(part[rows] for part in x)
     return x[rows]
+
+
+def concatenate(batches: Sequence[Any]) -> Any:
+    """Batches (tensors, or tuples of tensors) joined along the sample axis."""
+    if isinstance(batches[0], (tuple, list)):
+        return tuple(torch.cat(list(part)) for part in zip(*batches, strict=True))
+    return torch.cat(list(batches))
 
 
 def float_dtype(x: Any) -> torch.dtype:

@@ -126,6 +126,13 @@ class SymmetryGap:
     num_heldout: int
     num_elements: int
 
+    @property
+    def detected(self) -> bool:
+        """Whether the interval excludes 0: the data are measurably asymmetric (a relaxed
+        method may beat a strictly equivariant one); otherwise no gap is detectable at this
+        sample size."""
+        return self.low > 0
+
     def __str__(self) -> str:
         return (
             f"symmetry gap {self.estimate:.3g} ({100 * self.confidence:.0f}% interval "

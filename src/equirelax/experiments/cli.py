@@ -181,6 +181,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"equirelax {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("tasks", help="list the tasks with their symmetry and models")
+    gap = commands.add_parser(
+        "gap",
+        help="estimate a task's symmetry gap before training and say which strategies fit",
+        description=(
+            "Fit a flexible predictor on part of the task's training and validation data and "
+            "measure how much of its asymmetric part helps on the held-out part "
+            "(equirelax.gap.symmetry_gap), with a bootstrap interval; then name the family of "
+            "strategies the measured claims favour (benchmarks/claims.md)."
+        ),
+    )
+    gap.set_defaults(subparser=gap)
+    gap.add_argument("task", help=f"a regression task: one of {', '.join(TASK_NAMES)}")
+    gap.add_argument("--full", action="store_true", help="the published protocol's data")
+    gap.add_argument("--task-option", type=_key_value, action="append", default=[],
+                     metavar="KEY=VALUE", help="task builder option (repeatable)")  # fmt: skip
+    gap.add_argument("--steps", type=_positive_int, default=2000, help="predictor fit steps")
+    gap.add_argument("--seed", type=_seed, default=0)
+    gap.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    gap.add_argument("--quiet", action="store_true", help="no progress bars")
 
     train = commands.add_parser("train", help="train one model with one strategy")
     _add_common(train)
@@ -364,6 +383,8 @@ def _main(argv: list[str]) -> int:
         return commands.adapt_command(args.subparser, args, argv)
     if args.command == "break":
         return commands.break_command(args.subparser, args, argv)
+    if args.command == "gap":
+        return commands.gap_command(args.subparser, args)
     return commands.run(args.subparser, args, argv)
 
 
