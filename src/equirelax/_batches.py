@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -67,6 +67,15 @@ def index(x: Any, rows: Tensor) -> Any:
     if isinstance(x, (tuple, list)):
         return tuple(part[rows] for part in x)
     return x[rows]
+
+
+def concatenate(batches: Sequence[Any]) -> Any:
+    """One batch from several batches of the same structure (tensors, or tuples of tensors
+    concatenated part by part), along the sample axis."""
+    first = batches[0]
+    if isinstance(first, (tuple, list)):
+        return tuple(concatenate([batch[i] for batch in batches]) for i in range(len(first)))
+    return torch.cat(list(batches))
 
 
 def float_dtype(x: Any) -> torch.dtype:
