@@ -65,7 +65,7 @@ def _fit(strategy: Strategy, max_epochs: int, **options) -> tuple[RelaxedLightni
     checkpoints, resume = options.pop("checkpoints", None), options.pop("ckpt_path", None)
     module = _module(strategy, epochs=3)  # the plan: 3 epochs, stopped after max_epochs
     trainer = _trainer(max_epochs, checkpoints, **options)
-    trainer.fit(module, _loader(TASK.train), ckpt_path=resume)
+    trainer.fit(module, _loader(TASK.train), ckpt_path=resume, weights_only=True)
     return module, trainer
 
 
