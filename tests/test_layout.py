@@ -16,6 +16,8 @@ import pytest
 import equirelax
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+# Public modules built on an optional dependency (an extra of pyproject.toml): its import name.
+_OPTIONAL = {"equirelax.integrations.lightning": "lightning"}
 
 
 def _public_modules() -> list[str]:
@@ -26,19 +28,17 @@ def _public_modules() -> list[str]:
     return names
 
 
-def test_importing_the_library_loads_no_runner() -> None:
+def test_importing_the_library_loads_no_runner_and_no_optional_framework() -> None:
     code = (
-        "import sys, equirelax, equirelax.canonical, equirelax.models, equirelax.breaking; "
-        "print(sorted(m for m in sys.modules if m.startswith('equirelax.experiments')))"
+        "import sys, equirelax, equirelax.canonical, equirelax.models, equirelax.breaking, "
+        "equirelax.integrations; "
+        "print(sorted(m for m in sys.modules if m.startswith('equirelax.experiments') "
+        f"or m.split('.')[0] in {sorted(set(_OPTIONAL.values()))}))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == "[]"
-
-
-# Public modules built on an optional dependency (an extra of pyproject.toml): its import name.
-_OPTIONAL = {"equirelax.integrations.lightning": "lightning"}
 
 
 @pytest.mark.parametrize("name", _public_modules())
