@@ -979,6 +979,8 @@ def _save_figure(figure: Any, path: Path, alt: str) -> str:
 
 
 def _plot_sample_efficiency(root: Path) -> str:
+    from equirelax.experiments.report import colour
+
     series = {}
     for label in ("strict", "ace-equality"):
         points = []
@@ -993,7 +995,8 @@ def _plot_sample_efficiency(root: Path) -> str:
     for label, points in series.items():
         if points:
             sizes, means, stds = zip(*points, strict=True)
-            axis.errorbar(sizes, means, yerr=stds, marker="o", capsize=3, label=label)
+            axis.errorbar(sizes, means, yerr=stds, marker="o", capsize=3, label=label,
+                          color=colour(label))  # fmt: skip
     axis.set(
         xscale="log",
         yscale="log",

@@ -31,7 +31,7 @@ import torch
 from equirelax.engine import TrainConfig
 from equirelax.experiments.cli import main as equirelax
 from equirelax.experiments.compare import run_one
-from equirelax.experiments.report import format_table, ordering, summarize
+from equirelax.experiments.report import colour, format_table, ordering, summarize
 from equirelax.experiments.task_registry import TASKS
 from equirelax.gap import symmetry_gap
 from equirelax.tasks import gap_dial_task
@@ -187,8 +187,10 @@ def _plot(records: dict[str, Any], path: Path) -> None:
     deltas = [r["delta"] for r in ordered]
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for label in SWEEP_STRATEGIES:
-        left.plot(deltas, [r["methods"][label]["mean_level"] for r in ordered], "o-", label=label)
-        right.plot(deltas, [r["methods"][label]["max_level"] for r in ordered], "o-", label=label)
+        mean_levels = [r["methods"][label]["mean_level"] for r in ordered]
+        left.plot(deltas, mean_levels, "o-", label=label, color=colour(label))
+        max_levels = [r["methods"][label]["max_level"] for r in ordered]
+        right.plot(deltas, max_levels, "o-", label=label, color=colour(label))
     for axis, title in ((left, "mean level over layers"), (right, "largest layer level")):
         axis.set_xlabel("delta (gap-dial)")
         axis.set_title(title)

@@ -103,7 +103,8 @@ def test_train_writes_one_result(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert record["strategy"] == "augment"
     assert (out / "metrics.jsonl").exists()
     assert (out / "checkpoint.pt").exists()
-    assert '"test"' in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert f"test mse {record['final']['test']:.4g} at the best validation epoch" in shown
 
 
 def test_train_takes_strategy_options_and_refuses_one_that_changes_the_label(
@@ -214,7 +215,7 @@ def test_an_unexpected_error_asks_for_debug_which_shows_the_traceback(
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr("equirelax.experiments.cli.run_one", broken)
+    monkeypatch.setattr("equirelax.experiments.commands.run_one", broken)
     argv = ["train", "inertia", "--train-size", "20", "--val-size", "10", "--test-size", "10"]
     assert main([*argv, "--quiet"]) == 1
     err = capsys.readouterr().err

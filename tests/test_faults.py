@@ -268,8 +268,11 @@ def _cli(*words: str, cwd: Path | None = None) -> subprocess.CompletedProcess[st
         (["train", "inertia", "--seed", str(2**70)],
          "--seed: expected a non-negative integer of at most 9223372036854775807"),
         (["train", "inertia", "--compile", "banana"], "--compile: expected one of"),
+        (["adapt", "glyphs", "--canonicalizer-option", "banana=1"],
+         "--canonicalizer-option: expected options from group, in_channels, hidden"),
     ],
-    ids=["strategy-option", "task-option", "model-option", "seeds", "seed", "compile-backend"],
+    ids=["strategy-option", "task-option", "model-option", "seeds", "seed", "compile-backend",
+         "canonicalizer-option"],
 )  # fmt: skip
 def test_the_cli_names_a_refused_setting_and_what_it_accepts(
     tmp_path: Path, words: list[str], message: str

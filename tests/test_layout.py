@@ -76,3 +76,58 @@ def test_the_readme_imports_work() -> None:
     for statement in statements:
         if not any(name in statement for name in missing):
             exec(statement, {})  # a failure names the statement in the traceback
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys; print('MODULES', *sys.modules)"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return set(out.stdout.rpartition("MODULES")[2].split())
+
+
+def test_the_command_line_answers_help_and_version_without_torch() -> None:
+    code = (
+        "from equirelax.experiments.cli import main\n"
+        "for words in (['--help'], ['--version'], ['train', '--help'], ['compare', '--help'],"
+        " ['adapt', '--help'], ['break', '--help']):\n"
+        "    try:\n        main(words)\n    except SystemExit as done:\n"
+        "        assert done.code == 0, words"
+    )
+    loaded = _modules_after(code)
+    assert "torch" not in loaded
+    assert "numpy" not in loaded
+
+
+def test_the_library_loads_what_it_uses_and_not_e3nn_before_it_is_needed() -> None:
+    assert "torch" not in _modules_after("import equirelax")
+    loaded = _modules_after(
+        "import equirelax\n"
+        "equirelax.relax, equirelax.train, equirelax.project, equirelax.assert_equivariant\n"
+        "from equirelax.nn import EGNN\nfrom equirelax.groups import O3\nO3().identity()"
+    )
+    assert {"torch", "equirelax.relaxed", "equirelax.engine", "equirelax.nn.egnn"} <= loaded
+    assert "e3nn" not in loaded
+    assert "equirelax.nn.steerable" not in loaded
+
+
+def test_the_command_lines_names_agree_with_the_registries() -> None:
+    from equirelax._constants import BREAKING_MODES, TIE_BREAKS
+    from equirelax.breaking import objects
+    from equirelax.experiments import adapt, compare, names, task_registry
+    from equirelax.models import breaking
+
+    assert tuple(task_registry.TASKS) == names.TASK_NAMES
+    assert tuple(compare.STRATEGY_PRESETS) == names.STRATEGY_LABELS
+    assert set(names.DEFAULT_STRATEGIES) <= set(names.STRATEGY_LABELS)
+    assert tuple(adapt.ARMS) == names.ADAPT_ARMS
+    assert (BREAKING_MODES, TIE_BREAKS) == (breaking.ARMS, objects.TIE_BREAKS)
+
+
+def test_lazy_names_resolve_and_are_listed() -> None:
+    for package in (equirelax, equirelax.nn):
+        assert set(package.__all__) <= set(dir(package))
+        for name in package.__all__:
+            assert getattr(package, name) is not None
+    with pytest.raises(AttributeError, match="module 'equirelax' has no attribute 'relaxx'"):
+        equirelax.relaxx  # noqa: B018

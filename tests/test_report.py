@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 
-from equirelax.experiments.report import format_table, ordering, summarize
+from equirelax.experiments.report import (
+    CURVES_PNG,
+    LEVELS_PNG,
+    RESULTS_MD,
+    format_table,
+    ordering,
+    summarize,
+    write_report,
+)
 
 
 def _run(strategy: str, seed: int, test: float, seconds: float) -> dict:
@@ -86,3 +97,45 @@ def test_further_test_splits_get_their_own_column() -> None:
     assert "test_relaxed" not in table
     assert "| 5.000e+00 ± 1.4e+00 |" in table.splitlines()[2]
     assert "| 7.000e+00 |" in table.splitlines()[3]
+
+
+def _results(tmp_path: Path) -> dict:
+    history = tmp_path / "metrics.jsonl"
+    history.write_text("".join(
+        json.dumps({"epoch": e, "val": 1.0 / (e + 1), "levels": [0.5 / (e + 1)]}) + "\n"
+        for e in range(3)
+    ))  # fmt: skip
+    runs = [{**_run(label, 0, 0.1, 1.0), "history": str(history)} for label in ("strict", "cr")]
+    setup = {"task": "toy", "model": "m", "task_options": {}, "config": {}}
+    return {"setup": setup, "runs": runs}
+
+
+def test_each_strategy_keeps_one_colour_and_epochs_are_integer_ticks(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.ticker import MaxNLocator
+
+    from equirelax.experiments.names import STRATEGY_LABELS
+    from equirelax.experiments.report import _figure, colour
+
+    colours = [colour(label) for label in STRATEGY_LABELS]
+    assert len(set(colours)) == len(colours)
+    assert colour("cr (relaxed)") == colour("cr") == colour("cr")
+    _, (axis,) = _figure()
+    locator = axis.xaxis.get_major_locator()
+    assert isinstance(locator, MaxNLocator)
+    assert all(float(t).is_integer() for t in locator.tick_values(0.6, 3.4))
+    write_report(_results(tmp_path), tmp_path)
+    assert (tmp_path / CURVES_PNG).stat().st_size > 0
+    assert (tmp_path / LEVELS_PNG).stat().st_size > 0
+
+
+def test_without_matplotlib_the_report_is_written_and_the_extra_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    write_report(_results(tmp_path), tmp_path)
+    assert (tmp_path / RESULTS_MD).exists()
+    assert not (tmp_path / CURVES_PNG).exists()
+    assert "pip install 'equirelax[plots]'" in capsys.readouterr().err

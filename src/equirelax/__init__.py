@@ -13,29 +13,9 @@ the registries, the comparison and adaptation runners, the reports and the ``equ
 command line. The library never imports it.
 """
 
-from equirelax import (
-    actions,
-    canonical,
-    free_branches,
-    gap,
-    groups,
-    metrics,
-    nn,
-    representations,
-    strategies,
-    tasks,
-)
-from equirelax.engine import NonFiniteLossError, TrainConfig, TrainResult, train
-from equirelax.free_branches import DenseFreeBranch
-from equirelax.metrics import assert_equivariant, equivariance_error, invariance_error
-from equirelax.projection import project
-from equirelax.relaxed import (
-    Relaxed,
-    register_free_branch,
-    relax,
-    relaxation_sites,
-    relaxed_layers,
-)
+from typing import TYPE_CHECKING
+
+from equirelax._lazy import lazy_exports
 
 __all__ = [
     "DenseFreeBranch",
@@ -64,3 +44,63 @@ __all__ = [
     "train",
 ]
 __version__ = "0.1.0"
+
+_SUBMODULES = (
+    "actions",
+    "canonical",
+    "engine",
+    "free_branches",
+    "gap",
+    "groups",
+    "losses",
+    "metrics",
+    "nn",
+    "outputs",
+    "projection",
+    "relaxed",
+    "representations",
+    "strategies",
+    "tasks",
+)
+_ATTRIBUTES = {
+    "NonFiniteLossError": "equirelax.engine",
+    "TrainConfig": "equirelax.engine",
+    "TrainResult": "equirelax.engine",
+    "train": "equirelax.engine",
+    "DenseFreeBranch": "equirelax.free_branches",
+    "assert_equivariant": "equirelax.metrics",
+    "equivariance_error": "equirelax.metrics",
+    "invariance_error": "equirelax.metrics",
+    "project": "equirelax.projection",
+    "Relaxed": "equirelax.relaxed",
+    "register_free_branch": "equirelax.relaxed",
+    "relax": "equirelax.relaxed",
+    "relaxation_sites": "equirelax.relaxed",
+    "relaxed_layers": "equirelax.relaxed",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _SUBMODULES, _ATTRIBUTES)
+
+if TYPE_CHECKING:
+    from equirelax import (
+        actions,
+        canonical,
+        free_branches,
+        gap,
+        groups,
+        metrics,
+        nn,
+        representations,
+        strategies,
+        tasks,
+    )
+    from equirelax.engine import NonFiniteLossError, TrainConfig, TrainResult, train
+    from equirelax.free_branches import DenseFreeBranch
+    from equirelax.metrics import assert_equivariant, equivariance_error, invariance_error
+    from equirelax.projection import project
+    from equirelax.relaxed import (
+        Relaxed,
+        register_free_branch,
+        relax,
+        relaxation_sites,
+        relaxed_layers,
+    )

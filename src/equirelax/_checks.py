@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from equirelax._constants import MAX_SPLIT_SIZE
+
 
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type's name if it has none), to quote a
@@ -187,10 +189,6 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name}: expected a bool, received {value!r}")
     return value
-
-
-MAX_SPLIT_SIZE = 100_000_000
-"""The most samples a generated split may have (beyond it, memory runs out first)."""
 
 
 def check_split_sizes(train_size: object, val_size: object, test_size: object) -> dict[str, int]:

@@ -28,13 +28,16 @@ import functools
 import itertools
 import math
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import torch
-from e3nn import o3
 from torch import Tensor
 
 from equirelax._checks import check_positive_int, check_tensor
 from equirelax.representations import DirectSum, Representation
+
+if TYPE_CHECKING:
+    from e3nn import o3
 
 __all__ = [
     "O2",
@@ -595,6 +598,8 @@ class SO3(_OrthogonalGroup):
     special = True
 
     def _draw(self, n: int, generator: torch.Generator | None) -> Tensor:
+        from e3nn import o3  # e3nn loads torch._dynamo (a second): only when used
+
         q = torch.randn(
             n, 4, generator=generator, dtype=torch.float64, device=_generator_device(generator)
         )
@@ -606,6 +611,8 @@ class SO3(_OrthogonalGroup):
     def irreps(self, irreps: str | o3.Irreps) -> Representation:
         """The direct sum of e3nn irreps, e.g. ``"4x0e + 2x1o + 1x2e"`` (parity is ignored
         by SO(3) and used by O(3))."""
+        from e3nn import o3
+
         return _irreps_representation(self, o3.Irreps(irreps))
 
 
@@ -799,6 +806,8 @@ def _irreps_representation(group: SO3, irreps: o3.Irreps) -> Representation:
 
 
 def _irrep(group: SO3, l: int, p: int) -> Representation:  # noqa: E741 (l is the degree)
+    from e3nn import o3
+
     irrep = o3.Irrep(l, p if not group.special else 1)
     return Representation(
         group,
@@ -828,6 +837,8 @@ def _so3_generators(l: int) -> Tensor:  # noqa: E741 (l is the degree)
     ``o3.so3_generators`` computes in the default dtype, which leaves errors of about 1e-7 in
     float32; the cached tensor is shared, so callers must clone it before changing it.
     """
+    from e3nn import o3
+
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -845,6 +856,8 @@ def _wigner_d(l: int, rotation: Tensor) -> Tensor:  # noqa: E741 (l is the degre
     ``atan2`` for ``beta`` (accurate near the poles, where ``acos`` is not) and every tensor on
     the rotation's device (e3nn's ``wigner_D`` builds its generators on the CPU).
     """
+    from e3nn import o3
+
     rotation = rotation.to(torch.float64)
     axis = rotation[:, :, 1]  # R e_y = Y(alpha) X(beta) e_y
     alpha = torch.atan2(axis[:, 0], axis[:, 2])

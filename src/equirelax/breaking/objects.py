@@ -37,13 +37,13 @@ from equirelax._checks import (
     check_positive_int,
     check_tensor,
 )
+from equirelax._constants import TIE_BREAKS
 from equirelax.actions import Action
 from equirelax.breaking.stabilisers import enumerable_elements
 from equirelax.groups import FiniteGroup
 
 __all__ = ["TIE_BREAKS", "FrameBreaker", "NoiseInjection", "OrderingBreaker"]
 
-TIE_BREAKS = ("first", "random")
 _WIDTH = 32  # random features of the scores and of colour refinement
 
 

@@ -16,6 +16,8 @@ from equirelax._checks import (
     check_positive_finite,
     check_positive_int,
 )
+from equirelax._constants import MAX_EPOCHS, MAX_SEED
+from equirelax.engine.logs import LOGGERS
 from equirelax.strategies.base import Strategy
 
 __all__ = [
@@ -29,11 +31,6 @@ __all__ = [
 
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 """The learning-rate schedules of :class:`TrainConfig`."""
-MAX_EPOCHS = 10_000_000
-"""The most epochs :class:`TrainConfig` accepts (the papers' longest runs have 10,000)."""
-MAX_SEED = 2**63 - 1
-"""The largest seed :class:`TrainConfig` accepts (``torch.manual_seed`` takes a signed 64-bit
-integer)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,6 +58,10 @@ class TrainConfig:
     default backend, inductor; a string: that backend, e.g. ``"aot_eager"``); the model itself,
     its evaluation, projection and checkpoints stay eager. The first steps pay the compilation
     (``benchmarks/speed.md`` gives the compiled/eager step ratio per model).
+
+    ``loggers`` adds optional loggers to ``metrics.jsonl`` and ``metrics.csv``, which a run
+    with an output directory always writes: ``("tensorboard",)`` writes TensorBoard scalars to
+    ``out_dir/tensorboard`` (:class:`~equirelax.engine.logs.TensorBoardLog`).
     """
 
     epochs: int = 10
@@ -78,6 +79,7 @@ class TrainConfig:
     patience: int | None = None
     device: str = "cpu"
     compile: bool | str = False
+    loggers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "equivariance_samples"):
@@ -108,6 +110,11 @@ class TrainConfig:
         if self.max_grad_norm is not None:
             check_positive_finite("max_grad_norm", self.max_grad_norm)
         check_device("device", self.device)
+        if isinstance(self.loggers, str) or not isinstance(self.loggers, (tuple, list)):
+            raise TypeError(f"loggers: expected a tuple of names, received {self.loggers!r}")
+        for logger in self.loggers:
+            check_choice("loggers", logger, LOGGERS)
+        self.loggers = tuple(self.loggers)
 
 
 def _check_lr_scale(lr_scale: object) -> None:

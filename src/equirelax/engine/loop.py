@@ -26,6 +26,7 @@ from equirelax.engine.evaluation import (
     to_device,
     validation_equivariance_error,
 )
+from equirelax.engine.logs import METRICS_CSV, TENSORBOARD_DIR, TensorBoardLog, write_csv
 from equirelax.engine.state import (
     BEST,
     CHECKPOINT,
@@ -89,6 +90,8 @@ def train(
         run.loop(bar)
     finally:
         bar.close()
+        if run.tensorboard is not None:
+            run.tensorboard.close()
     return run.result()
 
 
@@ -113,6 +116,7 @@ class _Run:
     stopped: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
     best: Best | None = None
+    tensorboard: TensorBoardLog | None = None
 
     @classmethod
     def start(
@@ -151,6 +155,11 @@ class _Run:
             steps_per_epoch,
         )  # fmt: skip
         run.restore(resume)
+        if "tensorboard" in config.loggers:
+            if directory is None:
+                raise ValueError("loggers: 'tensorboard' writes to out_dir, received None")
+            if rank == 0:
+                run.tensorboard = TensorBoardLog(directory / TENSORBOARD_DIR)
         run.wrapped = wrap(model, world, device)
         if config.compile:
             backend = config.compile if isinstance(config.compile, str) else "inductor"
@@ -318,6 +327,9 @@ class _Run:
             return
         with open(self.directory / METRICS, "a") as stream:
             stream.write(json.dumps(record) + "\n")
+        write_csv(self.directory / METRICS_CSV, self.history)
+        if self.tensorboard is not None:
+            self.tensorboard.log(record)
         best = self.best
         progress = {
             "epoch": epoch,

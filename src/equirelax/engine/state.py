@@ -195,7 +195,7 @@ def load_best(
     return Best(int(state["epoch"]), float(state["val"]), best, relaxed)
 
 
-_FREE_ON_RESUME = ("compile", "device", "eval_batch_size")
+_FREE_ON_RESUME = ("compile", "device", "eval_batch_size", "loggers")
 
 
 def check_continuation(
@@ -230,7 +230,7 @@ def check_continuation(
         raise ValueError(
             f"resume: {where} was trained with other settings ({differences}); resume with "
             "the recorded settings, or start a new run (only more epochs without a cosine "
-            "learning rate, compile, device and eval_batch_size may change)"
+            "learning rate, compile, device, eval_batch_size and loggers may change)"
         )
 
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from equirelax._checks import batch_size, check_positive_int
+from equirelax._checks import batch_size, check_options, check_positive_int
 from equirelax.actions import ImageAction
 from equirelax.canonical import Canonicalized, ImageCanonicalizer
 from equirelax.engine import TrainConfig, train
@@ -241,6 +241,7 @@ def adapt(
         )
     config = config or TrainConfig()
     options = dict(canonicalizer_options or {})
+    check_options("canonicalizer_options", ImageCanonicalizer, options)
     task = dataclasses.replace(task, action_in=ImageAction(group), action_out=None)
     evaluation = task.test if task.test is not None else task.val
     setup = {

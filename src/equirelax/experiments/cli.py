@@ -26,37 +26,30 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import math
 import os
-import re
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from equirelax._checks import MAX_SPLIT_SIZE, check_device, first_line, option_names
-from equirelax.breaking.objects import TIE_BREAKS
-from equirelax.engine import MAX_EPOCHS, MAX_SEED, TrainConfig
-from equirelax.experiments import model_registry
-from equirelax.experiments.adapt import ARMS, adapt, format_adapt_table, pretrain
-from equirelax.experiments.breaking import ARMS as BREAKING_ARMS
-from equirelax.experiments.breaking import compare_breaking, format_breaking_table
-from equirelax.experiments.compare import (
-    DEFAULT_STRATEGIES,
-    STRATEGY_PRESETS,
-    compare,
-    make_strategy,
-    run_one,
+from equirelax import __version__
+from equirelax._constants import (
+    BREAKING_MODES,
+    LOGGERS,
+    MAX_EPOCHS,
+    MAX_SEED,
+    MAX_SPLIT_SIZE,
+    TIE_BREAKS,
 )
-from equirelax.experiments.report import format_table, ordering, summarize
-from equirelax.experiments.runner import MAX_SEEDS
-from equirelax.experiments.task_registry import TASKS, TaskInfo
-from equirelax.tasks.base import Task
+from equirelax.experiments.config_file import config_words, read_config
+from equirelax.experiments.names import (
+    ADAPT_ARMS,
+    DEFAULT_STRATEGIES,
+    MAX_SEEDS,
+    STRATEGY_LABELS,
+    TASK_NAMES,
+)
 
 __all__ = ["DEBUG_ENV", "main"]
 
@@ -108,7 +101,14 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None:
-    parser.add_argument("task", help=f"one of: {', '.join(TASKS)}")
+    parser.add_argument("task", nargs="?", help=f"one of: {', '.join(TASK_NAMES)}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="options from a TOML or YAML file (keys: the long options, and task); options "
+        "given on the command line override it",
+    )
     parser.add_argument("--model", help="model name (default: the task's first model)")
     parser.add_argument("--full", action="store_true", help="the published protocol")
     sizes = parser.add_argument_group("data")
@@ -140,6 +140,12 @@ def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None
         help="stop after N epochs without a better validation metric (default: never)",
     )
     training.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    training.add_argument(
+        "--logger",
+        choices=LOGGERS,
+        help="also log to TensorBoard (OUT/.../tensorboard; pip install "
+        "'equirelax[tensorboard]'); metrics.jsonl and metrics.csv are always written",
+    )
     parser.add_argument(
         "--model-option",
         type=_key_value,
@@ -172,6 +178,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"show the Python traceback of an error (anywhere on the line; also {DEBUG_ENV}=1)",
     )
+    parser.add_argument("--version", action="version", version=f"equirelax {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("tasks", help="list the tasks with their symmetry and models")
 
@@ -180,6 +187,9 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(subparser=train)
     train.add_argument("--strategy", default="strict", help="a strategy label (see compare)")
     train.add_argument("--seed", type=_seed, default=0)
+    train.add_argument(
+        "--json", action="store_true", help="print the run's record as JSON (and nothing else)"
+    )
     train.add_argument(
         "--option",
         type=_key_value,
@@ -195,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument(
         "--strategies",
         default=",".join(DEFAULT_STRATEGIES),
-        help=f"comma-separated labels from: {', '.join(STRATEGY_PRESETS)}",
+        help=f"comma-separated labels from: {', '.join(STRATEGY_LABELS)}",
     )
     comp.add_argument("--seeds", type=_seeds, default=1, help="seeds per strategy")
     comp.add_argument(
@@ -220,9 +230,9 @@ def _parser() -> argparse.ArgumentParser:
         help="make a pretrained classifier rotation-invariant by canonicalization",
         description=(
             "Fine-tune a predictor pretrained on upright images at equal budget in each arm "
-            f"({', '.join(ARMS)}) and report upright, C4- and C8-averaged test accuracy and the "
-            "fraction of upright images canonicalized to the identity (Mondal et al. 2023). "
-            "The training options set the fine-tuning budget."
+            f"({', '.join(ADAPT_ARMS)}) and report upright, C4- and C8-averaged test accuracy "
+            "and the fraction of upright images canonicalized to the identity (Mondal et al. "
+            "2023). The training options set the fine-tuning budget."
         ),
     )
     _add_common(adapt, resume=False)
@@ -235,7 +245,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     adapt.add_argument("--group", default="c8", help="canonicalizer group: cN or dN (default c8)")
     adapt.add_argument(
-        "--arms", default=",".join(ARMS), help=f"comma-separated arms from: {', '.join(ARMS)}"
+        "--arms",
+        default=",".join(ADAPT_ARMS),
+        help=f"comma-separated arms from: {', '.join(ADAPT_ARMS)}",
     )
     adapt.add_argument("--seeds", type=_seeds, default=1, help="fine-tuning seeds per arm")
     adapt.add_argument("--pretrain-epochs", type=_epochs, help="epochs of pretraining")
@@ -271,8 +283,8 @@ def _parser() -> argparse.ArgumentParser:
     breaking.set_defaults(subparser=breaking)
     breaking.add_argument(
         "--arms",
-        default=",".join(BREAKING_ARMS),
-        help=f"comma-separated arms from: {', '.join(BREAKING_ARMS)}",
+        default=",".join(BREAKING_MODES),
+        help=f"comma-separated arms from: {', '.join(BREAKING_MODES)}",
     )
     breaking.add_argument("--seeds", type=_seeds, default=3, help="seeds per arm")
     breaking.add_argument(
@@ -305,6 +317,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _with_config(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
+) -> argparse.Namespace:
+    """``argv`` parsed again with the options of ``--config`` typed before the command line's
+    (so that those override them), and its task where the command line gives none."""
+    try:
+        task, words = config_words(read_config(args.config), args.subparser, args.config)
+    except ValueError as error:
+        args.subparser.error(str(error))
+    at = argv.index(args.command) + 1
+    given_task = [task] if task is not None and args.task is None else []
+    return parser.parse_args([*argv[:at], *given_task, *words, *argv[at:]])
+
+
 def _error_message(words: Sequence[str], error: Exception) -> str:
     """One message for an error that reached the command line: what it says, and for an error
     that is not a report of bad input or a file problem, how to report it."""
@@ -322,393 +348,23 @@ def _error_message(words: Sequence[str], error: Exception) -> str:
 def _main(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if getattr(args, "config", None) is not None:
+        args = _with_config(parser, args, argv)
+    if args.command != "tasks" and args.task is None:
+        args.subparser.error(
+            f"task: expected one of {', '.join(TASK_NAMES)} on the command line or as task in "
+            "--config, received none"
+        )
+    from equirelax.experiments import commands  # torch and the library: only to run a command
+
     if args.command == "tasks":
-        _list_tasks()
+        commands.list_tasks()
         return 0
-    parser = args.subparser
     if args.command == "adapt":
-        return _adapt(parser, args, argv)
+        return commands.adapt_command(args.subparser, args, argv)
     if args.command == "break":
-        return _break(parser, args, argv)
-    if args.task not in TASKS:
-        parser.error(f"task: expected one of {', '.join(TASKS)}, received {args.task!r}")
-    info = TASKS[args.task]
-    model = _model_and_device(parser, args, info)
-    labels = [args.strategy] if args.command == "train" else _labels(parser, args.strategies)
-    for label in labels:
-        if label not in STRATEGY_PRESETS:
-            parser.error(
-                f"strategy: expected one of {', '.join(STRATEGY_PRESETS)}, received {label!r}"
-            )
-    preset = info.full if args.full else info.quick
-    task_options = _task_options(args, preset)
-    config = _train_config(parser, args, preset["train"])
-    model_options = dict(args.model_option)
-    command = _command_line(argv)
-    task = _build_task(parser, args, info, task_options)
-    _build_model(parser, model, task, model_options)
-    recorded_task_options = {k: v for k, v in task_options.items() if k != "progress"}
-    options = _strategy_options(parser, args.option, labels, preset.get("strategies", {}))
-    try:
-        if args.command == "train":
-            out = _output_dir(parser, args, f"train-{args.task}-{model}-{args.strategy}")
-            record = run_one(
-                task,
-                model,
-                args.strategy,
-                seed=args.seed,
-                config=config,
-                out_dir=out,
-                resume=args.resume,
-                progress=not args.quiet,
-                model_options=model_options,
-                strategy_options=options.get(args.strategy, {}),
-            )
-            print(json.dumps(record["final"], indent=2))
-            print(f"wrote {out}")
-            return 0
-        out = _output_dir(parser, args, f"compare-{args.task}-{model}")
-        results = compare(
-            task,
-            model,
-            labels,
-            seeds=args.seeds,
-            config=config,
-            out_dir=out,
-            resume=args.resume,
-            progress=not args.quiet,
-            model_options=model_options,
-            strategy_options=options,
-            task_options=recorded_task_options,
-            command=command,
-            reference=info.reference if args.full else None,
-            jobs=args.jobs,
-        )
-    except (TypeError, ValueError) as error:
-        notes = "".join(f"\n  {note}" for note in getattr(error, "__notes__", ()))
-        print(f"equirelax {args.command}: error: {error}{notes}", file=sys.stderr)
-        return 2
-    print()
-    rows = summarize(results["runs"])
-    print(format_table(rows, task.metric_name))
-    print(ordering(rows))
-    print(f"\nwrote {out}/results.json, results.md, curves.png, levels.png")
-    return 0
-
-
-def _model_and_device(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, info: TaskInfo
-) -> str:
-    """The model name (default: the task's first) after checking it and ``--device``."""
-    model = args.model or info.models[0]
-    if model not in info.models:
-        parser.error(
-            f"--model: expected one of {', '.join(info.models)} for task {args.task!r}, "
-            f"received {model!r}"
-        )
-    try:
-        check_device("--device", args.device)
-    except ValueError as error:
-        parser.error(str(error))
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device: {args.device!r} requested but no CUDA device is available")
-    return model
-
-
-def _build_task(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, info: TaskInfo, options: dict
-) -> Task:
-    """``info.builder(**options)``; a usage error naming the option it refuses (or the extra to
-    install)."""
-    try:
-        return info.builder(**options)
-    except ImportError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    except (TypeError, ValueError) as error:
-        unknown = _unexpected_keyword(error)
-        if unknown is None:
-            parser.error(f"--task-option: task {args.task!r} refused its options: {error}")
-        flag = f"--{unknown.replace('_', '-')}" if unknown.endswith("_size") else "--task-option"
-        accepted = option_names(info.builder) or []
-        parser.error(
-            f"{flag}: task {args.task!r} has no option {unknown!r}; its options are "
-            f"{', '.join(accepted) or '(none)'}"
-        )
-
-
-def _build_model(
-    parser: argparse.ArgumentParser, model: str, task: Task, options: dict[str, Any]
-) -> nn.Module:
-    """The registry's model ``model`` for ``task``; a usage error naming a refused option."""
-    try:
-        return model_registry.build(model, task, **options)
-    except (TypeError, ValueError) as error:
-        unknown = _unexpected_keyword(error)
-        if unknown is None:
-            parser.error(f"--model-option: model {model!r} refused its options: {error}")
-        parser.error(
-            f"--model-option: model {model!r} has no option {unknown!r} ({first_line(error)}); "
-            "`equirelax tasks` lists the models, their classes document the options"
-        )
-
-
-def _unexpected_keyword(error: Exception) -> str | None:
-    """The keyword a ``TypeError`` says a callable did not expect, or ``None``."""
-    match = re.search(r"unexpected keyword argument '([^']+)'", str(error))
-    return match.group(1) if isinstance(error, TypeError) and match else None
-
-
-def _train_config(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, preset: dict[str, Any]
-) -> TrainConfig:
-    """The preset's TrainConfig with the command line's settings; a usage error naming the
-    flag of a setting it refuses."""
-    try:
-        return TrainConfig(**{**preset, **_overrides(args), "device": args.device})
-    except (TypeError, ValueError) as error:
-        field, _, rest = str(error).partition(":")
-        parser.error(f"--{field.replace('_', '-')}:{rest}")
-
-
-def _output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace, default: str) -> Path:
-    """``--out`` (default ``runs/<default>``), created; a usage error when it is a file or
-    cannot be created or written."""
-    out = args.out or Path("runs") / default
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out: expected a directory, received {out}, which is a file")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        parser.error(
-            f"--out: cannot create the directory {out} ({error.strerror or error}); choose a "
-            "directory you can write to"
-        )
-    if not os.access(out, os.W_OK | os.X_OK):
-        parser.error(f"--out: {out} is not writable; choose a directory you can write to")
-    return out
-
-
-def _task_options(args: argparse.Namespace, preset: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The preset's task options with the split sizes and ``--task-option`` s given."""
-    options = {**preset["task"], "progress": not args.quiet}
-    for split in ("train", "val", "test"):
-        size = getattr(args, f"{split}_size")
-        if size is not None:
-            options[f"{split}_size"] = size
-    return {**options, **dict(args.task_option)}
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The TrainConfig fields given on the command line."""
-    return {
-        name: getattr(args, name)
-        for name in (
-            "epochs",
-            "batch_size",
-            "lr",
-            "weight_decay",
-            "lr_schedule",
-            "max_grad_norm",
-            "eval_every",
-            "patience",
-            "compile",
-        )
-        if getattr(args, name) is not None
-    }
-
-
-def _adapt(parser: argparse.ArgumentParser, args: argparse.Namespace, words: list[str]) -> int:
-    """``equirelax adapt``: pretrain or load the predictor, run the arms, print the table."""
-    if args.task not in TASKS or "adapt" not in TASKS[args.task].quick:
-        adaptable = [name for name, info in TASKS.items() if "adapt" in info.quick]
-        parser.error(f"task: expected one of {', '.join(adaptable)}, received {args.task!r}")
-    info = TASKS[args.task]
-    model = _model_and_device(parser, args, info)
-    arms = _arms(parser, args.arms, ARMS)
-    preset = info.full if args.full else info.quick
-    task_options = {**_task_options(args, preset), "group": args.group}
-    task = _build_task(parser, args, info, task_options)
-    finetune = _train_config(parser, args, preset["adapt"])
-    pretrain_epochs = {"epochs": args.pretrain_epochs} if args.pretrain_epochs else {}
-    pretraining = TrainConfig(**{**preset["train"], **pretrain_epochs, "device": args.device})
-    out = _output_dir(parser, args, f"adapt-{args.task}-{model}")
-    predictor_path = args.predictor or out / "predictor.pt"
-    torch.manual_seed(0)
-    predictor = _build_model(parser, model, task, dict(args.model_option))
-    try:
-        if predictor_path.exists():
-            try:
-                state = torch.load(predictor_path, map_location="cpu", weights_only=True)
-            except Exception as error:
-                raise ValueError(
-                    f"--predictor: expected a file of weights saved with torch.save, "
-                    f"{predictor_path} is not one ({type(error).__name__}: "
-                    f"{first_line(error)}); pass the predictor.pt an earlier run wrote, or none "
-                    "to pretrain one"
-                ) from None
-            try:
-                predictor.load_state_dict(state)
-            except (RuntimeError, AttributeError, TypeError) as error:
-                raise ValueError(
-                    f"--predictor: {predictor_path} is not a state dict of model {model!r} "
-                    f"with options {dict(args.model_option)} ({error})"
-                ) from None
-            print(f"loaded the predictor from {predictor_path}")
-        else:
-            print(
-                f"pretraining {model} on upright {args.task} images ({pretraining.epochs} epochs)"
-            )
-            predictor = pretrain(
-                task, predictor, pretraining, out_dir=out / "pretrain", progress=not args.quiet
-            )
-            predictor_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(predictor.state_dict(), predictor_path)
-            print(f"saved the predictor to {predictor_path}")
-        records = adapt(
-            task,
-            predictor,
-            args.group,
-            arms=arms,
-            seeds=args.seeds,
-            config=finetune,
-            prior_weight=args.prior_weight,
-            canonicalizer_options=dict(args.canonicalizer_option),
-            canonicalizer_lr_scale=args.canonicalizer_lr_scale,
-            out_dir=out,
-            progress=not args.quiet,
-        )
-    except (TypeError, ValueError) as error:
-        print(f"equirelax adapt: error: {error}", file=sys.stderr)
-        return 2
-    table = format_adapt_table(records)
-    _write_table(out, words, table)
-    return 0
-
-
-def _break(parser: argparse.ArgumentParser, args: argparse.Namespace, words: list[str]) -> int:
-    """``equirelax break``: train every arm of the task's model, print the table."""
-    breakable = [name for name, info in TASKS.items() if "break" in info.quick]
-    if args.task not in breakable:
-        parser.error(f"task: expected one of {', '.join(breakable)}, received {args.task!r}")
-    info = TASKS[args.task]
-    model = _model_and_device(parser, args, info)
-    arms = _arms(parser, args.arms, BREAKING_ARMS)
-    if "breaking" in dict(args.model_option):
-        parser.error("--model-option: 'breaking' is set by each arm; choose the arms with --arms")
-    preset = info.full if args.full else info.quick
-    task = _build_task(parser, args, info, _task_options(args, preset))
-    config = _train_config(parser, args, preset["train"])
-    model_options = {"tie_break": args.tie_break, **dict(args.model_option)}
-    _build_model(parser, model, task, model_options)
-    out = _output_dir(parser, args, f"break-{args.task}-{model}")
-    try:
-        records = compare_breaking(
-            task,
-            model,
-            arms,
-            seeds=args.seeds,
-            config=config,
-            model_options=model_options,
-            check_samples=args.check_samples or preset["break"]["check_samples"],
-            out_dir=out,
-            progress=not args.quiet,
-        )
-    except (TypeError, ValueError) as error:
-        print(f"equirelax break: error: {error}", file=sys.stderr)
-        return 2
-    table = format_breaking_table(records)
-    _write_table(out, words, table)
-    return 0
-
-
-def _arms(parser: argparse.ArgumentParser, text: str, valid: Sequence[str]) -> list[str]:
-    """The ``--arms`` labels, each checked against ``valid``."""
-    arms = _labels(parser, text, "--arms")
-    for arm in arms:
-        if arm not in valid:
-            parser.error(f"--arms: expected names from {', '.join(valid)}, received {arm!r}")
-    return arms
-
-
-def _command_line(words: Sequence[str]) -> str:
-    """The command as a user would type it again (shell-quoted)."""
-    return "equirelax " + " ".join(shlex.quote(word) for word in words)
-
-
-def _write_table(out: Path, words: list[str], table: str) -> None:
-    """Write ``out/results.md`` (the command, then ``table``) and print the table."""
-    (out / "results.md").write_text(f"`{_command_line(words)}`\n\n{table}\n")
-    print()
-    print(table)
-    print(f"\nwrote {out}/results.json, results.md")
-
-
-def _labels(parser: argparse.ArgumentParser, text: str, option: str = "--strategies") -> list[str]:
-    labels = [label.strip() for label in text.split(",") if label.strip()]
-    if not labels:
-        parser.error(f"{option}: expected comma-separated labels, received {text!r}")
-    if len(set(labels)) != len(labels):
-        parser.error(f"{option}: expected distinct labels, received {text!r}")
-    return labels
-
-
-def _strategy_options(
-    parser: argparse.ArgumentParser,
-    options: list[tuple[str, Any]],
-    labels: list[str],
-    preset: dict[str, dict[str, Any]],
-) -> dict[str, dict[str, Any]]:
-    """Options per label: the task preset's for the label's strategy, then ``--option``s
-    (``LABEL.KEY=VALUE``; plain ``KEY=VALUE`` when there is one label)."""
-    out = {
-        label: dict(preset[STRATEGY_PRESETS[label][0]])
-        for label in labels
-        if STRATEGY_PRESETS[label][0] in preset
-    }
-    for key, value in options:
-        label, dot, name = key.partition(".")
-        if not dot and len(labels) == 1:  # one strategy (train): KEY=VALUE is its option
-            label, dot, name = labels[0], ".", key
-        if not dot or label not in labels:
-            parser.error(
-                f"--option: expected STRATEGY.KEY=VALUE with STRATEGY one of "
-                f"{', '.join(labels)}, received {key!r}"
-            )
-        out.setdefault(label, {})[name] = value
-    for label in labels:
-        try:
-            make_strategy(label, **out.get(label, {}))
-        except (TypeError, ValueError) as error:
-            parser.error(f"--option: {error}")
-    return out
-
-
-def _list_tasks() -> None:
-    rows = [
-        (name, info.symmetry, ",".join(info.models), info.description, info.full["task"])
-        for name, info in TASKS.items()
-    ]
-    width_name = max(len("task"), *(len(r[0]) for r in rows))
-    width_symmetry = max(len("symmetry"), *(len(r[1]) for r in rows))
-    width_models = max(len("models"), *(len(r[2]) for r in rows))
-    print(
-        f"{'task':<{width_name}} {'symmetry':<{width_symmetry}} {'models':<{width_models}} "
-        "description"
-    )
-    for name, symmetry, names, description, sizes in rows:
-        if any(f"{s}_size" in sizes for s in ("train", "val", "test")):
-            counts = (str(sizes.get(f"{s}_size", "-")) for s in ("train", "val", "test"))
-            full = f"full splits {'/'.join(counts)}"
-        else:
-            full = "full preset " + ", ".join(f"{k}={v}" for k, v in sizes.items())
-        print(
-            f"{name:<{width_name}} {symmetry:<{width_symmetry}} {names:<{width_models}} "
-            f"{description}; {full}"
-        )
-    print(
-        f"\nmodels: {', '.join(f'{k} ({v.description})' for k, v in model_registry.MODELS.items())}"
-    )
-    print(f"strategies: {', '.join(STRATEGY_PRESETS)}")
+        return commands.break_command(args.subparser, args, argv)
+    return commands.run(args.subparser, args, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,6 +52,7 @@ from tqdm import tqdm
 from equirelax import strategies
 from equirelax.engine import NonFiniteLossError, TrainConfig, check_continuation, train
 from equirelax.experiments import model_registry
+from equirelax.experiments.names import DEFAULT_STRATEGIES
 from equirelax.experiments.report import write_report
 from equirelax.experiments.runner import (
     RESULTS_JSON,
@@ -85,8 +86,6 @@ STRATEGY_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "ace-resilient": ("ace", {"mode": "resilient"}),
 }
 """Label -> (strategy name, options) for the command line."""
-
-DEFAULT_STRATEGIES = ("strict", "free", "augment", "cr", "rpp", "ace-equality", "ace-resilient")
 
 
 def make_strategy(label: str, **options: Any) -> strategies.Strategy:

@@ -8,17 +8,24 @@ and multipliers against epoch).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
+import sys
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from equirelax.experiments.names import STRATEGY_LABELS
+
 __all__ = [
     "CURVES_PNG",
     "LEVELS_PNG",
+    "PLOTS_EXTRA",
     "RESULTS_MD",
+    "colour",
     "format_table",
     "mean_std",
     "ordering",
@@ -29,6 +36,8 @@ __all__ = [
 RESULTS_MD = "results.md"
 CURVES_PNG = "curves.png"
 LEVELS_PNG = "levels.png"
+PLOTS_EXTRA = "pip install 'equirelax[plots]'"
+"""How to install what the plots need (matplotlib)."""
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
@@ -212,8 +221,20 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> None:
     for run in runs:
         if "history" in run:
             histories[run["strategy"]].append(_read_history(Path(run["history"])))
-    _plot_curves(histories, metric, out / CURVES_PNG)
-    _plot_levels(histories, out / LEVELS_PNG)
+    try:
+        _plot_curves(histories, metric, out / CURVES_PNG)
+        _plot_levels(histories, out / LEVELS_PNG)
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] != "matplotlib":
+            raise
+        _say_once(
+            f"{CURVES_PNG} and {LEVELS_PNG} not written: matplotlib is missing ({PLOTS_EXTRA})"
+        )
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    print(f"equirelax: {message}", file=sys.stderr)
 
 
 def _jobs(machine: dict[str, Any]) -> str:
@@ -229,11 +250,40 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
 
 
 def _figure(ncols: int = 1) -> tuple[Any, Any]:
+    """A figure of ``ncols`` axes with integer epoch ticks and a faint grid."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(6.4 * ncols, 4.2), layout="constrained")
     axes = figure.subplots(1, ncols, squeeze=False)[0]
+    for axis in axes:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
     return figure, axes
+
+
+def colour(label: str) -> tuple[float, float, float, float]:
+    """The colour of a strategy (or arm) in every figure: the strategy labels take the 20
+    colours of matplotlib's ``tab20`` in their order (the dark shades first), any other label
+    one chosen by its name."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"]
+    base = label.split(" ")[0]
+    if base in STRATEGY_LABELS:
+        index = STRATEGY_LABELS.index(base)
+        return palette(2 * index % 20 + index // 10)
+    return palette(zlib.crc32(base.encode()) % 20)
+
+
+def _log_axis(axis: Any) -> None:
+    """A log y axis that labels its minor ticks when it spans less than two decades."""
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    axis.set_yscale("log")
+    axis.yaxis.set_minor_formatter(
+        LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(2, 0.5))
+    )
 
 
 def _series(histories: list[list[dict[str, Any]]], key: str) -> tuple[list[int], list[float]]:
@@ -255,20 +305,14 @@ def _plot_curves(histories: dict[str, list], metric: str, path: Path) -> None:
     for label, runs in histories.items():
         epochs, values = _series(runs, "val")
         if epochs:
-            (line,) = axis.plot(epochs, values, label=label)
+            axis.plot(epochs, values, label=label, color=colour(label))
             epochs, values = _series(runs, "val_relaxed")
             if epochs:
-                axis.plot(
-                    epochs, values, label=f"{label} (relaxed)", ls="--", color=line.get_color()
-                )
-    axis.set(
-        xlabel="epoch",
-        ylabel=f"validation {metric}\n(evaluated model, mean over seeds)",
-        yscale="log",
-    )
+                axis.plot(epochs, values, label=f"{label} (relaxed)", ls="--", color=colour(label))
+    axis.set(xlabel="epoch", ylabel=f"validation {metric}\n(evaluated model, mean over seeds)")
+    _log_axis(axis)
     if axis.get_legend_handles_labels()[0]:  # no curve when every run failed
         axis.legend()
-    axis.grid(alpha=0.3)
     figure.savefig(path, dpi=120)
 
 
@@ -278,11 +322,10 @@ def _plot_levels(histories: dict[str, list], path: Path) -> None:
         for key, axis in (("levels", levels), ("multipliers", multipliers)):
             epochs, values = _series(runs, key)
             if epochs:
-                axis.plot(epochs, values, label=label)
+                axis.plot(epochs, values, label=label, color=colour(label))
     levels.set(xlabel="epoch", ylabel="mean level over relaxed layers", title="levels")
     multipliers.set(xlabel="epoch", ylabel="mean multiplier", title="multipliers (ACE)")
     for axis in (levels, multipliers):
-        axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend()
     figure.savefig(path, dpi=120)

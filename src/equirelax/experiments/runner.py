@@ -18,6 +18,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from equirelax._checks import check_positive_int
+from equirelax.experiments.names import MAX_SEEDS
 from equirelax.experiments.report import mean_std
 
 __all__ = [
@@ -40,9 +41,6 @@ names the process that holds it."""
 
 RESULTS_JSON = "results.json"
 """The records of a comparison in its output directory."""
-
-MAX_SEEDS = 10_000
-"""The most seeds per arm a runner accepts (each seed is a training run)."""
 
 
 def check_seeds(seeds: object) -> int:

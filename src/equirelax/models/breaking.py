@@ -17,11 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from equirelax._checks import check_choice, check_ndim, check_positive_int, check_tensor
+from equirelax._constants import BREAKING_MODES
 from equirelax.breaking import NoiseInjection, OrderingBreaker
 
 __all__ = ["ARMS", "BreakingCode", "ColouringGNN", "PolygonPointer", "SetDecoder"]
 
-ARMS = ("strict", "noise", "relaxed")
+ARMS = BREAKING_MODES
 
 
 def _mlp(width_in: int, hidden: int, width_out: int) -> nn.Sequential:
