@@ -4,6 +4,7 @@ public module declares ``__all__``, and the README's imports work."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 import re
 import subprocess
@@ -15,6 +16,8 @@ import pytest
 import equirelax
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+# Public modules built on an optional dependency (an extra of pyproject.toml): its import name.
+_OPTIONAL = {"equirelax.integrations.lightning": "lightning"}
 
 
 def _public_modules() -> list[str]:
@@ -25,10 +28,12 @@ def _public_modules() -> list[str]:
     return names
 
 
-def test_importing_the_library_loads_no_runner() -> None:
+def test_importing_the_library_loads_no_runner_and_no_optional_framework() -> None:
     code = (
-        "import sys, equirelax, equirelax.canonical, equirelax.models, equirelax.breaking; "
-        "print(sorted(m for m in sys.modules if m.startswith('equirelax.experiments')))"
+        "import sys, equirelax, equirelax.canonical, equirelax.models, equirelax.breaking, "
+        "equirelax.integrations; "
+        "print(sorted(m for m in sys.modules if m.startswith('equirelax.experiments') "
+        f"or m.split('.')[0] in {sorted(set(_OPTIONAL.values()))}))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -38,6 +43,8 @@ def test_importing_the_library_loads_no_runner() -> None:
 
 @pytest.mark.parametrize("name", _public_modules())
 def test_every_public_module_declares_what_it_exports(name: str) -> None:
+    if name in _OPTIONAL:
+        pytest.importorskip(_OPTIONAL[name])
     module = importlib.import_module(name)
     exported = getattr(module, "__all__", None)
     assert isinstance(exported, list), f"{name} has no __all__"
@@ -63,8 +70,12 @@ def _readme_imports() -> list[str]:
 def test_the_readme_imports_work() -> None:
     statements = _readme_imports()
     assert len(statements) >= 5
+    missing = [
+        name for name, dependency in _OPTIONAL.items() if not importlib.util.find_spec(dependency)
+    ]
     for statement in statements:
-        exec(statement, {})  # a failure names the statement in the traceback
+        if not any(name in statement for name in missing):
+            exec(statement, {})  # a failure names the statement in the traceback
 
 
 def _modules_after(code: str) -> set[str]:

@@ -70,9 +70,11 @@ def index(x: Any, rows: Tensor) -> Any:
 
 
 def concatenate(batches: Sequence[Any]) -> Any:
-    """Batches (tensors, or tuples of tensors) joined along the sample axis."""
-    if isinstance(batches[0], (tuple, list)):
-        return tuple(torch.cat(list(part)) for part in zip(*batches, strict=True))
+    """One batch from several batches of the same structure (tensors, or tuples of tensors
+    concatenated part by part), along the sample axis."""
+    first = batches[0]
+    if isinstance(first, (tuple, list)):
+        return tuple(concatenate([batch[i] for batch in batches]) for i in range(len(first)))
     return torch.cat(list(batches))
 
 

@@ -17,7 +17,7 @@ A layer type owns its free branch: a method ``free_branch()`` returning a fresh 
 (the layers of :mod:`equirelax.nn` have one). Layer types the library does not own get one by
 :func:`register_free_branch`, which also overrides a method; a layer type with neither gets a
 dense map on its flattened feature axis, built lazily at the first forward call from the input
-and output shapes.
+and output shapes (:func:`build_free_branches` builds them before an optimiser is made).
 """
 
 from __future__ import annotations
@@ -31,16 +31,19 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-from equirelax._checks import check_choice, check_finite_number, describe
+from equirelax._batches import call, index
+from equirelax._checks import batch_size, check_choice, check_finite_number, describe
 from equirelax.free_branches import DenseFreeBranch
 
 __all__ = [
     "PLACEMENTS",
     "Relaxed",
+    "build_free_branches",
     "register_free_branch",
     "relax",
     "relaxation_sites",
     "relaxed_layers",
+    "unbuilt_free_branches",
     "weight_tensors",
 ]
 
@@ -443,3 +446,20 @@ def _selector(select: Selector) -> Callable[[str, nn.Module], bool]:
 def relaxed_layers(model: nn.Module) -> dict[str, Relaxed]:
     """Every :class:`Relaxed` layer of ``model`` by qualified name, in module order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, Relaxed)}
+
+
+def unbuilt_free_branches(model: nn.Module) -> list[str]:
+    """Names of the relaxed layers of ``model`` whose free branch is built at their first
+    forward call and has not been built yet."""
+    return [name for name, layer in relaxed_layers(model).items() if layer.free is None]
+
+
+@torch.no_grad()
+def build_free_branches(model: nn.Module, inputs: Any) -> None:
+    """Build the lazily built free branches of ``model`` (:func:`unbuilt_free_branches`) by
+    one forward pass on at most two samples of ``inputs`` (a tensor or a tuple of tensors),
+    leaving torch's random state as it was; nothing runs when every branch exists."""
+    if unbuilt_free_branches(model):
+        state = torch.get_rng_state()
+        call(model, index(inputs, torch.arange(min(2, batch_size(inputs)))))
+        torch.set_rng_state(state)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from equirelax._batches import call, index
+from equirelax._batches import index
 from equirelax._checks import batch_size
 from equirelax.engine.config import NonFiniteLossError, TrainConfig, TrainResult
 from equirelax.engine.distributed import global_mean, join_process_group, local_device, wrap
@@ -43,9 +43,8 @@ from equirelax.engine.state import (
     save_checkpoint,
     seed_everything,
 )
-from equirelax.outputs import split_output
-from equirelax.relaxed import relaxed_layers
-from equirelax.strategies.base import Strategy
+from equirelax.relaxed import build_free_branches
+from equirelax.strategies.base import Strategy, training_objective
 from equirelax.tasks.base import Split, Task
 
 __all__ = ["make_optimiser", "make_scheduler", "train"]
@@ -147,7 +146,7 @@ class _Run:
             loss_fn=task.loss,
         )
         data = strategy.split_training_data(train_inputs, train_targets)
-        _build_lazy_branches(model, data[0])
+        build_free_branches(model, data[0])
         optimiser = make_optimiser(model, strategy, config)
         steps_per_epoch = math.ceil(batch_size(data[0]) / config.batch_size)
         run = cls(
@@ -244,14 +243,16 @@ class _Run:
         for start in range(0, count, config.batch_size):
             batch = order[start : start + config.batch_size]
             mine = batch[self.rank :: world]
-            x, y = strategy.transform_batch(index(inputs, mine), targets[mine])
-            outputs, prior = split_output(call(self.wrapped, x))
-            local = self.task.loss(outputs, y)
-            share = mine.numel() * world / batch.numel()
-            objective = strategy.loss(local * share, self.model, x, outputs)
-            if prior is not None:
-                objective = objective + prior * share
-            losses.append(torch.stack([local.detach() * share, objective.detach()]))
+            local, objective = training_objective(
+                strategy,
+                self.model,
+                index(inputs, mine),
+                targets[mine],
+                self.task.loss,
+                forward=self.wrapped,
+                share=mine.numel() * world / batch.numel(),
+            )
+            losses.append(torch.stack([local.detach(), objective.detach()]))
             sizes.append(batch.numel())
             if inputs_on_cpu or start + config.batch_size >= count:
                 self.check_finite(losses, checked, epoch)
@@ -457,12 +458,3 @@ def _postfix(epoch: int, loss: float, strategy: Strategy) -> dict[str, str]:
         if values:
             out[key] = f"{min(values):.2g}..{max(values):.2g}"
     return out
-
-
-@torch.no_grad()
-def _build_lazy_branches(model: nn.Module, inputs: Any) -> None:
-    """Run one forward pass so that lazily built free branches exist before the optimiser."""
-    if any(layer.free is None for layer in relaxed_layers(model).values()):
-        state = torch.get_rng_state()
-        call(model, index(inputs, torch.arange(min(2, batch_size(inputs)))))
-        torch.set_rng_state(state)

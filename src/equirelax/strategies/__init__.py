@@ -14,7 +14,8 @@ name                    what it does                                            
                         benefit of asymmetry (equirelax's own formulation of RECM)
 ======================  ============================================================  =========
 
-See :mod:`equirelax.strategies.base` for the interface a training loop calls.
+See :mod:`equirelax.strategies.base` for the interface a training loop calls, and
+:func:`training_objective` for the objective of one training batch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from equirelax._checks import check_options
 from equirelax.strategies.ace import ACE
 from equirelax.strategies.augment import Augment
-from equirelax.strategies.base import Strategy
+from equirelax.strategies.base import Strategy, training_objective
 from equirelax.strategies.cr import CR
 from equirelax.strategies.penalty import EquivariancePenalty
 from equirelax.strategies.recm import RECM
@@ -43,6 +44,7 @@ __all__ = [
     "Strategy",
     "Strict",
     "get",
+    "training_objective",
 ]
 
 STRATEGIES: dict[str, type[Strategy]] = {

@@ -21,7 +21,11 @@ A :class:`Strategy` plugs into any training loop through a handful of calls::
 ``attach`` must come before the optimiser is built: it may turn levels into parameters
 (ACE) or add parameters of its own (ACE's slacks, returned by :meth:`Strategy.parameters`).
 ``split_training_data`` lets a strategy keep part of the training data for itself (RECM's
-held-out probe set); the default keeps everything for training.
+held-out probe set); the default keeps everything for training. A loop that cannot split its
+data (a ``DataLoader`` built beforehand) gives such a strategy
+(:attr:`Strategy.holds_out_data`) held-out samples with ``use_held_out_data`` instead.
+:func:`training_objective` is the batch part of the loop above (transform, forward, loss,
+strategy terms), shared by :func:`equirelax.train` and the Lightning integration.
 Every hook has a do-nothing default, so a strategy overrides only what it changes.
 """
 
@@ -33,11 +37,20 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from equirelax._batches import call
 from equirelax.actions import Action, check_action_pair
+from equirelax.outputs import split_output
 from equirelax.projection import project
 from equirelax.relaxed import Relaxed, relaxed_layers
 
-__all__ = ["Strategy", "levels", "require_actions", "require_relaxed", "set_levels"]
+__all__ = [
+    "Strategy",
+    "levels",
+    "require_actions",
+    "require_relaxed",
+    "set_levels",
+    "training_objective",
+]
 
 
 class Strategy:
@@ -50,7 +63,9 @@ class Strategy:
     method relaxes a model: the ``placement`` of :func:`equirelax.relax`, ``"hidden"`` by
     default, ``"linear"`` for RPP). :attr:`plans_over_epochs` says that its behaviour depends
     on the planned length of training given to ``attach`` (CR's schedule), so that a run cannot
-    be continued to more epochs than it planned.
+    be continued to more epochs than it planned. :attr:`holds_out_data` says that it keeps
+    held-out training samples for itself (RECM's probes): from :meth:`split_training_data`, or
+    given by :meth:`use_held_out_data`.
     """
 
     name: ClassVar[str] = "strategy"
@@ -59,6 +74,7 @@ class Strategy:
     needs_actions: ClassVar[bool] = False
     fixed_level: ClassVar[float | None] = None
     plans_over_epochs: ClassVar[bool] = False
+    holds_out_data: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.model: nn.Module | None = None
@@ -119,6 +135,15 @@ class Strategy:
         """Return the part of the training data to train on; a strategy may keep the rest
         for itself (called once, after :meth:`attach`). Default: everything is trained on."""
         return inputs, targets
+
+    def use_held_out_data(self, inputs: Any, targets: Tensor) -> None:
+        """Keep ``(inputs, targets)``, samples that are not trained on, for this strategy's own
+        use (in place of :meth:`split_training_data`'s share; call it after :meth:`attach`).
+        Only a strategy with :attr:`holds_out_data` takes them."""
+        raise ValueError(
+            f"inputs: {self.name} keeps no held-out data, received held-out samples; give "
+            "them only to a strategy that holds out data (holds_out_data: recm)"
+        )
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called before the first step of ``epoch`` (0-based)."""
@@ -204,3 +229,39 @@ def set_levels(model: nn.Module, value: float) -> None:
     """Set the level of every relaxed layer of ``model`` to ``value``."""
     for layer in relaxed_layers(model).values():
         layer.level.fill_(value)
+
+
+def training_objective(
+    strategy: Strategy,
+    model: nn.Module,
+    inputs: Any,
+    targets: Tensor,
+    loss_fn: Callable[[Any, Tensor], Tensor],
+    *,
+    forward: Callable[..., Any] | None = None,
+    share: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """``(task_loss, objective)`` of one training batch, as every loop steps a strategy.
+
+    The batch is moved by ``strategy.transform_batch``, run through ``forward`` (default:
+    ``model``; the engine passes its data-parallel or compiled wrapper), and scored by
+    ``loss_fn(outputs, targets) * share``; the objective is ``strategy.loss`` of that loss
+    plus ``share`` times the penalty a :class:`~equirelax.outputs.Penalized` output carries.
+    ``share`` is this process's part of a batch split across processes (1 otherwise).
+
+    Examples
+    --------
+    >>> from equirelax.strategies import Free
+    >>> task_loss, objective = training_objective(
+    ...     Free(), nn.Linear(3, 1), torch.ones(4, 3), torch.zeros(4, 1), nn.functional.mse_loss
+    ... )
+    >>> bool(task_loss == objective)
+    True
+    """
+    inputs, targets = strategy.transform_batch(inputs, targets)
+    outputs, penalty = split_output(call(model if forward is None else forward, inputs))
+    task_loss = loss_fn(outputs, targets) * share
+    objective = strategy.loss(task_loss, model, inputs, outputs)
+    if penalty is not None:
+        objective = objective + penalty * share
+    return task_loss, objective

@@ -11,9 +11,10 @@ layer's estimated gap otherwise. The derivation and its limits are in ``docs/rec
 Every relaxed layer ``y_i = f_eq,i(h) + l_i u_i(h)`` has a norm-bounded free branch ``u_i``
 (unit Frobenius norm, so that ``l_i`` carries the size of the deviation) with Haar projection
 ``P_G u_i`` and asymmetric part ``a_i = u_i - P_G u_i``. A share ``holdout`` of the training
-data is never trained on; every ``every`` steps a probe batch from it gives, per layer and per
-probe sample ``j``, the *benefit of asymmetry per unit level* (``l`` the task loss of one
-sample, ``S`` the loss of predicting the probe's mean target, ``p_i = max(l_i, probe_level)``)::
+data is never trained on (or held-out samples are given by :meth:`RECM.use_held_out_data`);
+every ``every`` steps a probe batch from it gives, per layer and per probe sample ``j``, the
+*benefit of asymmetry per unit level* (``l`` the task loss of one sample, ``S`` the loss of
+predicting the probe's mean target, ``p_i = max(l_i, probe_level)``)::
 
     r_ij = [ l_j(a_i removed from layer i) - l_j(layer i's asymmetric part at level p_i) ] / (p_i S)
 
@@ -102,6 +103,7 @@ class RECM(Strategy):
     """
 
     name: ClassVar[str] = "recm"
+    holds_out_data: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -186,9 +188,22 @@ class RECM(Strategy):
                 "expected more training samples or a smaller holdout"
             )
         order = torch.randperm(count, generator=self.generator).to(targets.device)
-        self._probe = (index(inputs, order[:kept]), targets[order[:kept]])
+        self.use_held_out_data(index(inputs, order[:kept]), targets[order[:kept]])
         rest = order[kept:]
         return index(inputs, rest), targets[rest]
+
+    def use_held_out_data(self, inputs: Any, targets: Tensor) -> None:
+        """Probe on ``(inputs, targets)``, samples kept out of training (on the model's
+        device), in place of :meth:`split_training_data`'s share ``holdout``."""
+        if not isinstance(targets, Tensor) or not targets.ndim:
+            raise TypeError(f"targets: expected a tensor of samples, received {targets!r}")
+        count = batch_size(inputs)
+        if count == 0 or count != targets.shape[0]:
+            raise ValueError(
+                f"inputs: expected at least one held-out sample with one target each, received "
+                f"{count} inputs and {targets.shape[0]} targets"
+            )
+        self._probe = (inputs, targets)
 
     # ------------------------------------------------------------------ the rule
 
@@ -207,7 +222,8 @@ class RECM(Strategy):
         if self._probe is None:
             raise RuntimeError(
                 "recm: no probe set; call split_training_data(inputs, targets) after attach "
-                "(equirelax.train does) and train on what it returns"
+                "(equirelax.train does) and train on what it returns, or give held-out samples "
+                "to use_held_out_data(inputs, targets)"
             )
         loss_fn = self.loss_fn or mean_squared_error
         inputs, targets = self._probe
