@@ -289,6 +289,10 @@ def test_tuple_irreps_act_on_a_tensor_products_inputs() -> None:
 
 def test_e3nn_layers_and_their_relaxed_layers_carry_their_actions() -> None:
     relaxed, x = relax(e3nn_net(), level=1.0), inputs()
+    assert layer_actions(relaxed.embed) == (
+        irreps_action(IRREPS_IN),  # O(3) through D_from_matrix (cached: the same object)
+        irreps_action(IRREPS_HIDDEN),
+    )
     action_in, action_out = layer_actions(relaxed.product)
     assert isinstance(action_in, DirectSumAction)
     assert len(action_in.actions) == 2

@@ -19,6 +19,12 @@ Each registration also gives the layer's actions (O(3) through ``irreps.D_from_m
 metrics take e3nn irreps (or irreps strings) in place of actions
 (:func:`~equirelax.actions.as_action`).
 
+A layer built with ``internal_weights=False`` takes its weights in the call (``tp(x, y, w)``);
+its free branch ignores them (they parametrise the equivariant map), so relaxing, training with
+ACE, RPP or a penalty, and projecting work, but the registered actions cover the features only:
+CR's and RECM's per-layer signals, which act on every positional argument of the layer, refuse
+such a layer (``x: expected a tuple of 2 tensors``).
+
 Other tensor products (``ElementwiseTensorProduct`` inside e3nn's ``Gate`` and
 ``NormActivation``, ``FullTensorProduct``) are not registered: they are the bilinear maps inside
 nonlinearities, which relaxation leaves alone (SPEC 2.7); register them with

@@ -261,7 +261,7 @@ class E3nnFreeBranch(ConcatenatedFreeBranch):
     and are not used by the branch.
     """
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, *inputs: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
     ) -> Tensor:
         if len(inputs) < len(self.sizes):
