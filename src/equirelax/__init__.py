@@ -5,8 +5,9 @@ The public surface: groups and actions (:mod:`equirelax.groups`, :mod:`equirelax
 :func:`relaxed_layers`), projection (:func:`project`), strategies and the training engine
 (:mod:`equirelax.strategies`, :func:`train`), tasks (:mod:`equirelax.tasks`), measurements
 (:mod:`equirelax.metrics`, :func:`assert_equivariant`, the symmetry gap :mod:`equirelax.gap`),
-equivariant building blocks (:mod:`equirelax.nn`) and canonicalization of any predictor
-(:mod:`equirelax.canonical`).
+equivariant building blocks (:mod:`equirelax.nn`), canonicalization of any predictor
+(:mod:`equirelax.canonical`) and e3nn interoperability (:mod:`equirelax.e3nn_interop`: e3nn's
+layers relax, and their irreps stand in for actions).
 
 Above the library, :mod:`equirelax.experiments` holds what names a task, model, arm or preset:
 the registries, the comparison and adaptation runners, the reports and the ``equirelax``
@@ -26,11 +27,13 @@ __all__ = [
     "actions",
     "assert_equivariant",
     "canonical",
+    "e3nn_interop",
     "equivariance_error",
     "free_branches",
     "gap",
     "groups",
     "invariance_error",
+    "layer_actions",
     "metrics",
     "nn",
     "project",
@@ -48,6 +51,7 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "actions",
     "canonical",
+    "e3nn_interop",
     "engine",
     "free_branches",
     "gap",
@@ -73,6 +77,7 @@ _ATTRIBUTES = {
     "invariance_error": "equirelax.metrics",
     "project": "equirelax.projection",
     "Relaxed": "equirelax.relaxed",
+    "layer_actions": "equirelax.relaxed",
     "register_free_branch": "equirelax.relaxed",
     "relax": "equirelax.relaxed",
     "relaxation_sites": "equirelax.relaxed",
@@ -84,6 +89,7 @@ if TYPE_CHECKING:
     from equirelax import (
         actions,
         canonical,
+        e3nn_interop,
         free_branches,
         gap,
         groups,
@@ -99,6 +105,7 @@ if TYPE_CHECKING:
     from equirelax.projection import project
     from equirelax.relaxed import (
         Relaxed,
+        layer_actions,
         register_free_branch,
         relax,
         relaxation_sites,

@@ -14,15 +14,20 @@ action                         acts on
 ``ImageAction(G)``             images ``(B, C, H, W)`` (or ``(B, C, |G|, H, W)`` regular fibres)
 ``PermutationAction(S_n)``     sets ``(B, n, ...)`` and graphs ``(B, n, n, ...)`` by reindexing
 ``DirectSumAction(a, b, ...)`` tuples ``(x_a, x_b, ...)``, each part by its own action
+``irreps_action(irreps)``      e3nn irreps features ``(B, ..., irreps.dim)`` under O(3)
 =============================  ================================================================
+
+Where an action is expected by the metrics, :func:`as_action` also takes e3nn irreps (an
+``o3.Irreps`` or a string such as ``"2x0e + 1x1o"``) and tuples of actions or irreps.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,16 +35,23 @@ from torch import Tensor
 
 from equirelax._checks import batch_size, check_tensor, describe
 from equirelax.groups import (
+    O3,
+    SO3,
     Euclidean,
     FiniteGroup,
     Group,
     SymmetricGroup,
     _PlanarFiniteGroup,
+    check_irreps,
 )
 from equirelax.representations import Representation
 
+if TYPE_CHECKING:
+    from e3nn import o3
+
 __all__ = [
     "Action",
+    "ActionLike",
     "DirectSumAction",
     "ImageAction",
     "PermutationAction",
@@ -47,8 +59,11 @@ __all__ = [
     "RepresentationAction",
     "TrivialAction",
     "VectorAction",
+    "as_action",
+    "as_action_pair",
     "check_action_pair",
     "increment_action",
+    "irreps_action",
 ]
 
 
@@ -318,6 +333,70 @@ class DirectSumAction(Action):
 
     def __repr__(self) -> str:
         return f"DirectSumAction({', '.join(repr(a) for a in self.actions)})"
+
+
+def irreps_action(irreps: str | o3.Irreps, group: SO3 | None = None) -> RepresentationAction:
+    """The action of O(3) (or ``group``, e.g. ``SO3()``) on e3nn irreps features
+    ``(B, ..., irreps.dim)``: ``x -> D(g) x`` with ``D = irreps.D_from_matrix`` (e3nn's real
+    basis and layout; an improper ``g = -R`` acts on ``(l, p)`` by ``p D_l(R)``), computed in
+    float64 by :meth:`equirelax.groups.SO3.irreps`. Cached: equal irreps give one action.
+
+    Examples
+    --------
+    >>> action = irreps_action("1x0e + 1x1o")
+    >>> g = -torch.eye(3, dtype=torch.float64).unsqueeze(0)  # the inversion
+    >>> action(g, torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64))
+    tensor([[ 1., -2., -3., -4.]], dtype=torch.float64)
+    """
+    group = O3() if group is None else group
+    if not isinstance(group, SO3):
+        raise TypeError(f"group: expected SO3() or O3() (or None: O3()), received {group!r}")
+    return _irreps_action(str(check_irreps("irreps", irreps)), group)
+
+
+@functools.lru_cache(maxsize=128)
+def _irreps_action(irreps: str, group: SO3) -> RepresentationAction:
+    return RepresentationAction(group.irreps(irreps))
+
+
+ActionLike = Union[Action, str, "o3.Irreps", "tuple[Any, ...]", "list[Any]"]
+"""What :func:`as_action` accepts: an action, e3nn irreps, or a tuple of these."""
+
+
+def as_action(value: ActionLike, name: str = "action") -> Action:
+    """``value`` as an :class:`Action`: an action as is; e3nn irreps (``o3.Irreps`` or a
+    string such as ``"2x0e + 1x1o"``) as :func:`irreps_action` (O(3)); a tuple or list of
+    these (the parts of a tuple input, e.g. a tensor product's two inputs) as a
+    :class:`DirectSumAction`. A ``TypeError`` names ``name`` for anything else."""
+    if isinstance(value, Action):
+        return value
+    expected = (
+        f"{name}: expected an Action, e3nn irreps (o3.Irreps or a string such as "
+        f"'2x0e + 1x1o') or a non-empty tuple of them, received {value!r}"
+    )
+    if isinstance(value, str) or _is_irreps(value):
+        try:
+            return irreps_action(check_irreps(name, value))
+        except ValueError as error:
+            raise TypeError(f"{expected} ({error})") from error
+    if isinstance(value, (tuple, list)) and value:
+        return DirectSumAction(*(as_action(v, f"{name}[{i}]") for i, v in enumerate(value)))
+    raise TypeError(expected)
+
+
+def as_action_pair(action_in: ActionLike, action_out: ActionLike | None) -> tuple[Action, Action]:
+    """``(action_in, action_out)`` as actions (:func:`as_action`), ``action_out`` defaulting to
+    the trivial action, checked to share one group (:func:`check_action_pair`)."""
+    action_in = as_action(action_in, "action_in")
+    action_out = None if action_out is None else as_action(action_out, "action_out")
+    return action_in, check_action_pair(action_in, action_out)
+
+
+def _is_irreps(value: object) -> bool:
+    """Whether ``value`` is an ``o3.Irreps`` (without importing e3nn: if it is not loaded, no
+    value can be one)."""
+    o3_module = sys.modules.get("e3nn.o3")
+    return o3_module is not None and isinstance(value, o3_module.Irreps)
 
 
 def increment_action(action: Action) -> Action:

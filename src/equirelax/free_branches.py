@@ -4,7 +4,7 @@ Each branch has the same input and output structure as the equivariant layer it 
 no symmetry constraint: a dense map on flattened features (vectors, irreps), a plain
 convolution on grids (group-convolution feature maps), a per-node MLP that sees raw coordinates
 (EGNN), a dense map on the flattened channel-by-3 features of vector neurons, and a dense map
-on the concatenated irreps features of steerable layers.
+on the concatenated irreps features of steerable layers and of e3nn's layers.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from torch import Tensor, nn
 from equirelax._checks import check_positive_int
 
 __all__ = [
+    "ConcatenatedFreeBranch",
     "ConvFreeBranch",
     "DenseFreeBranch",
+    "E3nnFreeBranch",
     "EGNNFreeBranch",
     "SteerableFreeBranch",
     "VectorNeuronFreeBranch",
@@ -214,17 +216,18 @@ class VectorNeuronFreeBranch(nn.Module):
         return out.unflatten(1, (self.out_channels, 3))
 
 
-class SteerableFreeBranch(nn.Module):
-    """The free branch of a relaxed :class:`SteerableLinear`: a dense map on the concatenated
-    flattened features, ``f_free(x_1, ..., x_k, a) = W [x_1, ..., x_k, a] + b`` (no symmetry
-    constraint; leading axes broadcast as in the layer, so the concatenation is never
-    formed); affine, like :class:`DenseFreeBranch`."""
+class ConcatenatedFreeBranch(nn.Module):
+    """A dense map on several inputs as if concatenated,
+    ``f_free(x_1, ..., x_k) = W [x_1, ..., x_k] + b`` (leading axes broadcast, so the
+    concatenation is never formed); affine, like :class:`DenseFreeBranch`."""
 
     affine: ClassVar[bool] = True
 
-    def __init__(self, in_features: Sequence[int], attr_features: int, out_features: int) -> None:
+    def __init__(self, in_features: Sequence[int], out_features: int) -> None:
         super().__init__()
-        self.sizes = [*in_features, attr_features]
+        self.sizes = [check_positive_int("in_features", size) for size in in_features]
+        if not self.sizes:
+            raise ValueError("in_features: expected at least one input size, received none")
         self.linear = nn.Linear(sum(self.sizes), out_features)
 
     def forward(self, *inputs: Tensor) -> Tensor:
@@ -236,3 +239,33 @@ class SteerableFreeBranch(nn.Module):
             y = F.linear(x, w, self.linear.bias if out is None else None)
             out = y if out is None else out + y
         return out
+
+
+class SteerableFreeBranch(ConcatenatedFreeBranch):
+    """The free branch of a relaxed :class:`SteerableLinear`: a dense map on the concatenated
+    flattened features, ``f_free(x_1, ..., x_k, a) = W [x_1, ..., x_k, a] + b`` (no symmetry
+    constraint)."""
+
+    def __init__(self, in_features: Sequence[int], attr_features: int, out_features: int) -> None:
+        super().__init__([*in_features, attr_features], out_features)
+
+
+class E3nnFreeBranch(ConcatenatedFreeBranch):
+    """The free branch of a relaxed e3nn layer (see :mod:`equirelax.e3nn_interop`): a dense
+    map on its flattened irreps features, ``W x + b`` for ``o3.Linear`` (``irreps_in.dim ->
+    irreps_out.dim``), ``W [x, y] + b`` for a tensor product of ``x`` and ``y``.
+
+    Called with the layer's arguments: positional arguments after the features and the
+    keywords ``weight`` / ``bias`` (the external weights of an e3nn layer built with
+    ``internal_weights=False``, e.g. per-edge radial weights) parametrise the equivariant map
+    and are not used by the branch.
+    """
+
+    def forward(
+        self, *inputs: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
+    ) -> Tensor:
+        if len(inputs) < len(self.sizes):
+            raise ValueError(
+                f"inputs: expected {len(self.sizes)} feature tensors, received {len(inputs)}"
+            )
+        return super().forward(*inputs[: len(self.sizes)])

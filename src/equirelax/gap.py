@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from equirelax._batches import call, combine, index, parts, repeat, repeat_batched
 from equirelax._checks import batch_size, check_finite, check_positive_int
-from equirelax.actions import Action, check_action_pair
+from equirelax.actions import ActionLike, as_action_pair
 from equirelax.groups import haar_elements
 from equirelax.losses import Loss, mean_squared_error, per_sample_loss
 
@@ -53,8 +53,8 @@ _SHARES = 21  # the grid of c in [0, 1] the calibration half searches
 def group_average(
     f: Callable[..., Any],
     x: Any,
-    action_in: Action,
-    action_out: Action | None = None,
+    action_in: ActionLike,
+    action_out: ActionLike | None = None,
     *,
     elements: Tensor | None = None,
     num_elements: int = 32,
@@ -67,9 +67,10 @@ def group_average(
     (the same elements for every sample, so ``P_G f`` is a fixed function of ``x``). One batched
     call of ``f`` on ``K * B`` moved inputs. Tuple inputs and outputs follow their
     :class:`~equirelax.actions.DirectSumAction`. ``kwargs`` are held fixed (per-sample tensors
-    among them are repeated with the batch), as for a layer's edge attributes.
+    among them are repeated with the batch), as for a layer's edge attributes. The actions may
+    be e3nn irreps (:func:`~equirelax.actions.as_action`).
     """
-    action_out = check_action_pair(action_in, action_out)
+    action_in, action_out = as_action_pair(action_in, action_out)
     tensors = parts(x)
     device = tensors[0].device
     dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.get_default_dtype())
@@ -145,8 +146,8 @@ class SymmetryGap:
 def symmetry_gap(
     inputs: Any,
     targets: Tensor,
-    action_in: Action,
-    action_out: Action | None = None,
+    action_in: ActionLike,
+    action_out: ActionLike | None = None,
     *,
     predictor: nn.Module | None = None,
     fit: bool = True,
@@ -167,7 +168,8 @@ def symmetry_gap(
     inputs, targets:
         The data, sample axis first (inputs a tensor or a tuple of tensors).
     action_in, action_out:
-        The actions of the candidate symmetry (``action_out=None``: invariant targets).
+        The actions of the candidate symmetry (``action_out=None``: invariant targets), or
+        e3nn irreps for O(3) (:func:`~equirelax.actions.as_action`).
     predictor:
         The flexible predictor ``f``. Default: an MLP on the flattened inputs (3 hidden layers
         of 256, SiLU). With ``fit=True`` it is trained on the first part of the data by Adam
@@ -194,7 +196,7 @@ def symmetry_gap(
         raise ValueError(
             f"heldout_fraction: expected a number in (0, 1), received {heldout_fraction!r}"
         )
-    action_out = check_action_pair(action_in, action_out)
+    action_in, action_out = as_action_pair(action_in, action_out)
     for i, part in enumerate(parts(inputs)):
         check_finite(f"inputs[{i}]" if isinstance(inputs, (tuple, list)) else "inputs", part)
     check_finite("targets", targets)

@@ -53,6 +53,7 @@ __all__ = [
     "Orthogonal",
     "SpecialOrthogonal",
     "SymmetricGroup",
+    "check_irreps",
     "haar_elements",
 ]
 
@@ -611,9 +612,7 @@ class SO3(_OrthogonalGroup):
     def irreps(self, irreps: str | o3.Irreps) -> Representation:
         """The direct sum of e3nn irreps, e.g. ``"4x0e + 2x1o + 1x2e"`` (parity is ignored
         by SO(3) and used by O(3))."""
-        from e3nn import o3
-
-        return _irreps_representation(self, o3.Irreps(irreps))
+        return _irreps_representation(self, check_irreps("irreps", irreps))
 
 
 class O3(SO3):
@@ -799,6 +798,22 @@ def _trivial(group: Group) -> Representation:
         lie_algebra=functools.partial(_trivial_lie, group),
         key=f"{group.key}.trivial",
     )
+
+
+def check_irreps(name: str, value: object) -> o3.Irreps:
+    """``o3.Irreps(value)``; a ``ValueError`` naming the argument if it is not irreps of
+    positive dimension (e3nn is imported here, when irreps are first used)."""
+    from e3nn import o3
+
+    try:
+        irreps = o3.Irreps(value)
+    except (ValueError, TypeError, AssertionError) as error:
+        raise ValueError(
+            f"{name}: expected e3nn irreps such as '8x0e + 4x1o', received {value!r}"
+        ) from error
+    if irreps.dim == 0:
+        raise ValueError(f"{name}: expected irreps of positive dimension, received {value!r}")
+    return irreps
 
 
 def _irreps_representation(group: SO3, irreps: o3.Irreps) -> Representation:

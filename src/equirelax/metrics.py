@@ -7,6 +7,14 @@ Equivariance error of ``f`` for actions ``(A_in, A_out)``::
 over all elements of a finite group, or Haar samples of a compact one (``mean``; ``max``
 replaces the outer expectation by a maximum). Inputs that are tuples are passed to ``f`` as
 positional arguments and acted on by a :class:`~equirelax.actions.DirectSumAction`.
+
+Wherever an action is asked for, e3nn irreps (an ``o3.Irreps`` or a string such as
+``"2x0e + 1x1o"``) may stand in for it: O(3) then acts through ``irreps.D_from_matrix``
+(:func:`~equirelax.actions.irreps_action`), and a tuple of irreps acts on a tuple input, e.g.
+``assert_equivariant(tp, (x, y), ("2x0e + 1x1o", "1x1o"), "1x1e")`` for an e3nn tensor
+product. A module's own actions (``action_in`` / ``action_out``, or the irreps of e3nn's
+``o3.Linear`` and ``o3.FullyConnectedTensorProduct``: :func:`~equirelax.layer_actions`) are
+the defaults of :func:`assert_equivariant`.
 """
 
 from __future__ import annotations
@@ -25,15 +33,17 @@ from equirelax._batches import call, flat, float_dtype, parts, repeat, repeat_ba
 from equirelax._checks import batch_size, check_finite
 from equirelax.actions import (
     Action,
+    ActionLike,
     DirectSumAction,
     PointAction,
     RepresentationAction,
     TrivialAction,
-    check_action_pair,
+    as_action,
+    as_action_pair,
 )
 from equirelax.commutant import EquivariantProjector
 from equirelax.groups import Euclidean, haar_elements
-from equirelax.relaxed import Relaxed, relaxed_layers
+from equirelax.relaxed import Relaxed, layer_actions, relaxed_layers
 
 __all__ = [
     "EquivarianceError",
@@ -88,8 +98,8 @@ def _check_inputs(x: Any) -> None:
 def equivariance_error(
     f: Callable[..., Any],
     x: Any,
-    action_in: Action,
-    action_out: Action | None = None,
+    action_in: ActionLike,
+    action_out: ActionLike | None = None,
     *,
     elements: Tensor | None = None,
     num_samples: int = 16,
@@ -106,14 +116,23 @@ def equivariance_error(
     x:
         A batch of inputs (a tensor, or a tuple of tensors acted on by ``action_in``).
     action_in, action_out:
-        Actions of one group on the inputs and outputs. ``action_out=None``: invariance.
+        Actions of one group on the inputs and outputs (or e3nn irreps: O(3) through
+        ``D_from_matrix``; a tuple of them for tuple inputs). ``action_out=None``: invariance.
     elements:
         Group elements to test. Default: all elements of a finite group, else ``num_samples``
         Haar samples drawn with ``generator``.
     dtype:
         Compute in this dtype (e.g. ``torch.float64``): a module is copied and converted.
+
+    Examples
+    --------
+    >>> from e3nn import o3
+    >>> layer = o3.Linear("2x0e + 1x1o", "1x1o").double()
+    >>> x = torch.randn(4, 5, dtype=torch.float64)
+    >>> equivariance_error(layer, x, "2x0e + 1x1o", "1x1o").max < 1e-12
+    True
     """
-    action_out = check_action_pair(action_in, action_out)
+    action_in, action_out = as_action_pair(action_in, action_out)
     _check_inputs(x)
     action_in.check_input(x, "x")
     if dtype is not None:
@@ -151,9 +170,10 @@ def equivariance_error(
 
 
 def invariance_error(
-    f: Callable[..., Any], x: Any, action_in: Action, **kwargs: Any
+    f: Callable[..., Any], x: Any, action_in: ActionLike, **kwargs: Any
 ) -> EquivarianceError:
     """Equivariance error with the trivial output action: ``|| f(g x) - f(x) ||``."""
+    action_in = as_action(action_in, "action_in")
     return equivariance_error(f, x, action_in, TrivialAction(action_in.group), **kwargs)
 
 
@@ -177,13 +197,14 @@ def _capture_inputs(model: nn.Module, names: list[str]) -> Iterator[dict[str, tu
 def layer_equivariance_errors(
     model: nn.Module,
     x: Any,
-    layers: dict[str, tuple[Action, Action]] | None = None,
+    layers: dict[str, tuple[ActionLike, ActionLike]] | None = None,
     **kwargs: Any,
 ) -> dict[str, EquivarianceError]:
     """Equivariance error of each layer on the inputs it receives when ``model`` runs on ``x``.
 
-    ``layers`` maps a qualified module name to its ``(action_in, action_out)``; by default every
-    :class:`~equirelax.Relaxed` layer that exposes ``action_in`` / ``action_out`` is measured.
+    ``layers`` maps a qualified module name to its ``(action_in, action_out)`` (actions or e3nn
+    irreps); by default every :class:`~equirelax.Relaxed` layer that exposes ``action_in`` /
+    ``action_out`` is measured (relaxed e3nn layers do: :func:`~equirelax.layer_actions`).
     Layer inputs are recorded with forward pre-hooks during one forward pass.
     """
     if layers is None:
@@ -214,8 +235,8 @@ def layer_equivariance_errors(
 def lie_derivative(
     f: Callable[..., Any],
     x: Any,
-    action_in: Action,
-    action_out: Action | None = None,
+    action_in: ActionLike,
+    action_out: ActionLike | None = None,
     *,
     algebra: Tensor | None = None,
     kwargs: dict[str, Any] | None = None,
@@ -231,6 +252,8 @@ def lie_derivative(
     is equivariant to the identity component (Gruver et al. 2023, arXiv 2210.02984). Returns
     ``(k, B, D)``: per generator, the flattened derivative of each sample's output (the parts
     of a tuple output concatenated).
+
+    ``action_in`` / ``action_out`` may be e3nn irreps, as for :func:`equivariance_error`.
 
     Exact, and differentiable in the parameters of ``f``. Where the infinitesimal actions
     ``dA x`` have a closed form (representation, vector and point actions, with translations
@@ -262,7 +285,7 @@ def lie_derivative(
         per part (e.g. :meth:`equirelax.free_branches.EGNNFreeBranch.pushforward`). Replaces
         the ``jvp``.
     """
-    action_out = check_action_pair(action_in, action_out)
+    action_in, action_out = as_action_pair(action_in, action_out)
     group = action_in.group
     reference = group.lie_algebra()
     basis = reference if algebra is None else algebra
@@ -444,8 +467,8 @@ _DEFAULT_ATOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2}
 def assert_equivariant(
     module: Callable[..., Any],
     x: Any,
-    action_in: Action | None = None,
-    action_out: Action | None = None,
+    action_in: ActionLike | None = None,
+    action_out: ActionLike | None = None,
     *,
     atol: float | None = None,
     bound: float | str | None = None,
@@ -454,20 +477,33 @@ def assert_equivariant(
     """Assert that ``module`` is equivariant on ``x``; return the measured error.
 
     Exact mode (``bound=None``): the largest absolute error must be at most ``atol`` (default
-    by dtype: 1e-9 for float64, 1e-4 for float32). Actions default to the module's
-    ``action_in`` / ``action_out`` attributes.
+    by dtype: 1e-9 for float64, 1e-4 for float32). Actions (or e3nn irreps, as for
+    :func:`equivariance_error`) default to the module's own (:func:`~equirelax.layer_actions`:
+    its ``action_in`` / ``action_out`` attributes, or for e3nn's ``o3.Linear`` and
+    ``o3.FullyConnectedTensorProduct`` their irreps).
 
     Bounded mode, for relaxed modules: the relative error must be at most ``bound``. For a
     single :class:`~equirelax.Relaxed` layer ``bound="levels"`` uses the triangle inequality
     ``||y(gx) - g y(x)|| <= |level| (||f_free(gx)|| + ||f_free(x)||)`` (orthogonal output
     actions), and the layer with level 0 must be exact.
+
+    Examples
+    --------
+    >>> from e3nn import o3
+    >>> tp = o3.FullyConnectedTensorProduct("2x0e + 1x1o", "1x1o", "1x1e").double()
+    >>> x, y = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    >>> err = assert_equivariant(tp, (x, y))  # O(3) through the layer's irreps
+    >>> err = assert_equivariant(tp, (x, y), ("2x0e + 1x1o", "1x1o"), "1x1e")  # the same
     """
-    action_in = action_in or getattr(module, "action_in", None)
-    action_out = action_out or getattr(module, "action_out", None)
+    own_in, own_out = layer_actions(module)
+    action_in = own_in if action_in is None else action_in
+    action_out = own_out if action_out is None else action_out
     if action_in is None:
         raise ValueError(
-            "action_in: the module has no action_in attribute; pass action_in (and action_out)"
+            "action_in: the module has no action_in attribute and no registered actions; pass "
+            "action_in (and action_out)"
         )
+    action_in, action_out = as_action_pair(action_in, action_out)
     if bound == "levels":
         return _assert_within_level_bound(module, x, action_in, action_out, atol, **kwargs)
     err = equivariance_error(module, x, action_in, action_out, **kwargs)

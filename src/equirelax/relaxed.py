@@ -18,13 +18,21 @@ A layer type owns its free branch: a method ``free_branch()`` returning a fresh 
 :func:`register_free_branch`, which also overrides a method; a layer type with neither gets a
 dense map on its flattened feature axis, built lazily at the first forward call from the input
 and output shapes (:func:`build_free_branches` builds them before an optimiser is made).
+Likewise a layer says how the group acts on its inputs and outputs through
+``action_in`` / ``action_out`` attributes, or a registration does (:func:`layer_actions`).
+
+e3nn's ``o3.Linear`` and ``o3.FullyConnectedTensorProduct`` are registered out of the box
+(:mod:`equirelax.e3nn_interop`), lazily: the first lookup after e3nn has been imported adds
+them (a model cannot hold an e3nn layer before), so ``import equirelax`` never imports e3nn.
+A user's own registration for these types takes precedence.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -35,10 +43,14 @@ from equirelax._batches import call, index
 from equirelax._checks import batch_size, check_choice, check_finite_number, describe
 from equirelax.free_branches import DenseFreeBranch
 
+if TYPE_CHECKING:
+    from equirelax.actions import Action
+
 __all__ = [
     "PLACEMENTS",
     "Relaxed",
     "build_free_branches",
+    "layer_actions",
     "register_free_branch",
     "relax",
     "relaxation_sites",
@@ -48,34 +60,82 @@ __all__ = [
 ]
 
 FreeBranchFactory = Callable[[nn.Module], "nn.Module | None"]
+ActionsOf = Callable[[nn.Module], "tuple[Action, Action]"]
 _FACTORIES: dict[type[nn.Module], FreeBranchFactory] = {}
+_ACTIONS: dict[type[nn.Module], ActionsOf] = {}
+_INTEROP_LOADED: set[str] = set()
 _INITS = ("default", "zero", "small", "normal", "relative")
 PLACEMENTS = ("hidden", "linear", "all")
 """Placement names of :func:`relax` (see the module docstring)."""
 _NORM_BOUNDS = (None, "spectral", "frobenius")
 
 
-def register_free_branch(layer_type: type[nn.Module], factory: FreeBranchFactory) -> None:
+def register_free_branch(
+    layer_type: type[nn.Module], factory: FreeBranchFactory, *, actions: ActionsOf | None = None
+) -> None:
     """Register ``factory(layer) -> free branch`` for layers of ``layer_type`` (for types
     without a ``free_branch`` method, e.g. from other libraries; it takes precedence over one).
 
     The factory may return ``None`` to ask for the default dense branch built lazily from
     shapes. Registered types, and types with a ``free_branch`` method, are what :func:`relax`
-    selects by default.
+    selects by default. ``actions(layer) -> (action_in, action_out)``, if given, says how the
+    group acts on such a layer's inputs and outputs (for types without ``action_in`` /
+    ``action_out`` attributes): a :class:`Relaxed` layer then carries them, as CR and RECM
+    need, and :func:`equirelax.assert_equivariant` uses them by default.
     """
     if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
         raise TypeError(f"layer_type: expected an nn.Module subclass, received {layer_type!r}")
+    if not callable(factory):
+        raise TypeError(f"factory: expected a callable layer -> free branch, received {factory!r}")
+    if actions is not None and not callable(actions):
+        raise TypeError(
+            f"actions: expected a callable layer -> (action_in, action_out) or None, "
+            f"received {actions!r}"
+        )
     _FACTORIES[layer_type] = factory
+    if actions is not None:
+        _ACTIONS[layer_type] = actions
+
+
+def _register_interop() -> None:
+    """Register e3nn's layer types (:data:`equirelax.e3nn_interop.REGISTRATIONS`) once e3nn is
+    loaded; registrations made before for these types are kept."""
+    if "e3nn" in _INTEROP_LOADED or "e3nn" not in sys.modules:
+        return
+    _INTEROP_LOADED.add("e3nn")
+    from equirelax.e3nn_interop import REGISTRATIONS
+
+    for layer_type, (factory, actions) in REGISTRATIONS.items():
+        _FACTORIES.setdefault(layer_type, factory)
+        _ACTIONS.setdefault(layer_type, actions)
+
+
+def _registered(table: dict[type[nn.Module], Any], layer: nn.Module) -> Any:
+    """The entry of ``table`` for the layer's type or its nearest registered base type."""
+    _register_interop()
+    return next((table[cls] for cls in type(layer).__mro__ if cls in table), None)
 
 
 def _factory_for(layer: nn.Module) -> FreeBranchFactory | None:
     """The factory registered for the layer's type (or a base type), else the layer type's own
     ``free_branch`` method, else ``None``."""
-    for cls in type(layer).__mro__:
-        if cls in _FACTORIES:
-            return _FACTORIES[cls]
+    factory = _registered(_FACTORIES, layer)
+    if factory is not None:
+        return factory
     method = getattr(type(layer), "free_branch", None)
     return method if callable(method) else None
+
+
+def layer_actions(layer: nn.Module) -> tuple[Action | None, Action | None]:
+    """``(action_in, action_out)`` of ``layer``: its ``action_in`` / ``action_out``
+    attributes (``None`` where absent) if it has either, else the actions registered for its
+    type (:func:`register_free_branch`; e.g. e3nn's ``o3.Linear`` acted on through its
+    ``irreps_in`` / ``irreps_out``), else ``(None, None)``."""
+    own = (getattr(layer, "action_in", None), getattr(layer, "action_out", None))
+    if own != (None, None) or not isinstance(layer, nn.Module):
+        return own
+    actions = _registered(_ACTIONS, layer)
+    return (None, None) if actions is None else actions(layer)
 
 
 class Relaxed(nn.Module):
@@ -84,8 +144,9 @@ class Relaxed(nn.Module):
     Parameters
     ----------
     equivariant:
-        The equivariant layer ``f_eq``. Its ``action_in`` / ``action_out`` attributes, if any,
-        are forwarded so that metrics can check the relaxed layer.
+        The equivariant layer ``f_eq``. Its actions (:func:`layer_actions`: its ``action_in``
+        / ``action_out`` attributes or those registered for its type), if any, are forwarded
+        so that metrics and strategies can check the relaxed layer.
     free:
         The unconstrained branch ``f_free`` with the same input and output structure. ``None``:
         use the factory registered for ``type(equivariant)`` or, failing that, a
@@ -150,9 +211,11 @@ class Relaxed(nn.Module):
         self.free: nn.Module | None = None
         if free is not None:
             self._install_free(free)
-        for name in ("action_in", "action_out"):
-            if hasattr(equivariant, name):
-                setattr(self, name, getattr(equivariant, name))
+        for name, action in zip(
+            ("action_in", "action_out"), layer_actions(equivariant), strict=True
+        ):
+            if action is not None:
+                setattr(self, name, action)
 
     def _install_free(self, free: nn.Module) -> None:
         reference = next(

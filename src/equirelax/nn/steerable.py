@@ -27,9 +27,9 @@ from e3nn import o3
 from torch import Tensor, nn
 
 from equirelax._checks import check_choice, check_int, check_ndim, check_tensor
-from equirelax.actions import DirectSumAction, RepresentationAction
+from equirelax.actions import DirectSumAction, irreps_action
 from equirelax.free_branches import SteerableFreeBranch
-from equirelax.groups import O3
+from equirelax.groups import check_irreps
 from equirelax.nn._tensor_product_plan import Fused, Plan, compile_paths, make_plan
 
 __all__ = [
@@ -43,19 +43,6 @@ __all__ = [
 _AGGREGATIONS = ("sum", "mean")
 
 
-def check_irreps(name: str, value: object) -> o3.Irreps:
-    """``o3.Irreps(value)``; a ``ValueError`` naming the argument if it is not irreps."""
-    try:
-        irreps = o3.Irreps(value)
-    except (ValueError, TypeError, AssertionError) as error:
-        raise ValueError(
-            f"{name}: expected e3nn irreps such as '8x0e + 4x1o', received {value!r}"
-        ) from error
-    if irreps.dim == 0:
-        raise ValueError(f"{name}: expected irreps of positive dimension, received {value!r}")
-    return irreps
-
-
 def _check_features(name: str, value: object, dim: int, irreps: str) -> Tensor:
     value = check_tensor(name, value)
     if value.ndim < 1 or value.shape[-1] != dim or not value.is_floating_point():
@@ -64,10 +51,6 @@ def _check_features(name: str, value: object, dim: int, irreps: str) -> Tensor:
             f"{value.dtype} and shape {tuple(value.shape)}"
         )
     return value
-
-
-def _representation_action(irreps: o3.Irreps) -> RepresentationAction:
-    return RepresentationAction(O3().irreps(irreps))
 
 
 class SteerableLinear(nn.Module):
@@ -141,10 +124,10 @@ class SteerableLinear(nn.Module):
         self.attr_features = self.irreps_attr.dim
         self.out_features = self.irreps_out.dim
         self.action_in = DirectSumAction(
-            *(_representation_action(part) for part in parts),
-            _representation_action(self.irreps_attr),
+            *(irreps_action(part) for part in parts),
+            irreps_action(self.irreps_attr),
         )
-        self.action_out = _representation_action(self.irreps_out)
+        self.action_out = irreps_action(self.irreps_out)
 
         paths, scales, coefficients = compile_paths(
             self.irreps_in, self.irreps_attr, self.irreps_out
@@ -446,8 +429,8 @@ class SteerableGate(nn.Module):
         self.irreps_in = o3.Irreps(scalars + gates + gated).simplify()
         self.in_features, self.out_features = self.irreps_in.dim, self.irreps_out.dim
         self._irreps_in_name = str(self.irreps_in)
-        self.action_in = _representation_action(self.irreps_in)
-        self.action_out = _representation_action(self.irreps_out)
+        self.action_in = irreps_action(self.irreps_in)
+        self.action_out = irreps_action(self.irreps_out)
         # Input pieces: each scalar block, the gates, each gated block; and where each
         # output block comes from.
         self._sizes = [mul for mul, _ in scalars] + [num_gates] + [m * ir.dim for m, ir in gated]

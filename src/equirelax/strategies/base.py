@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from equirelax._batches import call
-from equirelax.actions import Action, check_action_pair
+from equirelax.actions import Action, ActionLike, as_action, check_action_pair
 from equirelax.outputs import split_output
 from equirelax.projection import project
 from equirelax.relaxed import Relaxed, relaxed_layers
@@ -88,16 +88,17 @@ class Strategy:
         self,
         model: nn.Module,
         *,
-        action_in: Action | None = None,
-        action_out: Action | None = None,
+        action_in: ActionLike | None = None,
+        action_out: ActionLike | None = None,
         epochs: int | None = None,
         generator: torch.Generator | None = None,
         loss_fn: Callable[[Any, Tensor], Tensor] | None = None,
     ) -> nn.Module:
         """Prepare ``model`` for this strategy and return the model to train.
 
-        ``action_in`` / ``action_out`` are the task's actions on model inputs and outputs
-        (needed by strategies that move data: augmentation, the equivariance penalty);
+        ``action_in`` / ``action_out`` are the task's actions on model inputs and outputs, or
+        e3nn irreps for O(3) (:func:`~equirelax.actions.as_action`; needed by strategies that
+        move data: augmentation, the equivariance penalty);
         ``epochs`` the planned length of training (needed by schedules); ``generator`` the
         random stream for the strategy's own sampling (seeded by the training engine);
         ``loss_fn`` the task loss ``(outputs, targets) -> scalar`` (needed by strategies that
@@ -105,9 +106,8 @@ class Strategy:
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, received {type(model).__name__}")
-        for name, action in (("action_in", action_in), ("action_out", action_out)):
-            if action is not None and not isinstance(action, Action):
-                raise TypeError(f"{name}: expected an Action or None, received {action!r}")
+        action_in = None if action_in is None else as_action(action_in, "action_in")
+        action_out = None if action_out is None else as_action(action_out, "action_out")
         if self.needs_actions:
             action_in, action_out = require_actions(self.name, action_in, action_out)
         if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
