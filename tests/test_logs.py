@@ -39,7 +39,7 @@ def test_tensorboard_logs_each_epoch_when_asked(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _train(tmp_path, loggers=("tensorboard",))
+    _train(tmp_path, loggers=["tensorboard"])
     events = EventAccumulator(str(tmp_path / TENSORBOARD_DIR))
     events.Reload()
     assert [e.step for e in events.Scalars("train_loss")] == [1, 2, 3]
@@ -50,17 +50,17 @@ def test_loggers_are_checked_and_a_missing_package_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(ValueError, match="loggers: expected one of"):
-        equirelax.TrainConfig(loggers=("wandb",))
-    with pytest.raises(TypeError, match="loggers: expected a tuple of names"):
+        equirelax.TrainConfig(loggers=["wandb"])
+    with pytest.raises(TypeError, match="loggers: expected a list of names"):
         equirelax.TrainConfig(loggers="tensorboard")
     with pytest.raises(ValueError, match="loggers: 'tensorboard' writes to out_dir"):
-        _train(None, loggers=("tensorboard",))
+        _train(None, loggers=["tensorboard"])
     for name in [m for m in sys.modules if m.split(".")[0] == "tensorboard" or
                  m.startswith("torch.utils.tensorboard")]:  # fmt: skip
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'equirelax\[tensorboard\]'"):
-        _train(tmp_path, loggers=("tensorboard",))
+        _train(tmp_path, loggers=["tensorboard"])
 
 
 def test_the_cli_logs_to_tensorboard_with_logger(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ class TrainConfig:
     (``benchmarks/speed.md`` gives the compiled/eager step ratio per model).
 
     ``loggers`` adds optional loggers to ``metrics.jsonl`` and ``metrics.csv``, which a run
-    with an output directory always writes: ``("tensorboard",)`` writes TensorBoard scalars to
+    with an output directory always writes: ``["tensorboard"]`` writes TensorBoard scalars to
     ``out_dir/tensorboard`` (:class:`~equirelax.engine.logs.TensorBoardLog`).
     """
 
@@ -79,7 +79,7 @@ class TrainConfig:
     patience: int | None = None
     device: str = "cpu"
     compile: bool | str = False
-    loggers: tuple[str, ...] = ()
+    loggers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "equivariance_samples"):
@@ -111,10 +111,10 @@ class TrainConfig:
             check_positive_finite("max_grad_norm", self.max_grad_norm)
         check_device("device", self.device)
         if isinstance(self.loggers, str) or not isinstance(self.loggers, (tuple, list)):
-            raise TypeError(f"loggers: expected a tuple of names, received {self.loggers!r}")
+            raise TypeError(f"loggers: expected a list of names, received {self.loggers!r}")
         for logger in self.loggers:
             check_choice("loggers", logger, LOGGERS)
-        self.loggers = tuple(self.loggers)
+        self.loggers = list(self.loggers)
 
 
 def _check_lr_scale(lr_scale: object) -> None:

@@ -1,5 +1,5 @@
 """What a run logs beside ``metrics.jsonl``: ``metrics.csv`` (always, one row per epoch) and,
-when asked for (``TrainConfig(loggers=("tensorboard",))``) and installed, TensorBoard event
+when asked for (``TrainConfig(loggers=["tensorboard"])``) and installed, TensorBoard event
 files under ``tensorboard/``."""
 
 from __future__ import annotations

@@ -301,7 +301,7 @@ def _task_options(args: argparse.Namespace, preset: dict[str, dict[str, Any]]) -
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields given on the command line."""
-    loggers = {"loggers": (args.logger,)} if args.logger is not None else {}
+    loggers = {"loggers": [args.logger]} if args.logger is not None else {}
     return loggers | {
         name: getattr(args, name)
         for name in (

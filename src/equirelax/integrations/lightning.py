@@ -42,10 +42,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
+
+try:
+    import lightning.pytorch as pl
+    from lightning.pytorch.utilities import move_data_to_device
+except ModuleNotFoundError as missing:  # the optional extra
+    raise ModuleNotFoundError(
+        "equirelax.integrations.lightning needs PyTorch Lightning: pip install "
+        "'equirelax[lightning]'",
+        name=missing.name,
+    ) from None
 
 from equirelax._batches import call, concatenate
 from equirelax._checks import batch_size, check_int
