@@ -449,8 +449,9 @@ def _postfix(epoch: int, loss: float, strategy: Strategy) -> dict[str, str]:
 
 @torch.no_grad()
 def _build_lazy_branches(model: nn.Module, inputs: Any) -> None:
-    """Run one forward pass so that lazily built free branches exist before the optimiser."""
-    if any(layer.free is None for layer in relaxed_layers(model).values()):
+    """Run one forward pass so that lazy free branches have their shapes, initialisation and
+    norm bounds before the optimiser is built (it would hold and train them anyway)."""
+    if any(layer.free_is_lazy for layer in relaxed_layers(model).values()):
         state = torch.get_rng_state()
         call(model, index(inputs, torch.arange(min(2, batch_size(inputs)))))
         torch.set_rng_state(state)
