@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import copy
 import io
-import pickle
 
 import pytest
 import torch
-from _toy import vector_model, vector_task
 from torch import nn
 
 import equirelax
+from _toy import vector_model, vector_task
 from equirelax.free_branches import DenseFreeBranch, LazyDenseFreeBranch
 from equirelax.strategies import ACE, RECM, STRATEGIES, Strategy
 
@@ -197,7 +196,8 @@ def test_a_model_cast_before_the_optimiser_is_built_gives_it_the_moved_slacks():
     slacks = strategy.slacks
     model = model.double()
     (given,) = strategy.parameters()
-    assert given is slacks and given.dtype == torch.float64  # moved in place
+    assert given is slacks  # moved in place
+    assert given.dtype == torch.float64
     train_steps(model, strategy, data, 1)
     assert strategy.slacks is slacks
 
@@ -223,7 +223,8 @@ def test_an_optimiser_built_right_after_relax_trains_every_free_branch():
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     free = [p for layer in layers for p in layer.free.parameters()]
     held = {id(p) for group in optimiser.param_groups for p in group["params"]}
-    assert free and all(id(p) in held for p in free)
+    assert free
+    assert all(id(p) in held for p in free)
     before = [p.detach().clone() for p in free]
     one_step(model, optimiser, torch.randn(16, 4))
     assert all(not torch.equal(b, p.detach()) for b, p in zip(before, free, strict=True))

@@ -137,8 +137,9 @@ class Relaxed(nn.Module):
     ``norm_bound``, RECM's Frobenius bound; the bound is taken from the saved keys), a saved
     free branch for a free branch that is still lazy (it gets the saved shapes), and the state
     of the projected layer (the equivariant layer's own keys, as :func:`equirelax.project`
-    saves them): then the level is set to 0, the projected model's function, and the free
-    branch is kept as it is.
+    saves them; recognised by those keys, so an equivariant layer with no parameters or
+    buffers needs its relaxed state): then the level is set to 0, the projected model's
+    function, and the free branch is kept as it is.
 
     Examples
     --------
