@@ -209,12 +209,16 @@ def test_a_layer_type_owns_its_free_branch_and_a_registered_factory_overrides_it
         equirelax.relaxed._FACTORIES.pop(_Scale)
 
 
-def test_default_free_branch_is_built_lazily_from_shapes():
-    layer = Relaxed(nn.Linear(4, 6), level=1.0)
-    assert layer.free is None
-    out = layer(torch.randn(2, 5, 4))
-    assert out.shape == (2, 5, 6)
-    assert isinstance(layer.free, DenseFreeBranch)
+def test_default_free_branch_is_built_from_stated_shapes_else_at_the_first_call():
+    linear = Relaxed(nn.Linear(4, 6), level=1.0)  # nn.Linear states its shapes: built at once
+    assert type(linear.free) is DenseFreeBranch
+    assert (linear.free.in_shape, linear.free.out_shape) == ((4,), (6,))
+    assert linear(torch.randn(2, 5, 4)).shape == (2, 5, 6)
+    conv = Relaxed(nn.Conv1d(2, 3, 3), level=1.0, feature_dims=2)  # shapes: from the input
+    assert conv.free_is_lazy
+    assert conv(torch.randn(5, 2, 10)).shape == (5, 3, 8)
+    assert type(conv.free) is DenseFreeBranch
+    assert (conv.free.in_shape, conv.free.out_shape) == ((2, 10), (3, 8))
 
 
 @pytest.mark.parametrize(("init", "expected"), [("zero", 0.0), ("small", 1e-3)])

@@ -78,6 +78,16 @@ def concatenate(batches: Sequence[Any]) -> Any:
     return torch.cat(list(batches))
 
 
+def to_like(x: Any, like: Tensor) -> Any:
+    """The batch on ``like``'s device with its floating-point tensors in ``like``'s dtype
+    (integer tensors such as labels keep theirs); tensors already there are returned as
+    they are."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_like(part, like) for part in x)
+    dtype = like.dtype if x.is_floating_point() else x.dtype
+    return x.to(device=like.device, dtype=dtype)
+
+
 def float_dtype(x: Any) -> torch.dtype:
     """The first floating dtype among the batch's tensors (else the default dtype)."""
     floats = [p for p in parts(x) if isinstance(p, Tensor) and p.is_floating_point()]

@@ -1,7 +1,8 @@
 """Unconstrained free branches ``f_free`` for relaxed layers, one per kind of feature.
 
 Each branch has the same input and output structure as the equivariant layer it relaxes and
-no symmetry constraint: a dense map on flattened features (vectors, irreps), a plain
+no symmetry constraint: a dense map on flattened features (vectors, irreps; built at its first
+call where the shapes are known only then), a plain
 convolution on grids (group-convolution feature maps), a per-node MLP that sees raw coordinates
 (EGNN), a dense map on the flattened channel-by-3 features of vector neurons, and a dense map
 on the concatenated irreps features of steerable layers and of e3nn's layers.
@@ -12,11 +13,12 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parameter import UninitializedParameter, is_lazy
 
 from equirelax._checks import check_positive_int
 
@@ -26,6 +28,7 @@ __all__ = [
     "DenseFreeBranch",
     "E3nnFreeBranch",
     "EGNNFreeBranch",
+    "LazyDenseFreeBranch",
     "SteerableFreeBranch",
     "VectorNeuronFreeBranch",
 ]
@@ -55,6 +58,119 @@ class DenseFreeBranch(nn.Module):
                 f"x: expected trailing shape {self.in_shape}, received {tuple(x.shape)}"
             )
         return self.linear(x.flatten(x.ndim - k)).unflatten(-1, self.out_shape)
+
+
+class _UnsizedLinear(nn.Linear):
+    """An ``nn.Linear`` whose weight and bias are ``UninitializedParameter`` until
+    :meth:`LazyDenseFreeBranch.allocate` sizes them and makes it a plain ``nn.Linear``."""
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__(0, 0, bias=False)
+        self.weight = UninitializedParameter()
+        if bias:
+            self.bias = UninitializedParameter()
+
+    def reset_parameters(self) -> None:
+        if self.in_features:  # nothing to initialise while unsized
+            super().reset_parameters()
+
+
+class LazyDenseFreeBranch(DenseFreeBranch):
+    """A :class:`DenseFreeBranch` whose shapes are known only at the first call of its layer.
+
+    Its weight and bias are PyTorch's ``UninitializedParameter`` until :meth:`materialize`
+    (or a state dict, which gives them the saved shapes): an optimiser built before that
+    already holds them and steps them once they have values, and ``.to()``, ``.double()``,
+    ``copy.deepcopy`` and pickling work as for PyTorch's lazy modules.
+    :class:`~equirelax.Relaxed` materialises it from its first input and the equivariant
+    layer's output; it then *becomes* a :class:`DenseFreeBranch` (same parameter objects,
+    same state-dict keys), as a PyTorch lazy module becomes its ``cls_to_become``.
+
+    Examples
+    --------
+    >>> branch = LazyDenseFreeBranch()
+    >>> branch.materialize((4,), (2, 3))
+    >>> type(branch).__name__, tuple(branch.linear.weight.shape)
+    ('DenseFreeBranch', (6, 4))
+    """
+
+    def __init__(self, bias: bool = True) -> None:
+        nn.Module.__init__(self)  # DenseFreeBranch's set-up needs the shapes: materialize()
+        self.in_shape: tuple[int, ...] = ()
+        self.out_shape: tuple[int, ...] = ()
+        self.linear = _UnsizedLinear(bias)
+
+    @property
+    def has_uninitialized_params(self) -> bool:
+        """Whether the weight and bias still wait for their shapes (no values yet)."""
+        return is_lazy(self.linear.weight)
+
+    def allocate(
+        self,
+        out_features: int,
+        in_features: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        """Give the weight ``(out_features, in_features)`` and the bias ``(out_features,)``
+        storage, in place and filled with zeros (e.g. for a state dict to fill)."""
+        linear = self.linear
+        linear.weight.materialize((out_features, in_features), device=device, dtype=dtype)
+        if linear.bias is not None:
+            linear.bias.materialize((out_features,), device=device, dtype=dtype)
+        with torch.no_grad():
+            for parameter in linear.parameters():
+                parameter.zero_()
+        linear.in_features, linear.out_features = in_features, out_features
+        linear.__class__ = nn.Linear
+
+    def materialize(
+        self,
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        """Set the shapes, give the parameters values (PyTorch's init) unless a state dict
+        gave them already, and become a :class:`DenseFreeBranch`."""
+        rows, columns = math.prod(out_shape), math.prod(in_shape)
+        if self.has_uninitialized_params:
+            self.allocate(rows, columns, device=device, dtype=dtype)
+            self.linear.reset_parameters()
+        elif tuple(self.linear.weight.shape) != (rows, columns):
+            raise ValueError(
+                f"free: expected a free branch from {tuple(in_shape)} to {tuple(out_shape)} "
+                f"features (weight {(rows, columns)}), received a loaded weight of shape "
+                f"{tuple(self.linear.weight.shape)}"
+            )
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.__class__ = DenseFreeBranch  # type: ignore[assignment]
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise RuntimeError(
+            "free: this LazyDenseFreeBranch has no shapes yet; its Relaxed layer materialises "
+            "it at its first call (or call materialize(in_shape, out_shape))"
+        )
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Size unset parameters as the saved ones before PyTorch copies them."""
+        weight = state_dict.get(f"{prefix}linear.weight")
+        if self.has_uninitialized_params and isinstance(weight, Tensor) and weight.ndim == 2:
+            self.allocate(*weight.shape)  # on the device and in the dtype the module has
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 class ConvFreeBranch(nn.Module):

@@ -16,8 +16,11 @@ that declares nothing) wraps every layer whose type has a registered free-branch
 A layer type owns its free branch: a method ``free_branch()`` returning a fresh branch module
 (the layers of :mod:`equirelax.nn` have one). Layer types the library does not own get one by
 :func:`register_free_branch`, which also overrides a method; a layer type with neither gets a
-dense map on its flattened feature axis, built lazily at the first forward call from the input
-and output shapes (:func:`build_free_branches` builds them before an optimiser is made).
+dense map on its flattened feature axis: built at once where the layer states its shapes
+(``nn.Linear``), else a :class:`~equirelax.free_branches.LazyDenseFreeBranch`, whose weights are
+PyTorch's ``UninitializedParameter`` until the first forward call gives them shapes (an
+optimiser built before that call holds them, so no free parameter goes untrained).
+
 Likewise a layer says how the group acts on its inputs and outputs through
 ``action_in`` / ``action_out`` attributes, or a registration does (:func:`layer_actions`).
 
@@ -25,13 +28,23 @@ e3nn's ``o3.Linear`` and ``o3.FullyConnectedTensorProduct`` are registered out o
 (:mod:`equirelax.e3nn_interop`), lazily: the first lookup after e3nn has been imported adds
 them (a model cannot hold an e3nn layer before), so ``import equirelax`` never imports e3nn.
 A user's own registration for these types takes precedence.
+
+Moves, casts and copies: a :class:`Relaxed` layer is ordinary module state (its level, its free
+branch and the free branch's norm bound), so ``.to(device)``, ``.double()``, ``.half()``,
+``copy.deepcopy`` and pickling work at any time; a level trained outside the optimiser stays a
+leaf tensor through a cast, and a norm-bounded free branch pickles (PyTorch refuses to pickle
+its parametrised modules). A state dict saved from a relaxed model, whatever a strategy did to
+it (learnable levels, ACE's or RECM's norm-bounded free branches), loads with the ordinary
+``load_state_dict`` into a freshly built ``relax()`` copy of the same model; so does the state
+dict of its projection (:func:`equirelax.project`), which gives level 0 (see :class:`Relaxed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -41,7 +54,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from equirelax._batches import call, index
 from equirelax._checks import batch_size, check_choice, check_finite_number, describe
-from equirelax.free_branches import DenseFreeBranch
+from equirelax.free_branches import DenseFreeBranch, LazyDenseFreeBranch
 
 if TYPE_CHECKING:
     from equirelax.actions import Action
@@ -76,10 +89,10 @@ def register_free_branch(
     """Register ``factory(layer) -> free branch`` for layers of ``layer_type`` (for types
     without a ``free_branch`` method, e.g. from other libraries; it takes precedence over one).
 
-    The factory may return ``None`` to ask for the default dense branch built lazily from
-    shapes. Registered types, and types with a ``free_branch`` method, are what :func:`relax`
-    selects by default. ``actions(layer) -> (action_in, action_out)``, if given, says how the
-    group acts on such a layer's inputs and outputs (for types without ``action_in`` /
+    The factory may return ``None`` to ask for the default dense branch (see
+    :class:`Relaxed`). Registered types, and types with a ``free_branch`` method, are what
+    :func:`relax` selects by default. ``actions(layer) -> (action_in, action_out)``, if given,
+    says how the group acts on such a layer's inputs and outputs (for types without ``action_in`` /
     ``action_out`` attributes): a :class:`Relaxed` layer then carries them, as CR and RECM
     need, and :func:`equirelax.assert_equivariant` uses them by default.
     """
@@ -149,8 +162,12 @@ class Relaxed(nn.Module):
         so that metrics and strategies can check the relaxed layer.
     free:
         The unconstrained branch ``f_free`` with the same input and output structure. ``None``:
-        use the factory registered for ``type(equivariant)`` or, failing that, a
-        :class:`DenseFreeBranch` on the last feature axis built at the first forward call.
+        use the factory registered for ``type(equivariant)`` or its ``free_branch()``, failing
+        that a :class:`DenseFreeBranch` on the last ``feature_dims`` axes: built at once for
+        an ``nn.Linear`` (``feature_dims=1``), else a :class:`LazyDenseFreeBranch` whose
+        ``UninitializedParameter`` weights are materialised at the first forward call, from
+        the input's and the equivariant output's shapes (an optimiser built before that call
+        already holds them).
     level:
         Initial value of the relaxation level (a buffer named ``level``; see
         :meth:`set_level_learnable` to make it a parameter).
@@ -171,6 +188,24 @@ class Relaxed(nn.Module):
         How many trailing axes the default dense free branch flattens (1: the feature axis of
         ``(..., d)`` inputs; the leading axes such as batch and nodes are shared).
 
+    Notes
+    -----
+    Moves and casts (``.to(device)``, ``.double()``, ``.float()``, ``.half()``) apply to the
+    level, the free branch and its norm bound like to any module state; a level trained
+    outside the optimiser (a buffer that requires grad, ACE's ``"gradient"`` rule) stays a leaf
+    tensor through them, and a learnable level stays the same ``nn.Parameter``. ``deepcopy``
+    and pickling (``torch.save(model)``) keep a norm-bounded free branch bounded, with its
+    spectral-norm state.
+
+    ``load_state_dict`` (of the layer or of any model holding it) accepts what a freshly built
+    layer cannot produce by itself: a state with a norm-bounded free branch (ACE's
+    ``norm_bound``, RECM's Frobenius bound; the bound is taken from the saved keys), a saved
+    free branch for a free branch that is still lazy (it gets the saved shapes), and the state
+    of the projected layer (the equivariant layer's own keys, as :func:`equirelax.project`
+    saves them; recognised by those keys, so an equivariant layer with no parameters or
+    buffers needs its relaxed state): then the level is set to 0, the projected model's
+    function, and the free branch is kept as it is.
+
     Examples
     --------
     >>> layer = Relaxed(nn.Identity(), nn.Linear(3, 3), level=0.5)
@@ -179,6 +214,7 @@ class Relaxed(nn.Module):
     """
 
     level: Tensor
+    free: nn.Module
 
     def __init__(
         self,
@@ -208,9 +244,7 @@ class Relaxed(nn.Module):
         if free is None:
             factory = _factory_for(equivariant)
             free = factory(equivariant) if factory is not None else None
-        self.free: nn.Module | None = None
-        if free is not None:
-            self._install_free(free)
+        self._install_free(free if free is not None else _default_free(equivariant, feature_dims))
         for name, action in zip(
             ("action_in", "action_out"), layer_actions(equivariant), strict=True
         ):
@@ -228,9 +262,21 @@ class Relaxed(nn.Module):
         )
         if reference is not None:
             free = free.to(device=reference.device, dtype=reference.dtype)
-        _initialise(free, self.init, self.init_scale, self.equivariant)
-        _bound_norms(free, self.norm_bound)
         self.free = free
+        if not self._free_unset:
+            _initialise(free, self.init, self.init_scale, self.equivariant)
+            _bound_norms(free, self.norm_bound)
+
+    @property
+    def free_is_lazy(self) -> bool:
+        """Whether the free branch still waits for its shapes (a :class:`LazyDenseFreeBranch`
+        before the layer's first forward call)."""
+        return isinstance(self.free, LazyDenseFreeBranch)
+
+    @property
+    def _free_unset(self) -> bool:
+        """A lazy free branch whose weights have no values yet: its init and norm bound wait."""
+        return isinstance(self.free, LazyDenseFreeBranch) and self.free.has_uninitialized_params
 
     def configure_free(
         self,
@@ -242,8 +288,8 @@ class Relaxed(nn.Module):
         """Re-initialise and/or norm-bound the free branch after construction.
 
         Strategies use this (ACE needs a norm bound, RPP a small initialisation). Applies to
-        an existing free branch at once and to a lazily built one when it is built. A norm
-        bound, once set, cannot be changed.
+        the free branch at once or, for a lazy one, when its first forward call builds it. A
+        norm bound, once set, cannot be changed.
         """
         if init is not None:
             check_choice("init", init, _INITS)
@@ -257,11 +303,11 @@ class Relaxed(nn.Module):
             self.init_scale = float(init_scale)
         if init is not None:
             self.init = init
-            if self.free is not None:
+            if not self._free_unset:
                 _initialise(self.free, init, self.init_scale, self.equivariant)
         if norm_bound is not None and self.norm_bound is None:
             self.norm_bound = norm_bound
-            if self.free is not None:
+            if not self._free_unset:
                 _bound_norms(self.free, norm_bound)
 
     def set_level_learnable(self, learnable: bool = True) -> None:
@@ -280,9 +326,8 @@ class Relaxed(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         out = self.equivariant(*args, **kwargs)
-        if self.free is None:
-            self._build_default_free(args, out)
-        assert self.free is not None
+        if self.free_is_lazy:
+            self._build_lazy_free(args, out)
         try:
             deviation = self.free(*args, **kwargs)
         except RuntimeError as error:  # torch's shape errors name no layer
@@ -294,20 +339,164 @@ class Relaxed(nn.Module):
             ) from error
         return _combine(out, deviation, self.level)
 
-    def _build_default_free(self, args: tuple[Any, ...], out: Any) -> None:
+    def _build_lazy_free(self, args: tuple[Any, ...], out: Any) -> None:
+        """Give the lazy dense branch the shapes of this first call (and, unless a state dict
+        gave it values, PyTorch's init, then ``init`` and ``norm_bound``)."""
         if len(args) != 1 or not isinstance(args[0], Tensor) or not isinstance(out, Tensor):
             raise TypeError(
                 f"free: {type(self.equivariant).__name__} takes or returns several tensors, so "
                 "no default free branch can be built; pass free= or register a factory with "
                 "equirelax.register_free_branch"
             )
-        k = self.feature_dims
-        branch = DenseFreeBranch(tuple(args[0].shape[-k:]), tuple(out.shape[-k:]))
-        self._install_free(branch.to(device=out.device, dtype=out.dtype))
+        unset, k = self._free_unset, self.feature_dims
+        branch = self.free
+        assert isinstance(branch, LazyDenseFreeBranch)
+        with torch.no_grad():
+            branch.materialize(
+                tuple(args[0].shape[-k:]), tuple(out.shape[-k:]), device=out.device, dtype=out.dtype
+            )
+        if unset:
+            _initialise(branch, self.init, self.init_scale, self.equivariant)
+            _bound_norms(branch, self.norm_bound)
+
+    # ------------------------------------------------------------------ moves, copies, loads
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Relaxed:
+        """``.to()``, ``.double()``, ...: as for any module, except that a level buffer that
+        requires grad (trained outside the optimiser) stays a leaf tensor."""
+        trained = "level" in self._buffers and self.level.requires_grad
+        super()._apply(fn, recurse)
+        if trained and not self.level.is_leaf:
+            self.level = self.level.detach().requires_grad_(True)
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle (and deepcopy) a parametrised (norm-bounded) free branch as its plain module
+        plus its parametrisations, since PyTorch refuses to pickle parametrised modules."""
+        state = dict(self.__dict__)
+        free = self._modules.get("free")
+        if free is not None and any(parametrize.is_parametrized(m) for m in free.modules()):
+            state["_modules"] = {**self._modules, "free": _unparametrized(free)}
+            state["_free_parametrizations"] = [
+                (path, name, chain.unsafe, list(chain))
+                for path, module in free.named_modules()
+                if parametrize.is_parametrized(module)
+                for name, chain in module.parametrizations.items()
+            ]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        chains = state.pop("_free_parametrizations", [])
+        super().__setstate__(state)
+        for path, name, unsafe, parametrizations in chains:
+            module = self.free.get_submodule(path)
+            for parametrization in parametrizations:  # unsafe: no forward call, state kept
+                parametrize.register_parametrization(module, name, parametrization, unsafe=True)
+            module.parametrizations[name].unsafe = unsafe
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Adapt this layer to the saved state (see the class notes) before PyTorch loads it;
+        the children load after this call, so they see the adapted free branch and keys."""
+        own = [key[len(prefix) :] for key in state_dict if key.startswith(prefix)]
+        if own and "level" not in own and not any(k.startswith("equivariant.") for k in own):
+            self._adopt_projected_state(state_dict, prefix, own)
+        else:
+            saved = {
+                k[len("free.") :]: state_dict[prefix + k] for k in own if k.startswith("free.")
+            }
+            if saved:
+                self._adopt_free_state(saved)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _adopt_projected_state(self, state: dict[str, Any], prefix: str, own: list[str]) -> None:
+        """Read a projected layer's state as this layer's at level 0 with its free branch."""
+        for key in own:
+            state[f"{prefix}equivariant.{key}"] = state.pop(prefix + key)
+        state[f"{prefix}level"] = torch.zeros_like(self.level)
+        for key, value in self.free.state_dict(keep_vars=True).items():
+            state[f"{prefix}free.{key}"] = value
+
+    def _adopt_free_state(self, saved: dict[str, Any]) -> None:
+        """Give a lazy free branch the saved shapes, and bound the free branch as the saved one
+        was bounded."""
+        if self._free_unset:
+            weight = saved.get(
+                "linear.weight", saved.get("linear.parametrizations.weight.original")
+            )
+            if isinstance(weight, Tensor) and weight.ndim == 2:
+                assert isinstance(self.free, LazyDenseFreeBranch)
+                self.free.allocate(*weight.shape, device=self.level.device, dtype=self.level.dtype)
+        bound = _saved_norm_bound(saved)
+        if bound is None or self.norm_bound is not None or self._free_unset:
+            return
+        if set(saved) != set(self.free.state_dict()):
+            with _random_state_kept(self.free):  # spectral_norm draws its start vectors
+                self.configure_free(norm_bound=bound)
 
     def extra_repr(self) -> str:
         kind = "learnable" if self.level_is_learnable else "buffer"
         return f"level={float(self.level.detach()):.4g} ({kind}), norm_bound={self.norm_bound}"
+
+
+def _default_free(layer: nn.Module, feature_dims: int) -> nn.Module:
+    """The dense free branch of a layer type without a factory: built from ``nn.Linear``'s
+    stated shapes, else lazy (shapes from the first call)."""
+    if feature_dims == 1 and isinstance(layer, nn.Linear) and layer.in_features > 0:
+        return DenseFreeBranch((layer.in_features,), (layer.out_features,))
+    return LazyDenseFreeBranch()
+
+
+def _unparametrized(module: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` and its submodules without parametrisations, holding the
+    same tensors (each parametrised tensor's unconstrained ``original``)."""
+    parametrized = parametrize.is_parametrized(module)
+    plain = object.__new__(parametrize.type_before_parametrizations(module))
+    plain.__dict__.update(module.__dict__)
+    plain._parameters = dict(module._parameters)
+    if parametrized:
+        for name, chain in module.parametrizations.items():
+            plain._parameters[name] = chain.original
+    plain._modules = {
+        name: _unparametrized(child)
+        for name, child in module._modules.items()
+        if child is not None and not (parametrized and name == "parametrizations")
+    }
+    return plain
+
+
+def _saved_norm_bound(keys: Iterable[str]) -> str | None:
+    """The norm bound a free branch's saved state-dict keys show: ``"spectral"`` (its
+    power-iteration vectors ``_u``), ``"frobenius"`` (parametrised tensors without them) or
+    ``None``."""
+    parametrized = [
+        k for k in keys if k.startswith("parametrizations.") or ".parametrizations." in k
+    ]
+    if not parametrized:
+        return None
+    return "spectral" if any(k.endswith("._u") for k in parametrized) else "frobenius"
+
+
+def _random_state_kept(module: nn.Module) -> contextlib.AbstractContextManager:
+    """Restore the CPU's random state, and that of the accelerator holding ``module``, after
+    the block (loading a state dict draws nothing from the user's random stream)."""
+    accelerators = {p.device for p in module.parameters()} - {torch.device("cpu")}
+    kinds = {device.type for device in accelerators} - {"meta"}
+    if len(kinds) != 1:
+        return torch.random.fork_rng(devices=[])
+    (kind,) = kinds
+    indices = sorted({device.index or 0 for device in accelerators if device.type == kind})
+    return torch.random.fork_rng(devices=indices, device_type=kind)
 
 
 def _combine(out: Any, deviation: Any, level: Tensor) -> Any:
@@ -433,8 +622,9 @@ def relax(
     inplace:
         Modify ``model`` itself instead of a deep copy.
     example_input:
-        If given, run one forward pass (``model(*example_input)`` for a tuple) so that lazily
-        built free branches exist before an optimiser is created.
+        If given, run one forward pass (``model(*example_input)`` for a tuple), which gives
+        lazy free branches (layers whose shapes only a call shows) their shapes now. Not needed
+        for training: an optimiser built before that call already holds their parameters.
     options:
         Keyword arguments for :class:`Relaxed` (``level``, ``init``, ``norm_bound``, ...).
     """
@@ -512,9 +702,9 @@ def relaxed_layers(model: nn.Module) -> dict[str, Relaxed]:
 
 
 def unbuilt_free_branches(model: nn.Module) -> list[str]:
-    """Names of the relaxed layers of ``model`` whose free branch is built at their first
-    forward call and has not been built yet."""
-    return [name for name, layer in relaxed_layers(model).items() if layer.free is None]
+    """Names of the relaxed layers of ``model`` whose free branch gets its shapes at their first
+    forward call and has not had it yet (:attr:`Relaxed.free_is_lazy`)."""
+    return [name for name, layer in relaxed_layers(model).items() if layer.free_is_lazy]
 
 
 @torch.no_grad()

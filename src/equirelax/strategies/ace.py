@@ -47,6 +47,14 @@ not norm-bounded by default, as the official N-body code, and ``norm_bound="spec
 ``"frobenius"`` gives the bounded branch the paper's error bound assumes. Under data
 parallelism the level gradients are averaged like every parameter's, and the multipliers,
 computed from the replicated levels, stay identical on every rank without communication.
+
+Moves and casts: the multipliers, the slacks and the dual optimiser's state follow the levels.
+When the model is moved or cast after :meth:`ACE.attach` (``.to(device)``, ``.double()``,
+``.half()``), the next :meth:`ACE.loss` (or :meth:`ACE.parameters`) moves them to the levels'
+device and dtype as ``Module.to`` moves parameters: in place wherever PyTorch moves a
+parameter in place, so a primal optimiser holding the slacks keeps holding them. Deep-copy or
+pickle the strategy together with its model (``copy.deepcopy((model, strategy))``) to continue
+training the copy.
 """
 
 from __future__ import annotations
@@ -93,6 +101,11 @@ class _LevelConstraints(cooper.ConstrainedMinimizationProblem):
             formulation_type=cooper.formulations.Lagrangian,
             multiplier=multiplier,
         )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # cooper's __getattr__ reads self._constraints, which an object being unpickled or
+        # deep-copied does not have yet: without this method, copying recursed without end
+        self.__dict__.update(state)
 
     def compute_cmp_state(self, loss: Tensor | None, violation: Tensor) -> cooper.CMPState:
         return cooper.CMPState(
@@ -206,23 +219,44 @@ class ACE(Strategy):
             self.slacks = nn.Parameter(
                 torch.zeros(count, dtype=reference.dtype, device=reference.device)
             )
-        duals = list(self.problem.dual_parameters())
-        if self.dual_optimizer_name == "nupi":
-            self.dual_optimizer = cooper.optim.nuPI(
-                duals, lr=self.dual_lr, Kp=self.kp, maximize=True
-            )
-        elif self.dual_optimizer_name == "adam":
-            self.dual_optimizer = torch.optim.Adam(duals, lr=self.dual_lr, maximize=True)
-        else:
-            self.dual_optimizer = torch.optim.SGD(duals, lr=self.dual_lr, maximize=True)
+        self.dual_optimizer = self._make_dual_optimizer(self.problem)
         return model
+
+    def _make_dual_optimizer(self, problem: _LevelConstraints) -> torch.optim.Optimizer:
+        duals = list(problem.dual_parameters())
+        if self.dual_optimizer_name == "nupi":
+            return cooper.optim.nuPI(duals, lr=self.dual_lr, Kp=self.kp, maximize=True)
+        if self.dual_optimizer_name == "adam":
+            return torch.optim.Adam(duals, lr=self.dual_lr, maximize=True)
+        return torch.optim.SGD(duals, lr=self.dual_lr, maximize=True)
 
     def parameters(self) -> list[nn.Parameter]:
         """The resilient slacks, stepped by the training loop's optimiser under the
-        ``"optimizer"`` level rule (the levels are model parameters already)."""
+        ``"optimizer"`` level rule (the levels are model parameters already); on the levels'
+        device and in their dtype."""
         if self.slacks is None or self.level_rule != "optimizer":
             return []
+        self._follow_levels()
         return [self.slacks]
+
+    def _follow_levels(self) -> None:
+        """Move the multipliers, the slacks and the dual optimiser's state to the levels'
+        device and dtype if the model was moved or cast since :meth:`attach` (as
+        ``Module.to`` moves parameters: in place where PyTorch can, so that an optimiser
+        holding the slacks keeps them)."""
+        problem, level = self._require_attached(), self.layers[0].level
+        owned = [*problem.dual_parameters(), *([self.slacks] if self.slacks is not None else [])]
+        if all(p.device == level.device and p.dtype == level.dtype for p in owned):
+            return
+        assert self.dual_optimizer is not None
+        state = self.dual_optimizer.state_dict()
+        problem.to(device=level.device, dtype=level.dtype)  # cooper moves the multipliers
+        if self.slacks is not None:
+            moved = nn.ParameterList([self.slacks]).to(device=level.device, dtype=level.dtype)
+            self.slacks = moved[0]
+        self.dual_optimizer = self._make_dual_optimizer(problem)
+        # torch casts a loaded optimiser state to the device and dtype of its parameters
+        self.dual_optimizer.load_state_dict(state)
 
     def _levels(self) -> Tensor:
         return torch.stack([layer.level for layer in self.layers])
@@ -242,8 +276,10 @@ class ACE(Strategy):
         return self.problem
 
     def loss(self, task_loss: Tensor, model: nn.Module, inputs: Any, outputs: Any) -> Tensor:
-        """The primal Lagrangian ``loss (+ rho/2 ||u||^2) + sum_i lambda_i g_i(gamma)``."""
+        """The primal Lagrangian ``loss (+ rho/2 ||u||^2) + sum_i lambda_i g_i(gamma)`` (the
+        multipliers and slacks first follow the levels' device and dtype)."""
         problem = self._require_attached()
+        self._follow_levels()
         objective = task_loss
         if self.slacks is not None:
             objective = objective + 0.5 * self.rho * self.slacks.pow(2).sum()
@@ -340,6 +376,11 @@ class ACE(Strategy):
         if self.slacks is not None:
             with torch.no_grad():
                 self.slacks.copy_(state["slacks"])
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave out the step in flight (the graph of the last
+        :meth:`loss`, which only :meth:`after_step` uses)."""
+        return {**self.__dict__, "_pending": None}
 
     def __repr__(self) -> str:
         return (

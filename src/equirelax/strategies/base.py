@@ -27,6 +27,16 @@ data (a ``DataLoader`` built beforehand) gives such a strategy
 :func:`training_objective` is the batch part of the loop above (transform, forward, loss,
 strategy terms), shared by :func:`equirelax.train` and the Lightning integration.
 Every hook has a do-nothing default, so a strategy overrides only what it changes.
+
+Moves and casts after ``attach``: the model may be moved or cast at any time
+(``model.to(device)``, ``.double()``, ``.half()``) with no call on the strategy. What a strategy
+keeps in the model (levels, free branches and their norm bounds) moves with it; what it keeps
+itself follows the model at the next step (ACE's multipliers, slacks and dual optimiser state
+follow the levels in :meth:`~equirelax.strategies.ACE.loss`; RECM's held-out probe set follows
+them at its next probe). A strategy refers to the model it was attached to, so deep-copy or
+pickle the two together (``copy.deepcopy((model, strategy))``,
+``torch.save((model, strategy), path)``) to continue training a copy; trained levels stay leaf
+tensors (parameters stay the same ``nn.Parameter``) through every cast.
 """
 
 from __future__ import annotations

@@ -377,7 +377,7 @@ class CR(Strategy):
 
 
 def free_branch_terms(
-    free: nn.Module | None,
+    free: nn.Module,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     action_in: Action,
@@ -399,8 +399,6 @@ def free_branch_terms(
     construction, so only the rotation generators are computed; a branch with a
     ``pushforward`` method (the EGNN branch) gives its Jacobian-vector products in closed form.
     """
-    if free is None:
-        raise RuntimeError("free: the relaxed layer has no free branch yet; run a forward pass")
     action_out = increment_action(action_out)
     x = args[0] if len(args) == 1 else tuple(args)
     y = free(*args, **kwargs)

@@ -61,7 +61,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from equirelax._batches import call, combine, index, parts, repeat
+from equirelax._batches import call, combine, index, parts, repeat, to_like
 from equirelax._checks import batch_size, check_non_negative, check_positive_int
 from equirelax.commutant import EquivariantProjector
 from equirelax.free_branches import DenseFreeBranch
@@ -100,6 +100,9 @@ class RECM(Strategy):
         Haar samples for ``P_G u`` when it cannot be computed exactly (exact for dense free
         branches of layers with ``representation_in`` / ``representation_out``; finite groups
         use all elements).
+
+    The held-out probe set follows the levels' device and dtype at each probe, so the model
+    may be moved or cast after :meth:`split_training_data`.
     """
 
     name: ClassVar[str] = "recm"
@@ -226,7 +229,12 @@ class RECM(Strategy):
                 "to use_held_out_data(inputs, targets)"
             )
         loss_fn = self.loss_fn or mean_squared_error
-        inputs, targets = self._probe
+        # the probe set follows the model if it was moved or cast since it was held out
+        level = next(iter(self.layers.values())).level
+        inputs, targets = self._probe = (
+            to_like(self._probe[0], level),
+            to_like(self._probe[1], level),
+        )
         rows = torch.randperm(batch_size(inputs), generator=self.generator)[: self.probe_size]
         rows = rows.to(targets.device)
         x, y = index(inputs, rows), targets[rows]

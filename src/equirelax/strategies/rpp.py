@@ -92,9 +92,9 @@ class RPP(Strategy):
 
     def prior_terms(self, model: nn.Module) -> tuple[Tensor, Tensor]:
         """``(free_prior * S_free, equivariant_prior * S_eq)`` for ``model`` now (the free
-        branches are looked up at each call, so lazily built ones are included)."""
+        branches are looked up at each call, so lazy ones are included once built)."""
         layers = relaxed_layers(model).values()
-        free = [w for layer in layers if layer.free is not None for w in weight_tensors(layer.free)]
+        free = [w for layer in layers if not layer.free_is_lazy for w in weight_tensors(layer.free)]
         equivariant = [w for layer in layers for w in weight_tensors(layer.equivariant)]
         return (
             self.free_prior * _sum_squares(free),
