@@ -84,7 +84,7 @@ def test_api_reference_documents_every_name_of_each_public_module(site):
     checked = 0
     for page in pages:
         html = page.read_text()
-        roots = re.findall(r'<h1 id="[^"]*">(equirelax[\w.]*)', html)
+        roots = re.findall(r'<h1 id="(equirelax[\w.]*)"', html)
         if not roots or roots[0] == "equirelax":
             continue
         module = roots[0]
@@ -152,7 +152,7 @@ def _rst_markup():
     return module
 
 
-def test_rst_to_markdown_turns_roles_math_tables_and_literal_markers_into_markdown():
+def test_rst_to_markdown_turns_roles_math_tables_literal_blocks_and_lists_into_markdown():
     code = "from collections import OrderedDict\n\nclass Layer:\n    def loss(self): ...\n"
     module = griffe.visit("toy", filepath=Path("toy.py"), code=code)
     text = "\n".join(
@@ -175,6 +175,13 @@ def test_rst_to_markdown_turns_roles_math_tables_and_literal_markers_into_markdo
             "The rule::",
             "",
             "    x <- y",
+            "",
+            "- an item with a literal block::",
+            "",
+            "      v <- v + dt F",
+            "",
+            "  and more text",
+            "- the next item",
         ]
     )
     markdown = _rst_markup().rst_to_markdown(text, module)
@@ -184,5 +191,9 @@ def test_rst_to_markdown_turns_roles_math_tables_and_literal_markers_into_markdo
     assert "$$\n\\begin{aligned}\na &= b \\\\\nc &= d\n\\end{aligned}\n$$" in markdown
     assert "| name | what |\n| --- | --- |\n| ``a`` | first more |\n| ``b`` | second |" in markdown
     assert "The rule:\n\n    x <- y" in markdown
+    assert (
+        "- an item with a literal block:\n\n        v <- v + dt F\n\n    and more text\n\n- the"
+        in markdown
+    )
     assert ":class:" not in markdown
     assert "::" not in markdown

@@ -12,7 +12,8 @@ is complete) each docstring is rewritten:
 * ``.. math::`` blocks become ``$$ ... $$`` blocks (MathJax, through ``pymdownx.arithmatex``),
   rows separated by ``\\\\`` inside an ``aligned`` environment as Sphinx renders them;
 * simple tables (columns under rules of ``=``) become Markdown tables;
-* a paragraph ending in ``::`` (a literal block follows) ends in ``:``.
+* a paragraph ending in ``::`` (a literal block follows) ends in ``:``;
+* the continuation lines of bullet items, indented by 2 spaces, are indented by 4.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = ["RstMarkup", "rst_to_markdown"]
 
 _ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|mod|data|exc|obj):`(~?)([^`<>]+)`")
 _TABLE_RULE = re.compile(r"^( *)=+( +=+)+ *$")
+_BULLET = re.compile(r"^ *[-*] \S")
 
 
 def _resolve(obj: griffe.Object | griffe.Alias, name: str) -> str:
@@ -141,9 +143,34 @@ def _literal_markers(lines: list[str]) -> list[str]:
     return out
 
 
+def _list_items(lines: list[str]) -> list[str]:
+    """Bullet items indent their continuation by 2 spaces (reStructuredText); Python-Markdown
+    needs 4, so every line inside ``n`` items moves ``2 n`` spaces to the right. An item after
+    one with several blocks gets a blank line before it, which Python-Markdown needs too."""
+    out: list[str] = []
+    items: list[int] = []  # the indentation of each bullet the current line is inside
+    blocks_in_item = False
+    for line in lines:
+        indent = len(line) - len(line.lstrip())
+        if not line.strip():
+            blocks_in_item = bool(items)
+            out.append(line)
+            continue
+        while items and items[-1] >= indent:
+            items.pop()
+        if _BULLET.match(line):
+            if blocks_in_item and out and out[-1].strip():
+                out.append("")
+            blocks_in_item = False
+        out.append(" " * (2 * len(items)) + line)
+        if _BULLET.match(line):
+            items.append(indent)
+    return out
+
+
 def rst_to_markdown(text: str, obj: griffe.Object | griffe.Alias) -> str:
     """``text`` (a docstring of ``obj``) with its reStructuredText idioms in Markdown."""
-    lines = _literal_markers(_tables(_math_blocks(text.split("\n"))))
+    lines = _list_items(_literal_markers(_tables(_math_blocks(text.split("\n")))))
     return _cross_references("\n".join(lines), obj)
 
 
