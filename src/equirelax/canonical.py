@@ -517,6 +517,8 @@ class Canonicalized(nn.Module):
         ``lambda_prior``: the returned ``prior`` is ``prior_weight`` times the canonicalizer's
         prior, ready to be added to the task loss.
 
+    Notes
+    -----
     ``forward(*inputs)`` returns a :class:`Canonicalization` (``output``, ``elements``,
     ``prior``): everything is returned, nothing is kept on the module between calls. A canonical
     input that is a tuple is unpacked into the predictor's positional arguments.

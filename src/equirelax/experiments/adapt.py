@@ -218,9 +218,13 @@ def adapt(
         If given, each run's metrics and checkpoint go to ``out_dir/<arm>/seed<k>`` and the
         records to ``out_dir/results.json`` (rewritten after every run).
 
-    Each record holds ``arm``, ``seed``, ``upright``, ``c4`` and ``c8`` (accuracies in [0, 1]),
-    ``identity`` (canonicalized arms, else ``None``), ``seconds`` (fine-tuning wall time) and
-    ``equivariance_error`` (the engine's last value; ``None`` for ``pretrained``).
+    Returns
+    -------
+    list[dict[str, Any]]
+        One record per run, holding ``arm``, ``seed``, ``upright``, ``c4`` and ``c8``
+        (accuracies in [0, 1]), ``identity`` (canonicalized arms, else ``None``), ``seconds``
+        (fine-tuning wall time) and ``equivariance_error`` (the engine's last value; ``None``
+        for ``pretrained``).
     """
     group = parse_planar_group(group)
     arms = check_arms(arms, list(ARMS))

@@ -75,6 +75,7 @@ __all__ = [
 ]
 
 RUN_RESULT = "result.json"
+"""A finished run's record in its directory (what :func:`run_one` returns)."""
 RUN_SETUP = "setup.json"
 """What a run of :func:`run_one` is (task, model, strategy and their options), written when it
 starts and compared on ``resume``."""

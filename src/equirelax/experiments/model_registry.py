@@ -254,6 +254,7 @@ MODELS: dict[str, ModelInfo] = {
         _set_decoder, "S_slots DeepSets slot decoder; option breaking=...", True
     ),
 }
+"""The built-in models by name (``equirelax tasks`` lists them with their tasks)."""
 
 
 def build(name: str, task: Task, **options: Any) -> nn.Module:

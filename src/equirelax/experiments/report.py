@@ -34,8 +34,11 @@ __all__ = [
 ]
 
 RESULTS_MD = "results.md"
+"""The comparison's results table, beside ``results.json``."""
 CURVES_PNG = "curves.png"
+"""The plot of the validation metric per epoch of each strategy's evaluated model."""
 LEVELS_PNG = "levels.png"
+"""The plot of the levels and multipliers per epoch."""
 PLOTS_EXTRA = "pip install 'equirelax[plots]'"
 """How to install what the plots need (matplotlib)."""
 

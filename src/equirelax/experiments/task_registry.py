@@ -209,6 +209,7 @@ TASKS: dict[str, TaskInfo] = {
         **_synthetic_presets(),
     ),
 }
+"""The built-in tasks by name, with their symmetry, models and presets (``equirelax tasks``)."""
 
 
 # Image tasks: "train" pretrains the CNN on upright images, "adapt" is the equal fine-tuning

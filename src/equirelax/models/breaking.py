@@ -23,6 +23,8 @@ from equirelax.breaking import NoiseInjection, OrderingBreaker
 __all__ = ["ARMS", "BreakingCode", "ColouringGNN", "PolygonPointer", "SetDecoder"]
 
 ARMS = BREAKING_MODES
+"""The arms of the symmetry-breaking models: ``strict`` (equivariant), ``noise`` (noise
+injection) and ``relaxed`` (a symmetry-breaking object)."""
 
 
 def _mlp(width_in: int, hidden: int, width_out: int) -> nn.Sequential:

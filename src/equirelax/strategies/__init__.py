@@ -50,6 +50,7 @@ __all__ = [
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (Strict, Free, Augment, CR, RPP, EquivariancePenalty, ACE, RECM)
 }
+"""The strategy classes by name (:func:`get` builds one with options)."""
 
 
 def get(name: str, **options: Any) -> Strategy:

@@ -103,6 +103,8 @@ class CR(Strategy):
         Move every training batch by one random element of the task's group (shared by the
         batch), as the official N-body code rotates every batch.
 
+    Notes
+    -----
     Every relaxed layer must expose ``action_in`` / ``action_out`` (forwarded from its
     equivariant layer). Each call of a relaxed layer under autograd is recorded and contributes
     to the regulariser of the next :meth:`loss`; the free branch must treat the samples of a

@@ -42,6 +42,8 @@ class EquivariancePenalty(Strategy):
     eps:
         Added to the normaliser (default 1e-8).
 
+    Notes
+    -----
     ``attach`` needs ``action_in``; ``action_out`` defaults to the trivial action (invariant
     outputs). Relaxed layers, if any, are set to level 1, so that the penalty acts on the
     unconstrained model as in REMUL. Evaluated as trained (no projection).

@@ -60,6 +60,8 @@ class RPP(Strategy):
         root-mean-square (``configure_free(init="relative")``; a lazily built branch when it
         is built). Default ``1e-3``.
 
+    Notes
+    -----
     ``attach`` needs a model with :class:`~equirelax.Relaxed` layers and sets every level to 1.
     Evaluated as trained: RPP keeps the free branch. Relaxes every linear map
     (:attr:`placement` ``"linear"``).

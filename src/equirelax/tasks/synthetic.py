@@ -262,12 +262,12 @@ def modified_inertia_task(
     (the task *claims* O(3)); the data is exactly symmetric only under ``R e_z = +-e_z``
     (``extra["exact_symmetry"]``).
 
+    Parameters other than those below as in :func:`inertia_task`.
+
     Parameters
     ----------
     strength:
         Finite, ``>= 0`` (``0``: the inertia task).
-
-    Other parameters as in :func:`inertia_task`.
 
     Examples
     --------
@@ -328,12 +328,12 @@ def o5_task(
     inputs are prefix-stable across ``train_size``, the standardised targets only up to these
     two numbers.
 
+    Parameters other than those below as in :func:`inertia_task`.
+
     Parameters
     ----------
     train_size:
         At least 2 (for the standard deviation).
-
-    Other parameters as in :func:`inertia_task`.
 
     Returns
     -------
@@ -378,12 +378,12 @@ def gap_dial_task(
 ) -> Task:
     """The symmetry-gap dial: ``y = (x1 . x2) x1 + x2 + delta (x1 . e_z) e_z`` under O(3).
 
+    Parameters other than those below as in :func:`inertia_task`.
+
     Parameters
     ----------
     delta:
         Finite, ``>= 0``: the known symmetry gap knob (``0``: exactly O(3)-equivariant).
-
-    Other parameters as in :func:`inertia_task`.
 
     Returns
     -------
