@@ -209,17 +209,16 @@ def test_a_checkpoint_of_another_strategy_or_plan_is_refused(tmp_path: Path) -> 
         _trainer(2).fit(module, _loader(TASK.train), ckpt_path=tmp_path / "cr" / "last.ckpt")
 
 
-def test_a_lazily_built_free_branch_is_built_before_the_optimiser() -> None:
-    def model() -> nn.Module:
-        torch.manual_seed(0)
-        return equirelax.relax(nn.Sequential(nn.Linear(12, 3)), select=nn.Linear)
+def test_a_lazy_free_branch_trains_with_or_without_an_example_input() -> None:
+    from equirelax.free_branches import LazyDenseFreeBranch
 
-    module = RelaxedLightningModule(model(), STRATEGIES["free"](), nn.functional.mse_loss)
-    with pytest.raises(ValueError, match="example_input_array: the free branches of"):
+    for example in (None, TASK.train[0][:2]):
+        torch.manual_seed(0)
+        model = nn.Sequential(equirelax.Relaxed(nn.Linear(12, 3), LazyDenseFreeBranch()))
+        module = RelaxedLightningModule(model, STRATEGIES["free"](), nn.functional.mse_loss)
+        module.example_input_array = example
+        module.attach_strategy()  # what setup does (once)
+        assert model[0].free_is_lazy is (example is None)
         _trainer(1).fit(module, _loader(TASK.train))
-    module = RelaxedLightningModule(model(), STRATEGIES["free"](), nn.functional.mse_loss)
-    module.example_input_array = TASK.train[0][:2]
-    module.attach_strategy()  # what setup does (once)
-    initial = module.model[0].free.linear.weight.detach().clone()
-    _trainer(1).fit(module, _loader(TASK.train))
-    assert not torch.equal(module.model[0].free.linear.weight, initial)
+        assert not model[0].free_is_lazy
+        assert model[0].free.linear.weight.grad is not None  # the optimiser stepped it

@@ -23,7 +23,9 @@ __all__ = [
 ]
 
 METRICS_CSV = "metrics.csv"
+"""The table of every epoch's record a run writes beside ``metrics.jsonl``."""
 TENSORBOARD_DIR = "tensorboard"
+"""Where ``loggers=["tensorboard"]`` writes its event files (under the run's directory)."""
 
 
 def flat_record(record: dict[str, Any]) -> dict[str, float]:

@@ -156,14 +156,9 @@ class RelaxedLightningModule(pl.LightningModule):
             generator=torch.Generator().manual_seed(seed),
             loss_fn=self.loss_fn,
         )
-        unbuilt = unbuilt_free_branches(self.model)
-        if unbuilt and self.example_input_array is None:
-            raise ValueError(
-                f"example_input_array: the free branches of {unbuilt} are built at the first "
-                "forward call, which must come before the optimiser; received None (set "
-                "example_input_array, or pass example_input to equirelax.relax)"
-            )
-        if unbuilt:
+        if unbuilt_free_branches(self.model) and self.example_input_array is not None:
+            # shapes, initialisation and norm bounds now; else at the first training step
+            # (the optimiser holds the uninitialised parameters either way)
             build_free_branches(self.model, self.example_input_array)
         self._attached = True
 

@@ -101,6 +101,8 @@ class RECM(Strategy):
         branches of layers with ``representation_in`` / ``representation_out``; finite groups
         use all elements).
 
+    Notes
+    -----
     The held-out probe set follows the levels' device and dtype at each probe, so the model
     may be moved or cast after :meth:`split_training_data`.
     """
