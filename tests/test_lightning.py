@@ -222,3 +222,14 @@ def test_a_lazy_free_branch_trains_with_or_without_an_example_input() -> None:
         _trainer(1).fit(module, _loader(TASK.train))
         assert not model[0].free_is_lazy
         assert model[0].free.linear.weight.grad is not None  # the optimiser stepped it
+
+
+def test_ace_trains_under_double_precision_cast_by_lightning() -> None:
+    for mode in ("equality", "resilient"):
+        module = _module(STRATEGIES["ace"](mode=mode))
+        _trainer(1, precision="64-true").fit(module, _loader(TASK.train))
+        assert module.strategy.multipliers().dtype == torch.float64
+        assert all(p.dtype == torch.float64 for p in module.model.parameters())
+        assert torch.isfinite(module.strategy.multipliers()).all()
+        projected = equirelax.project(module.model)
+        assert next(projected.parameters()).dtype == torch.float64
