@@ -109,9 +109,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[st
             jobs=args.jobs,
         )
     except (TypeError, ValueError) as error:
-        notes = "".join(f"\n  {note}" for note in getattr(error, "__notes__", ()))
-        print(f"equirelax {args.command}: error: {error}{notes}", file=sys.stderr)
-        return 2
+        return _refused(args, error)
     print()
     rows = summarize(results["runs"])
     print(format_table(rows, task.metric_name))
@@ -386,12 +384,8 @@ def adapt_command(
             progress=not args.quiet,
         )
     except (TypeError, ValueError) as error:
-        print(f"equirelax adapt: error: {error}", file=sys.stderr)
-        return 2
-    table = format_adapt_table(records)
-    _save_config(out, args)
-    _write_table(out, words, table)
-    return 0
+        return _refused(args, error)
+    return _finish(out, args, words, format_adapt_table(records))
 
 
 def break_command(
@@ -425,9 +419,20 @@ def break_command(
             progress=not args.quiet,
         )
     except (TypeError, ValueError) as error:
-        print(f"equirelax break: error: {error}", file=sys.stderr)
-        return 2
-    table = format_breaking_table(records)
+        return _refused(args, error)
+    return _finish(out, args, words, format_breaking_table(records))
+
+
+def _refused(args: argparse.Namespace, error: Exception) -> int:
+    """Report a runner's refusal of its inputs (with the notes the error carries); the usage
+    exit status."""
+    notes = "".join(f"\n  {note}" for note in getattr(error, "__notes__", ()))
+    print(f"equirelax {args.command}: error: {error}{notes}", file=sys.stderr)
+    return 2
+
+
+def _finish(out: Path, args: argparse.Namespace, words: list[str], table: str) -> int:
+    """Save the resolved options and ``results.md``, print the table; the exit status."""
     _save_config(out, args)
     _write_table(out, words, table)
     return 0
