@@ -51,7 +51,7 @@ from equirelax.experiments.names import (
     TASK_NAMES,
 )
 
-__all__ = ["DEBUG_ENV", "main"]
+__all__ = ["DEBUG_ENV", "error_line", "main"]
 
 DEBUG_ENV = "EQUIRELAX_DEBUG"
 """The environment variable that makes the command line show tracebacks (``1``)."""
@@ -350,13 +350,18 @@ def _with_config(
     return parser.parse_args([*argv[:at], *given_task, *words, *argv[at:]])
 
 
+def error_line(command: str, error: Exception) -> str:
+    """``equirelax COMMAND: error: MESSAGE`` with the notes the error carries, one per line."""
+    notes = "".join(f"\n  {note}" for note in getattr(error, "__notes__", ()))
+    prefix = f"equirelax {command}" if command else "equirelax"
+    return f"{prefix}: error: {error}{notes}"
+
+
 def _error_message(words: Sequence[str], error: Exception) -> str:
     """One message for an error that reached the command line: what it says, and for an error
     that is not a report of bad input or a file problem, how to report it."""
     command = next((word for word in words if not word.startswith("-")), "")
-    notes = "".join(f"\n  {note}" for note in getattr(error, "__notes__", ()))
-    prefix = f"equirelax {command}" if command else "equirelax"
-    message = f"{prefix}: error: {error}{notes}"
+    message = error_line(command, error)
     if not isinstance(error, (ValueError, TypeError, OSError, ImportError, RuntimeError)):
         message += (
             f"\n({type(error).__name__}; run again with --debug for the traceback and report it)"

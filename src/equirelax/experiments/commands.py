@@ -24,6 +24,7 @@ from equirelax.experiments import model_registry
 from equirelax.experiments.adapt import ARMS, adapt, format_adapt_table, pretrain
 from equirelax.experiments.breaking import ARMS as BREAKING_ARMS
 from equirelax.experiments.breaking import compare_breaking, format_breaking_table
+from equirelax.experiments.cli import error_line
 from equirelax.experiments.compare import (
     RUN_RESULT,
     STRATEGY_PRESETS,
@@ -149,9 +150,7 @@ def gap_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         parser.error(f"task: expected one of {', '.join(TASKS)}, received {args.task!r}")
     info = TASKS[args.task]
     preset = info.full if args.full else info.quick
-    options = {**preset["task"], **dict(args.task_option)}
-    if "progress" in option_names(info.builder) or []:
-        options["progress"] = not args.quiet
+    options = {**preset["task"], "progress": not args.quiet, **dict(args.task_option)}
     task = _build_task(parser, args, info, options)
     if task.metric_name not in ("mse", "rmse"):
         parser.error(
@@ -424,10 +423,8 @@ def break_command(
 
 
 def _refused(args: argparse.Namespace, error: Exception) -> int:
-    """Report a runner's refusal of its inputs (with the notes the error carries); the usage
-    exit status."""
-    notes = "".join(f"\n  {note}" for note in getattr(error, "__notes__", ()))
-    print(f"equirelax {args.command}: error: {error}{notes}", file=sys.stderr)
+    """Report a runner's refusal of its inputs; the usage exit status."""
+    print(error_line(args.command, error), file=sys.stderr)
     return 2
 
 
