@@ -180,3 +180,19 @@ def test_an_arm_reads_the_test_split_it_names(tmp_path):
     assert domain.test == [10.0, 20.0, 30.0]
     assert domain.test_final == [0.0, 0.0, 0.0]
     assert claims.load_arm(tmp_path, _arm("strict")).test == [1.0, 2.0, 3.0]
+
+
+def test_arms_of_different_lengths_are_not_compared(tmp_path):
+    """A 200-epoch arm is not judged against a 1000-epoch one, in a row or in the advice."""
+    _write(tmp_path, "c/short", {"x": _values(2.0, 0.01)}, epochs=200)
+    _write(tmp_path, "c/p", {"strict": _values(1.0, 0.01), "y": _values(0.5, 0.01)}, epochs=1000)
+    short, strict = claims.Arm("c/short", "x", "x"), _arm("strict")
+    row = claims.Row("9", "x below strict", "fig", "proto", claims.Lower(short, strict))
+    assert claims.row_cells(row, tmp_path)[-1] == claims.UNEQUAL
+    same = claims.Row("9", "x as strict", "fig", "proto", claims.Same(short, strict))
+    assert claims.row_cells(same, tmp_path)[-1] == claims.UNEQUAL
+    text = claims.advice([claims.Pick("toy", strict, (short, _arm("y")))], tmp_path)
+    assert "beat strict (1 ± 0.01) beyond noise: y" in text
+    assert "x (200 epochs) left out: another length than strict's" in text
+    alone = claims.advice([claims.Pick("toy", strict, (short,))], tmp_path)
+    assert "not measured yet" in alone
