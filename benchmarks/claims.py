@@ -1026,13 +1026,14 @@ def _save_figure(figure: Any, path: Path, alt: str) -> str:
 def _plot_sample_efficiency(root: Path) -> str:
     from equirelax.experiments.report import colour
 
-    series = {}
+    series, lengths = {}, set()
     for label in ("strict", "ace-equality"):
         points = []
         for size in SIZES:
             result = load_arm(root, _size_arm(label, size))
             if result.n:
                 points.append((size, *result.mean_std()))
+                lengths.add(result.epochs)
         series[label] = points
     if not any(len(points) >= 2 for points in series.values()):
         return ""
@@ -1047,7 +1048,7 @@ def _plot_sample_efficiency(root: Path) -> str:
         yscale="log",
         xlabel="training systems",
         ylabel="test MSE at best val",
-        title="N-body EGNN: MSE vs samples",
+        title=f"N-body EGNN, {'/'.join(map(str, sorted(lengths)))} epochs: MSE vs samples",
     )
     axis.legend()
     return _save_figure(figure, root / "sample-efficiency" / "mse-vs-samples.png", "MSE vs samples")
