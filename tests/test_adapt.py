@@ -4,6 +4,8 @@ rotation, the identity fraction, the ``cnn`` model, and the ``equirelax adapt`` 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -179,3 +181,25 @@ def test_adapt_command_errors_name_the_argument(
     code = main(["adapt", "glyphs", *TINY, "--predictor", str(wrong), "--out", str(tmp_path / "y")])
     assert code == 2
     assert "--predictor: " in capsys.readouterr().err
+
+
+def test_adapt_scores_the_model_of_the_best_validation_epoch(task, pretrained, monkeypatch) -> None:
+    """Accuracies are the best validation epoch's model's, as the papers report them: the final
+    model here is a copy that predicts one class only."""
+    import equirelax.experiments.adapt as adapt_module
+
+    real_train = adapt_module.train
+
+    def train_then_spoil(model, *args, **kwargs):
+        result = real_train(model, *args, **kwargs)
+        spoiled = copy.deepcopy(result.model)
+        for parameter in spoiled.parameters():
+            parameter.data.zero_()
+        return dataclasses.replace(result, model=spoiled, best_model=result.model, best_epoch=0)
+
+    monkeypatch.setattr(adapt_module, "train", train_then_spoil)
+    config = TrainConfig(epochs=1, batch_size=50, lr=1e-3)
+    (record,) = adapt(task, pretrained, "c4", arms=("vanilla",), seeds=1, config=config,
+                      progress=False)  # fmt: skip
+    assert record["best_epoch"] == 0
+    assert record["upright"] > 0.5  # the spoiled final model scores chance (1 / classes)

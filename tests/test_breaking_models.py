@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from equirelax.actions import DirectSumAction, PointAction, TrivialAction, VectorAction
 from equirelax.breaking import is_relaxed_equivariant, keeps_stabiliser
 from equirelax.engine import TrainConfig
+from equirelax.engine.evaluation import split_means
 from equirelax.experiments import model_registry
 from equirelax.experiments.breaking import compare_breaking, format_breaking_table, symmetry_checks
 from equirelax.experiments.cli import main
@@ -186,3 +188,31 @@ def test_cli_break_writes_the_table(tmp_path, capsys) -> None:
     assert "task: expected one of polygon" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["break", "polygon", "--arms", "strict,soft", "--quiet"])
+
+
+def test_compare_breaking_measures_the_model_of_the_best_validation_epoch(monkeypatch) -> None:
+    """The record's loss is the best validation epoch's model's; the final model here is a
+    copy with every weight zeroed."""
+    import equirelax.experiments.breaking as breaking_module
+
+    real_train, kept = breaking_module.train, []
+
+    def train_then_spoil(model, *args, **kwargs):
+        result = real_train(model, *args, **kwargs)
+        spoiled = copy.deepcopy(result.model)
+        for parameter in spoiled.parameters():
+            parameter.data.zero_()
+        kept.append(result.model)
+        return dataclasses.replace(
+            result, model=spoiled, evaluation_model=spoiled, best_model=result.model, best_epoch=0
+        )
+
+    monkeypatch.setattr(breaking_module, "train", train_then_spoil)
+    task = polygon_task(40, 20, 20)
+    config = TrainConfig(epochs=1, batch_size=20)
+    (record,) = compare_breaking(task, "polygon-net", ("relaxed",), seeds=1, config=config,
+                                 check_samples=4, progress=False)  # fmt: skip
+    torch.manual_seed(0)
+    loss, _ = split_means(kept[0], task.test, [task.loss, task.metric], config.eval_batch_size)
+    assert record["best_epoch"] == 0
+    assert record["loss"] == pytest.approx(loss)

@@ -154,3 +154,9 @@ class TrainResult:
     final: dict[str, Any] = field(default_factory=dict)
     best_model: nn.Module | None = None
     best_epoch: int | None = None
+
+    @property
+    def selected_model(self) -> nn.Module:
+        """The model the papers report on: ``best_model`` (the evaluated model at the best
+        validation epoch), or ``evaluation_model`` when there was no validation."""
+        return self.best_model if self.best_model is not None else self.evaluation_model

@@ -222,9 +222,11 @@ def adapt(
     -------
     list[dict[str, Any]]
         One record per run, holding ``arm``, ``seed``, ``upright``, ``c4`` and ``c8``
-        (accuracies in [0, 1]), ``identity`` (canonicalized arms, else ``None``), ``seconds``
-        (fine-tuning wall time) and ``equivariance_error`` (the engine's last value; ``None``
-        for ``pretrained``).
+        (accuracies in [0, 1] of the model at the best validation epoch ``best_epoch``, as the
+        papers report; the final model where the task has no validation split),
+        ``identity`` (canonicalized arms, else ``None``), ``seconds`` (fine-tuning wall time)
+        and ``equivariance_error`` (the engine's last value). ``best_epoch`` and
+        ``equivariance_error`` are ``None`` for ``pretrained``.
     """
     group = parse_planar_group(group)
     arms = check_arms(arms, list(ARMS))
@@ -260,7 +262,7 @@ def adapt(
     def run(arm: str, seed: int, run_dir: Path | None) -> dict[str, Any]:
         model = _arm_model(arm, predictor, group, inputs.shape[1], prior_weight, options)
         started = time.perf_counter()
-        error = None
+        error = best_epoch = None
         if arm != "pretrained":
             strategy = Augment() if arm == "augment" else Free()
             scale = {"canonicalizer.": canonicalizer_lr_scale} if arm in _CANONICALIZED else {}
@@ -272,7 +274,8 @@ def adapt(
                 out_dir=run_dir,
                 progress=progress,
             )
-            model = result.model
+            model = result.selected_model
+            best_epoch = result.best_epoch
             error = result.final.get("equivariance_error")
         seconds = time.perf_counter() - started
         return {
@@ -284,6 +287,7 @@ def adapt(
             else None,
             "seconds": seconds,
             "equivariance_error": error,
+            "best_epoch": best_epoch,
         }
 
     return run_arms(

@@ -97,7 +97,8 @@ def compare_breaking(
     """Train ``model`` (a name of :data:`~equirelax.experiments.model_registry.MODELS` with a
     ``breaking`` option) in each arm for ``seeds`` seeds and measure it (see the module docstring).
 
-    Each record holds ``arm``, ``seed``, ``failure`` and ``loss`` (test split, else validation),
+    Each record holds ``arm``, ``seed``, ``failure`` and ``loss`` (test split, else validation;
+    of the model at the best validation epoch ``best_epoch``, as the papers report),
     ``symmetric``, ``relaxed_equivariant`` and ``keeps_stabiliser`` (fractions of the first
     ``check_samples`` test inputs) and ``seconds`` (training wall time). With ``out_dir`` the runs
     go to ``out_dir/<arm>/seed<k>`` and the records to ``out_dir/results.json``.
@@ -123,12 +124,15 @@ def compare_breaking(
         seconds = time.perf_counter() - started
         torch.manual_seed(seed)
         functions = [task.loss, task.metric]
-        loss, failure = split_means(result.model, evaluation, functions, config.eval_batch_size)
+        loss, failure = split_means(
+            result.selected_model, evaluation, functions, config.eval_batch_size
+        )
         return {
             "failure": failure,
             "loss": loss,
-            **symmetry_checks(result.model, task, checked),
+            **symmetry_checks(result.selected_model, task, checked),
             "seconds": seconds,
+            "best_epoch": result.best_epoch,
         }
 
     setup = {"task": task.name, "model": model, "config": dataclasses.asdict(config)}
