@@ -5,6 +5,7 @@ stops after ``patience`` epochs without improvement, and resumes all of it."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -143,3 +144,23 @@ def test_compiled_training_forward_matches_eager(strategy):
     assert not hasattr(runs[1].model, "_orig_mod")
     with pytest.raises(ValueError, match="compile"):
         equirelax.TrainConfig(compile="no-such-backend")
+
+
+def test_ties_of_the_validation_metric_go_to_the_epoch_of_lower_validation_loss(tmp_path):
+    """A discrete metric (a failure rate, an error rate) often ties across epochs; among tied
+    epochs the engine keeps the one of lowest validation loss, not the first, and a resumed run
+    keeps that rule."""
+    task = dataclasses.replace(_task_with_test(), metric=lambda outputs, targets: outputs.sum() * 0)
+    options = {**SMALL, "lr": 1e-3, "epochs": 6}
+    result = equirelax.train(vector_model(), Free(), task, out_dir=tmp_path / "a", **options)
+    losses = [record["val_loss"] for record in result.history]
+    assert losses[-1] < losses[0]  # the loss moved while the metric stayed tied at 0
+    assert result.final["best_epoch"] == min(range(6), key=losses.__getitem__)
+    with pytest.raises(InterruptError):
+        equirelax.train(
+            vector_model(), interrupt_at(Free(), 3), task, out_dir=tmp_path / "b", **options
+        )
+    resumed = equirelax.train(
+        vector_model(), Free(), task, out_dir=tmp_path / "b", resume=True, **options
+    )
+    assert resumed.final["best_epoch"] == result.final["best_epoch"]

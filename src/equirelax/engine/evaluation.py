@@ -37,11 +37,17 @@ def evaluate(
     *,
     precise: bool,
 ) -> tuple[dict[str, Any], nn.Module]:
-    """The validation record of the model the strategy evaluates (``val``, its
-    ``equivariance_error`` and, when it is not the trained model, ``val_relaxed`` of the
-    trained one), and that evaluated model."""
+    """The validation record of the model the strategy evaluates (``val``; ``val_loss``, the
+    task loss, when the metric is another function; its ``equivariance_error`` and, when it is
+    not the trained model, ``val_relaxed`` of the trained one), and that evaluated model."""
     evaluated = strategy.evaluation_model(model)
-    record: dict[str, Any] = {"val": split_metric(evaluated, task, task.val, config, device)}
+    functions = [task.metric] if task.metric is task.loss else [task.metric, task.loss]
+    values = split_means(
+        evaluated, task.val, functions, config.eval_batch_size, device, predict=task.predict
+    )
+    record: dict[str, Any] = {"val": values[0]}
+    if len(values) > 1:
+        record["val_loss"] = values[1]
     if evaluated is not model and relaxed_layers(model):
         record["val_relaxed"] = split_metric(model, task, task.val, config, device)
     record["equivariance_error"] = validation_equivariance_error(

@@ -310,12 +310,14 @@ class _Run:
             precise=epoch == self.config.epochs - 1,
         )
         record.update(evaluation, eval_seconds=time.perf_counter() - started)
-        if self.best is None or self.best.improved_by(evaluation["val"]):
+        val_loss = evaluation.get("val_loss")
+        if self.best is None or self.best.improved_by(evaluation["val"], val_loss):
             self.best = Best(
                 epoch,
                 evaluation["val"],
                 detached(evaluated, self.model),
                 copy.deepcopy(self.model) if "val_relaxed" in evaluation else None,
+                val_loss,
             )
             if self.rank == 0 and self.best_path is not None:
                 save_best(self.best_path, self.best)

@@ -61,15 +61,29 @@ METRICS = "metrics.jsonl"
 @dataclass
 class Best:
     """The evaluated model's copy at the best validation epoch so far, and the trained
-    (relaxed) model's when the evaluated one is its projection."""
+    (relaxed) model's when the evaluated one is its projection. ``val_loss`` is the
+    validation loss where the metric is another function (it breaks ties of the metric)."""
 
     epoch: int
     val: float
     model: nn.Module
     relaxed: nn.Module | None = None
+    val_loss: float | None = None
 
-    def improved_by(self, val: float) -> bool:
-        return math.isfinite(val) and (not math.isfinite(self.val) or val < self.val)
+    def improved_by(self, val: float, val_loss: float | None = None) -> bool:
+        """Whether an evaluation of metric ``val`` (and loss ``val_loss``) is better: a lower
+        finite metric, or the same metric at a lower loss (a discrete metric such as a failure
+        rate ties often, and the first of tied epochs is not the best model)."""
+        if not math.isfinite(val):
+            return False
+        if not math.isfinite(self.val) or val < self.val:
+            return True
+        return (
+            val == self.val
+            and val_loss is not None
+            and self.val_loss is not None
+            and val_loss < self.val_loss
+        )
 
 
 def epoch_seed(config: TrainConfig, epoch: int) -> int:
@@ -167,7 +181,12 @@ def detached(evaluated: nn.Module, model: nn.Module) -> nn.Module:
 def save_best(path: Path, best: Best) -> None:
     """``best.pt``: the evaluated model's weights at the best validation epoch (and the
     trained model's, ``relaxed``, when they differ)."""
-    state = {"epoch": best.epoch, "val": best.val, "model": best.model.state_dict()}
+    state = {
+        "epoch": best.epoch,
+        "val": best.val,
+        "val_loss": best.val_loss,
+        "model": best.model.state_dict(),
+    }
     if best.relaxed is not None:
         state["relaxed"] = best.relaxed.state_dict()
     atomic_save(state, path)
@@ -192,7 +211,14 @@ def load_best(
     if "relaxed" in state:
         relaxed = copy.deepcopy(model)
         load_into(relaxed, state["relaxed"], path)
-    return Best(int(state["epoch"]), float(state["val"]), best, relaxed)
+    val_loss = state.get("val_loss")  # absent in files written before ties were broken
+    return Best(
+        int(state["epoch"]),
+        float(state["val"]),
+        best,
+        relaxed,
+        None if val_loss is None else float(val_loss),
+    )
 
 
 _FREE_ON_RESUME = ("compile", "device", "eval_batch_size", "loggers")
