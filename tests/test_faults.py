@@ -215,7 +215,7 @@ def test_a_cache_path_that_is_a_file_is_named(tmp_path: Path) -> None:
 def test_a_comparison_killed_mid_run_resumes_to_the_uninterrupted_results(tmp_path: Path) -> None:
     argv = [
         sys.executable, "-m", "equirelax", "compare", "gap-dial", "--strategies", "strict,rpp",
-        "--seeds", "1", "--epochs", "40", "--train-size", "64", "--val-size", "16",
+        "--seeds", "1", "--epochs", "12", "--train-size", "64", "--val-size", "16",
         "--test-size", "16", "--batch-size", "16", "--model-option", "num_layers=1", "--jobs", "1",
         "--quiet",
     ]  # fmt: skip
