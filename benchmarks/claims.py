@@ -601,6 +601,12 @@ _register(
     )
 )
 NBODY_RELAXED_NOTES = """\
+Every relaxed EGNN arm is judged against strict EGNN at its own length: the 200-epoch rows
+against strict's 200-epoch runs (`egnn-baseline/e200-egnn`), the 1000-epoch rows against the
+1000-epoch baseline, each with all 5 of strict's seeds (its seeds 0-2 alone had a third of the
+5-seed std, 5.2e-5 against 1.65e-4 at 1000 epochs, and made augmentation look better beyond
+noise; nothing pairs runs by seed).
+
 Levels at the end of the 200-epoch EGNN runs (`runs/<arm>/seed<k>/metrics.jsonl`, last line):
 ACE-equality's four levels were still -0.22 to -0.32 (its equality constraint had not pulled
 them to 0 in 200 of 1000 epochs); ACE-resilient's were at most 1e-4 in size; CR's schedule had
@@ -608,12 +614,17 @@ brought its levels to 0; RPP's levels are fixed at 1 by construction. On this ma
 SEGNN took 10-12 s per epoch against strict SEGNN's 1.1-1.2 s (runs sharing the two cores), so
 the SEGNN part is the one that needs the most compute to continue.
 
-ACE-equality at the full 1000 epochs (part `egnn-ace-equality-1000`, 3 seeds, 15-17.5 min a
-run, two runs sharing the two cores): the levels were still -0.12 to -0.20 in 11 of 12 layers
-(one at +0.10) and the multipliers between -0.07 and 0.26, so the equality constraint had not
-driven the levels to 0 at this length either; the projected model's best validation epoch was
-219-269, and its test MSE there (7.11e-3 +- 2.1e-4) is within noise of strict's at 1000 epochs
-(7.32e-3 +- 5.2e-5), like the 200-epoch run."""
+At the full 1000 epochs (parts `egnn-ace-equality-1000` and `egnn-1000`, 3 seeds, two runs
+sharing the two cores; 14-26 min a run, CR about 40): RPP is the one arm below strict beyond
+noise (6.57e-3 +- 2.2e-4 against 7.21e-3 +- 1.65e-4), where at 200 epochs it was above it. Its
+best validation epochs were 374-779 against strict's 184-264 and ACE's and augmentation's
+184-274: its prior on the free branches keeps it improving after those begin to overfit
+(ACE-resilient's training loss was 1.6e-4 against a validation MSE of 8.3e-3 at epoch 999).
+ACE-equality's levels were still -0.12 to -0.20 in 11 of 12 layers (one at +0.10), multipliers
+-0.07 to 0.26: the equality constraint had not driven them to 0 at this length either;
+ACE-resilient's stayed within 5e-3 of 0. The unconstrained model's best epochs were 999 and 989
+in two of three seeds (149 in the third), its test MSE above strict's. Compiled regulariser
+terms for CR (a probe outside the repository) saved 20% of its EGNN epoch and nothing on SEGNN."""
 
 
 _register(
