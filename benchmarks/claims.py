@@ -615,7 +615,7 @@ SEGNN took 10-12 s per epoch against strict SEGNN's 1.1-1.2 s (runs sharing the 
 the SEGNN part is the one that needs the most compute to continue.
 
 At the full 1000 epochs (parts `egnn-ace-equality-1000` and `egnn-1000`, 3 seeds, two runs
-sharing the two cores; 14-26 min a run, CR about 40): RPP is the one arm below strict beyond
+sharing the two cores; 14-26 min a run, CR 30.5): RPP is the one arm below strict beyond
 noise (6.57e-3 +- 2.2e-4 against 7.21e-3 +- 1.65e-4), where at 200 epochs it was above it. Its
 best validation epochs were 374-779 against strict's 184-264 and ACE's and augmentation's
 184-274: its prior on the free branches keeps it improving after those begin to overfit
