@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -1035,7 +1036,7 @@ def _save_figure(figure: Any, path: Path, alt: str) -> str:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-    return f"![{alt}]({path.relative_to(REPORT.parent)})"
+    return f"![{alt}]({Path(os.path.relpath(path, REPORT.parent)).as_posix()})"
 
 
 def _plot_sample_efficiency(root: Path) -> str:
