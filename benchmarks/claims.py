@@ -1009,12 +1009,8 @@ def part_section(claim: Claim, part: Part, root: Path) -> str:
         f"(about {_seconds(wall / jobs)} of wall time at {jobs} jobs)",
     ]
     if (directory / "curves.png").exists():
-        relative = (
-            directory.relative_to(REPORT.parent)
-            if directory.is_relative_to(REPORT.parent)
-            else directory
-        )
-        lines.append(f"  - curves: [{relative}/curves.png]({relative}/curves.png)")
+        relative = _from_report(directory / "curves.png")
+        lines.append(f"  - curves: [{relative}]({relative})")
     return "\n".join(lines)
 
 
@@ -1036,7 +1032,12 @@ def _save_figure(figure: Any, path: Path, alt: str) -> str:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-    return f"![{alt}]({Path(os.path.relpath(path, REPORT.parent)).as_posix()})"
+    return f"![{alt}]({_from_report(path)})"
+
+
+def _from_report(path: Path) -> str:
+    """``path`` as a link from the report's folder (relative or absolute ``--out`` alike)."""
+    return Path(os.path.relpath(path, REPORT.parent)).as_posix()
 
 
 def _plot_sample_efficiency(root: Path) -> str:
