@@ -161,6 +161,19 @@ def test_report_lists_every_part_with_its_command_machine_and_wall_time(tmp_path
     assert "not run yet" in claims.part_section(claim, claim.parts[1], tmp_path)
 
 
+def test_a_part_run_with_an_absolute_out_reads_as_one_run_from_the_repository(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "c/p", {"strict": _values(1.0, 0.1)})
+    results = json.loads((tmp_path / "c/p/results.json").read_text())
+    results["command"] = f"equirelax compare toy --out {tmp_path.resolve().as_posix()}/c/p"
+    (tmp_path / "c/p/results.json").write_text(json.dumps(results))
+    part = claims.Part("p", ("toy",), epochs=7)
+    claim = claims.Claim("c", "a toy claim", parts=(part,), rows=())
+    assert "`equirelax compare toy --out c/p`" in claims.part_section(claim, part, tmp_path)
+
+
 def test_every_registered_row_names_arms_of_registered_parts():
     parts = {f"{c.name}/{p.name}" for c in claims.CLAIMS.values() for p in c.parts}
     for claim in claims.CLAIMS.values():

@@ -14,6 +14,14 @@ product are never relaxed by default (``placement="all"`` or ``select=`` can). E
 dense free branch.
 
 ``MLP`` is the no-symmetry baseline on the same flat tensors.
+
+Departures from the official EMLP (``emlp.nn.EMLP(ch=384)``): the default hidden representation
+is smaller (116 dimensions against ``uniform_rep(384)`` = 102 T0 + 34 V + 11 T2 + 3 T3 for O(3)),
+and the bilinear map is factored through a rank representation (``EquivariantBilinear``) where
+the official ``BiLinear`` fills a feature-dependent matrix from the features of each tensor
+type. Measured on inertia at the official training protocol (constant lr 3e-3, 900 epochs,
+strict, seed 0): test MSE 0.078 at the defaults, 0.092 with the official width (135k parameters
+against 38k); the paper reports 0.136. The official bilinear form was not measured.
 """
 
 from __future__ import annotations
