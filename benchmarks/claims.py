@@ -803,6 +803,18 @@ width was not the cause. The cosine runs (3 seeds, test at best validation): ine
 resilient 1.73, RECM 1.15, MLP 4.40. The rows above are the reruns at the official schedule and
 lengths.
 
+The rerun at the official schedule (3 seeds, 2 runs sharing the two cores, about 1.5 min a run
+on inertia and 1 min on modified inertia): strict E-MLP on inertia 0.078, 0.116 and 0.462 (the
+paper's three runs: 0.075, 0.164, 0.169); its third seed's training loss was still 0.08 at epoch
+900 against 0.013-0.015 for the other two. On modified inertia strict's seeds gave 1.39, 1.72
+and 1.68 at their best validation epochs (1.74 +- 0.28 at the final epoch, against the RPP logs'
+1.185 over 10 trials); RPP 0.47, 0.47 and 1.02 and RECM 0.17, 1.18 and 0.79 are below it beyond
+noise. ACE-equality's seed 0 on modified inertia diverged at epoch 252 (levels from 0.16, 0.27
+and 2.5 to 1e17 in one epoch; the engine stopped it and the comparison recorded it as failed).
+Seed 0 of every ACE arm swings its levels to 9-13 in size at epoch 2 under the short-run rule,
+at the cosine schedule as at the constant rate, and then settles near 0; the cosine runs never
+diverged, and the other constant-rate ACE runs settled (final levels at most 0.37 in size).
+
 Known departures left: E-MLP's bilinear layer is factored through a rank representation (8 T0 +
 8 V; `equirelax.nn.EquivariantBilinear`) where the official BiLinear fills a pre-activation-
 dependent matrix from the features of each tensor type, and the hidden representation is 32 T0 +
