@@ -400,8 +400,14 @@ def _egnn_arm(label: str, epochs: int = 200) -> Arm:
     return Arm(f"nbody-relaxed/{part}", label, f"{label} EGNN")
 
 
-def _segnn_arm(label: str) -> Arm:
-    return Arm("nbody-relaxed/segnn", label, f"{label} SEGNN")
+SEGNN_LENGTHS = (2000, 150)
+
+
+def _segnn_arm(label: str, epochs: int = 2000) -> Arm:
+    """The SEGNN N-body arm of ``label`` at the paper's 2000 epochs or the first runs' 150
+    (a part of their own: CR's schedule is planned over its length, so they cannot continue)."""
+    part = {2000: "segnn", 150: "segnn-150"}[epochs]
+    return Arm(f"nbody-relaxed/{part}", label, f"{label} SEGNN")
 
 
 def _size_arm(label: str, size: int) -> Arm:
@@ -609,6 +615,41 @@ _register(
         ),
     )
 )
+
+
+def _segnn_rows() -> tuple[Row, ...]:
+    """Strict SEGNN against the paper's MSE and CR and ACE against strict, at 2000 epochs and
+    at the first runs' 150."""
+    rows = []
+    for epochs in SEGNN_LENGTHS:
+        strict = _segnn_arm("strict", epochs)
+        rows.append(
+            Row(
+                "2",
+                f"strict SEGNN reaches the ACE paper's MSE ({epochs} epochs)",
+                "5.6e-3",
+                SEGNN_PROTOCOL,
+                Reaches(strict, 5.6e-3),
+                paper_epochs=2000,
+            )
+        )
+        rows += [
+            Row(
+                "2",
+                f"SEGNN+{name} below SEGNN{extra}, both at {epochs} epochs",
+                f"{figure} vs 5.6e-3",
+                SEGNN_PROTOCOL,
+                Lower(_segnn_arm(label, epochs), strict),
+                paper_epochs=2000,
+            )
+            for label, name, figure, extra in (
+                ("cr", "CR", "4.9e-3", ""),
+                ("ace-equality", "ACE", "3.8e-3", " (projected model; relaxed beside it)"),
+            )
+        ]
+    return tuple(rows)
+
+
 NBODY_RELAXED_NOTES = """\
 Every relaxed EGNN arm is judged against strict EGNN at its own length: the 200-epoch rows
 against strict's 200-epoch runs (`egnn-baseline/e200-egnn`), the 1000-epoch rows against the
@@ -619,9 +660,15 @@ noise; nothing pairs runs by seed).
 Levels at the end of the 200-epoch EGNN runs (`runs/<arm>/seed<k>/metrics.jsonl`, last line):
 ACE-equality's four levels were still -0.22 to -0.32 (its equality constraint had not pulled
 them to 0 in 200 of 1000 epochs); ACE-resilient's were at most 1e-4 in size; CR's schedule had
-brought its levels to 0; RPP's levels are fixed at 1 by construction. On this machine CR on
-SEGNN took 10-12 s per epoch against strict SEGNN's 1.1-1.2 s (runs sharing the two cores), so
-the SEGNN part is the one that needs the most compute to continue.
+brought its levels to 0; RPP's levels are fixed at 1 by construction.
+
+SEGNN: the first runs stopped at 150 epochs (part `segnn-150`, kept as they ran: CR's schedule is
+planned over its length, so they cannot be continued to 2000); the paper-length part `segnn` was
+started on 2026-12-04 and continues with `--resume`. In those first runs CR took 8.8 s per epoch
+(median; 30 steps) against strict's 1.0 s, with more runs than cores; in a probe on this machine
+with one other run beside it a compiled training step took 0.11 s with CR against 0.02 s strict
+(CR's regulariser: 8 relaxed layers, 3 rotation generators and the reflection each), so CR at
+2000 epochs is about 2 h a run here.
 
 At the full 1000 epochs (parts `egnn-ace-equality-1000` and `egnn-1000`, 3 seeds, two runs
 sharing the two cores; 14-26 min a run, CR 30.5): RPP is the one arm below strict beyond
@@ -653,37 +700,25 @@ _register(
                 (*NBODY, "--model", "egnn", "--strategies", ",".join(EGNN_1000_ORDER)),
                 1000,
             ),
-            Part(
-                "segnn",
-                (*NBODY, "--model", "segnn", "--strategies", ",".join(SEGNN_ARMS), "--lr", "9e-4"),
-                2000,
-            ),
-        ),
-        rows=(
-            Row(
-                "2",
-                "strict SEGNN reaches the ACE paper's MSE",
-                "5.6e-3",
-                SEGNN_PROTOCOL,
-                Reaches(_segnn_arm("strict"), 5.6e-3),
-                paper_epochs=2000,
-            ),
             *(
-                Row(
-                    "2",
-                    f"SEGNN+{name} below SEGNN{extra}",
-                    f"{figure} vs 5.6e-3",
-                    SEGNN_PROTOCOL,
-                    Lower(_segnn_arm(label), _segnn_arm("strict")),
-                    paper_epochs=2000,
+                Part(
+                    "segnn" if epochs == 2000 else f"segnn-{epochs}",
+                    (
+                        *NBODY,
+                        "--model",
+                        "segnn",
+                        "--strategies",
+                        ",".join(SEGNN_ARMS),
+                        "--lr",
+                        "9e-4",
+                    ),
+                    epochs,
+                    fixed=epochs != 2000,
                 )
-                for label, name, figure, extra in (
-                    ("cr", "CR", "4.9e-3", ""),
-                    ("ace-equality", "ACE", "3.8e-3", " (projected model; relaxed beside it)"),
-                )
+                for epochs in SEGNN_LENGTHS
             ),
-            *_nbody_egnn_rows(),
         ),
+        rows=(*_segnn_rows(), *_nbody_egnn_rows()),
     )
 )
 SAMPLE_EFFICIENCY_NOTES = """\
@@ -1149,11 +1184,13 @@ PLOTS = {"sample-efficiency": _plot_sample_efficiency, "recm": _plot_recm_levels
 
 @dataclass(frozen=True)
 class Pick:
-    """One setting of the advice: strict and the strategies that compete with it."""
+    """One setting of the advice: strict and the strategies that compete with it; ``epochs``
+    the length its parts run (named while nothing is measured)."""
 
     setting: str
     strict: Arm
     others: tuple[Arm, ...]
+    epochs: int | None = None
 
 
 PICKS = (
@@ -1162,13 +1199,18 @@ PICKS = (
             "N-body, EGNN",
             _egnn_arm("strict", epochs),
             tuple(_egnn_arm(label, epochs) for label in RELAXED_EGNN),
+            epochs,
         )
         for epochs in (1000, 200)
     ),
-    Pick(
-        "N-body, SEGNN",
-        _segnn_arm("strict"),
-        tuple(_segnn_arm(label) for label in SEGNN_ARMS[1:]),
+    *(
+        Pick(
+            "N-body, SEGNN",
+            _segnn_arm("strict", epochs),
+            tuple(_segnn_arm(label, epochs) for label in SEGNN_ARMS[1:]),
+            epochs,
+        )
+        for epochs in SEGNN_LENGTHS
     ),
     *(
         Pick(
@@ -1201,7 +1243,8 @@ def advice(picks: Sequence[Pick], root: Path) -> str:
             if not _same_length(r, strict)
         )
         if strict.n < 2 or not others:
-            lines.append(f"- **{pick.setting}**: not measured yet.{left_out}")
+            length = f" ({pick.epochs} epochs)" if pick.epochs else ""
+            lines.append(f"- **{pick.setting}**{length}: not measured yet.{left_out}")
             continue
         ahead = [
             r
