@@ -147,6 +147,8 @@ def test_advice_names_the_winner_beyond_noise_or_says_use_strict(tmp_path):
     assert "nothing beats strict" in text
     assert "lowest mean is y" in text
     assert "not measured yet" in claims.advice([claims.Pick("none", _arm("z"), ())], tmp_path)
+    running = claims.Pick("none", _arm("z"), (), epochs=2000)
+    assert "- **none** (2000 epochs): not measured yet." in claims.advice([running], tmp_path)
 
 
 def test_report_lists_every_part_with_its_command_machine_and_wall_time(tmp_path):
