@@ -836,8 +836,8 @@ width was not the cause; on modified inertia (seed 0, constant, 500) it gave 1.2
 validation epoch (ours 1.39) and 1.93 at the final one (ours 1.43). The cosine runs (3 seeds,
 test at best validation): inertia strict 0.689 +- 0.394, RPP 0.629, CR 0.829, ACE-equality
 0.878, ACE-resilient 0.885, RECM 0.562, MLP 3.56; modified inertia strict 2.27 +- 0.31, RPP 1.12
-+- 0.17, CR 2.44, ACE-equality 2.31, ACE- resilient 1.73, RECM 1.15, MLP 4.40. The rows above
-are the reruns at the official schedule and lengths.
++- 0.17, CR 2.44, ACE-equality 2.31, ACE-resilient 1.73, RECM 1.15, MLP 4.40. The rows above are
+the reruns at the official schedule and lengths.
 
 The rerun at the official schedule (3 seeds, 2 runs sharing the two cores, about 1.5 min a run
 on inertia and 1 min on modified inertia): strict E-MLP on inertia 0.078, 0.116 and 0.462 (the
@@ -852,13 +852,13 @@ at the cosine schedule as at the constant rate, and then settles near 0; the cos
 diverged, and the other constant-rate ACE runs settled (final levels at most 0.37 in size).
 
 Known departures left: E-MLP's bilinear layer is factored through a rank representation (8 T0 +
-8 V; `equirelax.nn.EquivariantBilinear`) where the official BiLinear fills a pre-activation-
-dependent matrix from the features of each tensor type, and the hidden representation is 32 T0 +
-16 V + 4 T2 (116 dimensions) where the official uses uniform_rep(384). The first ACE runs
-(`emlp/inertia-emlp-official-ace`, the cosine preset): at the official step sizes (levels under
-the primal Adam, dual Adam 8e-4) ACE-equality's levels were still 0.79-0.93 after 1000 steps and
-its projected model's test MSE 21.6 and 24.1 (2 seeds), so the synthetic presets run ACE with
-the rule of the short runs (gradient-descent levels, nuPI dual)."""
+8 V; `equirelax.nn.EquivariantBilinear`) where the official BiLinear fills a
+pre-activation-dependent matrix from the features of each tensor type, and the hidden
+representation is 32 T0 + 16 V + 4 T2 (116 dimensions) where the official uses uniform_rep(384).
+The first ACE runs (`emlp/inertia-emlp-official-ace`, the cosine preset): at the official step
+sizes (levels under the primal Adam, dual Adam 8e-4) ACE-equality's levels were still 0.79-0.93
+after 1000 steps and its projected model's test MSE 21.6 and 24.1 (2 seeds), so the synthetic
+presets run ACE with the rule of the short runs (gradient-descent levels, nuPI dual)."""
 RECM_DIFFERS = "the paper's properties on equirelax's tasks and RECM formulation"
 RECM_NOTES = """\
 RECM here is equirelax's own formulation of the method, whose update rule is unpublished
