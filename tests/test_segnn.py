@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import subprocess
 import sys
 
@@ -95,6 +96,77 @@ def test_steerable_linear_is_e3nns_fully_connected_tensor_product(
     x, a = _randn(7, layer.in_features, seed=1), _randn(7, layer.attr_features, seed=2)
     assert layer.weight_numel == reference.weight_numel
     torch.testing.assert_close(layer(x, a), reference(x, a), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(("irreps_in", "irreps_attr", "irreps_out"), CASES)
+def test_linear_parametrization_is_segnns_rescaled_tensor_product(
+    irreps_in: str, irreps_attr: str, irreps_out: str
+) -> None:
+    """SEGNN's O3TensorProduct: e3nn's product times sqrt(fan-in) per output block, weights and
+    biases U(-1/sqrt(fan-in), 1/sqrt(fan-in)), the bias added after the rescaling."""
+    torch.manual_seed(0)
+    layer = SteerableLinear(irreps_in, irreps_attr, irreps_out, parametrization="linear")
+    layer = layer.double()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        reference = o3.FullyConnectedTensorProduct(irreps_in, irreps_attr, irreps_out)
+    finally:
+        torch.set_default_dtype(previous)
+    with torch.no_grad():
+        reference.weight.copy_(layer.weight)
+    fan_in = {
+        i_out: sum(
+            reference.irreps_in1[i].mul * reference.irreps_in2[j].mul
+            for i, j, k, *_ in reference.instructions
+            if k == i_out
+        )
+        for _, _, i_out, *_ in reference.instructions
+    }
+    gain = torch.cat(
+        [
+            torch.full((mul * ir.dim,), math.sqrt(fan_in[k]), dtype=torch.float64)
+            for k, (mul, ir) in enumerate(reference.irreps_out)
+        ]
+    )
+    for weight, (_, _, k, *_) in zip(reference.weight_views(), reference.instructions, strict=True):
+        assert weight.abs().max() <= 1 / math.sqrt(fan_in[k])
+    x, a = _randn(7, layer.in_features, seed=1), _randn(7, layer.attr_features, seed=2)
+    expected = reference(x, a) * gain
+    scalars = [
+        (k, sl)
+        for k, ((_, ir), sl) in enumerate(
+            zip(reference.irreps_out, reference.irreps_out.slices(), strict=True)
+        )
+        if ir == o3.Irrep("0e")
+    ]
+    if layer.bias is not None:
+        biases = layer.bias.split([sl.stop - sl.start for _, sl in scalars])
+        for (k, sl), bias in zip(scalars, biases, strict=True):
+            assert bias.abs().max() <= 1 / math.sqrt(fan_in[k])
+            assert bias.abs().max() > 0
+            expected[:, sl] += bias
+    torch.testing.assert_close(layer(x, a), expected, atol=1e-12, rtol=0)
+
+
+def test_an_adam_step_moves_the_linear_parametrization_by_sqrt_fan_in_more() -> None:
+    """Same function class, different optimisation: one Adam step from the same function
+    moves the output of the ``"linear"`` layer about sqrt(fan-in) times more."""
+    irreps = "16x0e + 8x1o"
+    x, a = _randn(64, o3.Irreps(irreps).dim, seed=1), _randn(64, 4, seed=2)
+    change = {}
+    for parametrization in ("e3nn", "linear"):
+        torch.manual_seed(0)
+        layer = SteerableLinear(irreps, ATTR, irreps, bias=False, parametrization=parametrization)
+        layer = layer.double()
+        before = layer(x, a).detach()
+        optimiser = torch.optim.Adam(layer.parameters(), lr=1e-3)
+        layer(x, a).pow(2).sum().backward()
+        optimiser.step()
+        change[parametrization] = float((layer(x, a).detach() - before).norm())
+    fan_in = 16 + 8  # every output block: 16 scalars x 1 + 8 vectors x 1 (attribute 0e + 1o)
+    ratio = change["linear"] / change["e3nn"]
+    assert 0.5 * math.sqrt(fan_in) < ratio < 2 * math.sqrt(fan_in)
 
 
 def test_input_in_broadcast_parts_equals_the_concatenation() -> None:

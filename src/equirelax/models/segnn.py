@@ -12,6 +12,7 @@ layer, as the official CR and ACE N-body code; each gets a dense map on its flat
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -68,6 +69,14 @@ class NBodySEGNN(nn.Module):
     by ``1e-3`` (as EGNN's coordinate MLP), so the untrained model predicts about the input
     positions.
 
+    Departures from the official N-body SEGNN (github.com/RobDHess/Steerable-E3-GNN, the code
+    of the ACE and CR papers), not yet measured one by one: the default hidden irreps
+    ``32x0e + 16x1o`` (75k parameters; the official ``32x0e + 32x1o``, 147k, is
+    ``hidden_irreps="32x0e + 32x1o"``), mean aggregation (the official sums), the squared
+    distance as edge invariant (the official: the distance), ``"component"``-normalised
+    spherical harmonics (the official: ``"integral"``) and ``x_i - x_j`` in the node attribute
+    (the official: ``x_j - x_i``). The layers' parametrisation is the official one (below).
+
     E(3) equivariant (``x -> R x + t``, ``v -> R v`` for ``R`` in O(3), charges invariant) and
     equivariant to permutations of the particles; ``action_in`` / ``action_out`` hold the E(3)
     actions on the inputs and the output. :func:`equirelax.relax` relaxes the
@@ -84,6 +93,13 @@ class NBodySEGNN(nn.Module):
     aggregation:
         ``"mean"`` (default: message sizes do not grow with ``N``) or ``"sum"`` of the
         messages over the ``N - 1`` neighbours.
+    parametrization:
+        Of every :class:`~equirelax.nn.SteerableLinear`: ``"linear"`` (default), the official
+        SEGNN's (weights and biases ``U(-1/sqrt(f), 1/sqrt(f))``, each output block scaled by
+        ``sqrt(f)``, ``f`` its fan-in), or ``"e3nn"`` (``W ~ N(0, 1)``). An Adam step moves
+        the official layers 8-11x more at the same learning rate: strict SEGNN on N-body (the
+        ACE protocol, lr 9e-4, 150 epochs, seed 0) reached a test MSE of 0.0049 with
+        ``"linear"`` against 0.0114 with ``"e3nn"`` (0.0071 at lr 9e-3).
 
     Examples
     --------
@@ -99,6 +115,7 @@ class NBodySEGNN(nn.Module):
         num_layers: int = 4,
         *,
         aggregation: str = "mean",
+        parametrization: str = "linear",
     ) -> None:
         super().__init__()
         hidden = check_irreps("hidden_irreps", hidden_irreps)
@@ -110,14 +127,21 @@ class NBodySEGNN(nn.Module):
             PointAction(group), VectorAction(group), TrivialAction(group)
         )
         self.action_out = PointAction(group)
-        self.embedding = SteerableLinear(_INPUT, _ATTR, hidden)
+        linear = functools.partial(SteerableLinear, parametrization=parametrization)
+        self.embedding = linear(_INPUT, _ATTR, hidden)
         self.layers = nn.ModuleList(
-            SEGNNLayer(hidden, _ATTR, edge_features=2, aggregation=aggregation)
+            SEGNNLayer(
+                hidden,
+                _ATTR,
+                edge_features=2,
+                aggregation=aggregation,
+                parametrization=parametrization,
+            )
             for _ in range(num_layers)
         )
         self.head_gate = SteerableGate(hidden)
-        self.head_1 = SteerableLinear(hidden, _ATTR, self.head_gate.irreps_in)
-        self.head_2 = SteerableLinear(hidden, _ATTR, _OUTPUT)
+        self.head_1 = linear(hidden, _ATTR, self.head_gate.irreps_in)
+        self.head_2 = linear(hidden, _ATTR, _OUTPUT)
         with torch.no_grad():  # start near "no displacement", as EGNN's coordinate MLP
             self.head_2.weight.mul_(_OUTPUT_GAIN)
 

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 _AGGREGATIONS = ("sum", "mean")
+_PARAMETRIZATIONS = ("e3nn", "linear")
 
 
 def _check_features(name: str, value: object, dim: int, irreps: str) -> Tensor:
@@ -92,7 +93,16 @@ class SteerableLinear(nn.Module):
         Irreps of ``a`` and ``y``. Every output irrep must be reachable from some
         ``in x attr`` pair.
     bias:
-        Learn a bias on the ``0e`` outputs (the only equivariant bias), initialised at 0.
+        Learn a bias on the ``0e`` outputs (the only equivariant bias).
+    parametrization:
+        ``"e3nn"`` (default): ``W ~ N(0, 1)`` under e3nn's normalisation, biases 0.
+        ``"linear"``: as the official SEGNN's ``O3TensorProduct`` (github.com/RobDHess/
+        Steerable-E3-GNN, also ACE's and CR's N-body code), initialised like ``torch.nn.Linear``:
+        every output block is multiplied by ``sqrt(f)``, ``f`` its fan-in
+        ``sum_paths mul_in mul_attr``, and its weights and biases start ``U(-1/sqrt(f),
+        1/sqrt(f))``. The function class is the same; an optimiser step on ``W`` moves the
+        output ``sqrt(f)`` times more (Adam at a given learning rate trains 8-11x faster on
+        SEGNN's N-body layers).
 
     Examples
     --------
@@ -108,8 +118,11 @@ class SteerableLinear(nn.Module):
         irreps_out: str | o3.Irreps,
         *,
         bias: bool = True,
+        parametrization: str = "e3nn",
     ) -> None:
         super().__init__()
+        check_choice("parametrization", parametrization, _PARAMETRIZATIONS)
+        self.parametrization = parametrization
         if isinstance(irreps_in, (list, tuple)) and not isinstance(irreps_in, o3.Irreps):
             if not irreps_in:
                 raise ValueError("irreps_in: expected irreps or a non-empty list of irreps")
@@ -135,6 +148,18 @@ class SteerableLinear(nn.Module):
         start = sum(p.mul_in * p.mul_attr * p.mul_out for p in paths)
         self.weight_numel = start
         self.weight = nn.Parameter(torch.randn(start))
+        fan_in = [0] * len(self.irreps_out)
+        for path in paths:
+            fan_in[path.i_out] += path.mul_in * path.mul_attr
+        if parametrization == "linear":
+            bound = [1.0 / math.sqrt(f) if f else 0.0 for f in fan_in]
+            with torch.no_grad():
+                for path, scale in zip(paths, scales, strict=True):
+                    scale.mul_(math.sqrt(fan_in[path.i_out]))
+                    size = path.mul_in * path.mul_attr * path.mul_out
+                    self.weight[path.start : path.start + size].uniform_(
+                        -bound[path.i_out], bound[path.i_out]
+                    )
         # The constants, kept in float64 (not buffers: module.float().double() would round
         # them) and converted once per dtype and device: the weight scales (the coefficients
         # of the elementwise products folded in) and the other paths' coefficients.
@@ -184,6 +209,15 @@ class SteerableLinear(nn.Module):
         self.bias: nn.Parameter | None = (
             nn.Parameter(torch.zeros(num_biases)) if bias and num_biases else None
         )
+        if self.bias is not None and parametrization == "linear":
+            bounds = [
+                1.0 / math.sqrt(f)
+                for f, (mul, ir) in zip(fan_in, self.irreps_out, strict=True)
+                for _ in range(mul)
+                if ir == scalar
+            ]
+            with torch.no_grad():
+                self.bias.copy_((2 * torch.rand(num_biases) - 1) * torch.tensor(bounds))
 
     def free_branch(self) -> nn.Module:
         """A fresh free branch for this layer (used by :func:`~equirelax.relax`):
@@ -521,6 +555,9 @@ class SEGNNLayer(nn.Module):
         Number ``E`` of invariant edge features ``e_ij`` (0: none).
     aggregation:
         ``"sum"`` (default, as SEGNN) or ``"mean"`` over the ``N - 1`` neighbours.
+    parametrization:
+        Of the four :class:`SteerableLinear` maps: ``"linear"`` (default, as SEGNN's
+        ``O3TensorProduct``) or ``"e3nn"``.
 
     Examples
     --------
@@ -538,6 +575,7 @@ class SEGNNLayer(nn.Module):
         edge_features: int = 0,
         *,
         aggregation: str = "sum",
+        parametrization: str = "linear",
     ) -> None:
         super().__init__()
         hidden = check_irreps("irreps_hidden", irreps_hidden)
@@ -551,13 +589,14 @@ class SEGNNLayer(nn.Module):
         message_parts = [hidden, hidden]
         if edge_features:
             message_parts.append(o3.Irreps(f"{edge_features}x0e"))
-        self.message_1 = SteerableLinear(message_parts, attr, gated)
+        linear = functools.partial(SteerableLinear, parametrization=parametrization)
+        self.message_1 = linear(message_parts, attr, gated)
         self.message_gate_1 = SteerableGate(hidden)
-        self.message_2 = SteerableLinear(hidden, attr, gated)
+        self.message_2 = linear(hidden, attr, gated)
         self.message_gate_2 = SteerableGate(hidden)
-        self.update_1 = SteerableLinear(hidden + hidden, attr, gated)
+        self.update_1 = linear(hidden + hidden, attr, gated)
         self.update_gate = SteerableGate(hidden)
-        self.update_2 = SteerableLinear(hidden, attr, hidden)
+        self.update_2 = linear(hidden, attr, hidden)
 
     def forward(
         self,
