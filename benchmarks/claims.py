@@ -662,13 +662,29 @@ ACE-equality's four levels were still -0.22 to -0.32 (its equality constraint ha
 them to 0 in 200 of 1000 epochs); ACE-resilient's were at most 1e-4 in size; CR's schedule had
 brought its levels to 0; RPP's levels are fixed at 1 by construction.
 
-SEGNN: the first runs stopped at 150 epochs (part `segnn-150`, kept as they ran: CR's schedule is
-planned over its length, so they cannot be continued to 2000); the paper-length part `segnn` was
-started on 2026-12-04 and continues with `--resume`. In those first runs CR took 8.8 s per epoch
-(median; 30 steps) against strict's 1.0 s, with more runs than cores; in a probe on this machine
-with one other run beside it a compiled training step took 0.11 s with CR against 0.02 s strict
-(CR's regulariser: 8 relaxed layers, 3 rotation generators and the reflection each), so CR at
-2000 epochs is about 2 h a run here.
+SEGNN: the part `segnn-150` (150 of the paper's 2000 epochs) was rerun after equirelax's SEGNN
+layers took the official parametrisation (`SteerableLinear(parametrization="linear")`, as the
+official `O3TensorProduct`: each output block scaled by sqrt(fan-in), weights and biases
+U(-1/sqrt(fan-in), 1/sqrt(fan-in))). Before, its weights were N(0, 1) behind e3nn's
+1/sqrt(fan-in) normalisation, so an Adam step moved a layer 8-11x less than the official one at
+the same learning rate. Strict SEGNN, seed 0, 150 epochs: 0.0114 before, 0.0049 after (0.0071
+with the old layers at a 10x learning rate). The first runs (old layers, 3 seeds): strict 0.0107
++- 7.8e-4, CR 0.0100 +- 3.3e-4, ACE-equality 0.0171 +- 3.1e-3 (relaxed 0.0125). The rerun (3
+seeds, two runs at a time, 2-2.6 min a strict run, 12 min a CR run while a CI run shared the
+cores, 2.5 min an ACE run): strict 5.10e-3 +- 3.1e-4, below the ACE paper's 5.6e-3 at 150 of its
+2000 epochs (best validation epochs 69-114); CR 5.05e-3, level with it; ACE-equality 5.54e-3 at
+its best validation epoch (69 in every seed), 1.08e-2 at the final one, where the relaxed model
+it trains was at 5.3e-3: its 8 levels were still 0.17-0.30 at epoch 149, and the projection
+drifted away from the relaxed model. Other departures from the official SEGNN remain and are
+named in `NBodySEGNN`'s docstring: half the hidden width (32x0e+16x1o, 75k parameters, against
+32x0e+32x1o, 147k), mean aggregation (the official sums), the squared distance as edge
+invariant, component-normalised spherical harmonics (the official: integral) and x_i - x_j in
+the node attribute (the official: x_j - x_i). Every official N-body trainer runs a constant
+learning rate (ACE 9e-4 for 2000 epochs; SEGNN and CR 5e-4 for 1000), as the preset does; this
+part runs all three arms at ACE's 9e-4. The paper-length part `segnn` is not run yet: CR on
+SEGNN took 0.11 s a compiled step against strict's 0.02 s (a probe with one other run beside it;
+CR's regulariser: 8 relaxed layers, 3 rotation generators and the reflection each), about 2 h a
+run at 2000 epochs here, and the whole part about 10 core-hours.
 
 At the full 1000 epochs (parts `egnn-ace-equality-1000` and `egnn-1000`, 3 seeds, two runs
 sharing the two cores; 14-26 min a run, CR 30.5): RPP is the one arm below strict beyond
