@@ -70,12 +70,14 @@ class NBodySEGNN(nn.Module):
     positions.
 
     Departures from the official N-body SEGNN (github.com/RobDHess/Steerable-E3-GNN, the code
-    of the ACE and CR papers), not yet measured one by one: the default hidden irreps
-    ``32x0e + 16x1o`` (75k parameters; the official ``32x0e + 32x1o``, 147k, is
-    ``hidden_irreps="32x0e + 32x1o"``), mean aggregation (the official sums), the squared
-    distance as edge invariant (the official: the distance), ``"component"``-normalised
-    spherical harmonics (the official: ``"integral"``) and ``x_i - x_j`` in the node attribute
-    (the official: ``x_j - x_i``). The layers' parametrisation is the official one (below).
+    of the ACE and CR papers): the default hidden irreps ``32x0e + 16x1o`` (75k parameters;
+    the official ``32x0e + 32x1o``, 147k, is ``hidden_irreps="32x0e + 32x1o"``), mean
+    aggregation (the official sums), the squared distance as edge invariant (the official: the
+    distance), ``"component"``-normalised spherical harmonics (the official: ``"integral"``)
+    and ``x_i - x_j`` in the node attribute (the official: ``x_j - x_i``). Measured with strict
+    SEGNN on N-body (ACE protocol, 150 epochs, seed 0): 0.0049 at the defaults, 0.0047 at the
+    official width, 0.0058 with summed messages; the last three not measured. The layers'
+    parametrisation is the official one (below).
 
     E(3) equivariant (``x -> R x + t``, ``v -> R v`` for ``R`` in O(3), charges invariant) and
     equivariant to permutations of the particles; ``action_in`` / ``action_out`` hold the E(3)
