@@ -400,14 +400,19 @@ def _egnn_arm(label: str, epochs: int = 200) -> Arm:
     return Arm(f"nbody-relaxed/{part}", label, f"{label} EGNN")
 
 
-SEGNN_LENGTHS = (2000, 150)
+SEGNN_PAPER_EPOCHS = 2000
+SEGNN_LENGTHS = (SEGNN_PAPER_EPOCHS, 150)
 
 
-def _segnn_arm(label: str, epochs: int = 2000) -> Arm:
-    """The SEGNN N-body arm of ``label`` at the paper's 2000 epochs or the first runs' 150
-    (a part of their own: CR's schedule is planned over its length, so they cannot continue)."""
-    part = {2000: "segnn", 150: "segnn-150"}[epochs]
-    return Arm(f"nbody-relaxed/{part}", label, f"{label} SEGNN")
+def _segnn_part(epochs: int) -> str:
+    """The SEGNN part at the paper's 2000 epochs (``segnn``) or at another length (the first
+    runs' 150, ``segnn-150``: CR's schedule is planned over its length, so they cannot
+    continue)."""
+    return "segnn" if epochs == SEGNN_PAPER_EPOCHS else f"segnn-{epochs}"
+
+
+def _segnn_arm(label: str, epochs: int = SEGNN_PAPER_EPOCHS) -> Arm:
+    return Arm(f"nbody-relaxed/{_segnn_part(epochs)}", label, f"{label} SEGNN")
 
 
 def _size_arm(label: str, size: int) -> Arm:
@@ -630,7 +635,7 @@ def _segnn_rows() -> tuple[Row, ...]:
                 "5.6e-3",
                 SEGNN_PROTOCOL,
                 Reaches(strict, 5.6e-3),
-                paper_epochs=2000,
+                paper_epochs=SEGNN_PAPER_EPOCHS,
             )
         )
         rows += [
@@ -640,7 +645,7 @@ def _segnn_rows() -> tuple[Row, ...]:
                 f"{figure} vs 5.6e-3",
                 SEGNN_PROTOCOL,
                 Lower(_segnn_arm(label, epochs), strict),
-                paper_epochs=2000,
+                paper_epochs=SEGNN_PAPER_EPOCHS,
             )
             for label, name, figure, extra in (
                 ("cr", "CR", "4.9e-3", ""),
@@ -718,7 +723,7 @@ _register(
             ),
             *(
                 Part(
-                    "segnn" if epochs == 2000 else f"segnn-{epochs}",
+                    _segnn_part(epochs),
                     (
                         *NBODY,
                         "--model",
@@ -729,7 +734,7 @@ _register(
                         "9e-4",
                     ),
                     epochs,
-                    fixed=epochs != 2000,
+                    fixed=epochs != SEGNN_PAPER_EPOCHS,
                 )
                 for epochs in SEGNN_LENGTHS
             ),

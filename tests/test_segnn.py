@@ -77,6 +77,17 @@ def _model(seed: int = 0, **kwargs) -> NBodySEGNN:
     return model
 
 
+def _e3nn_product(irreps_in: str, irreps_attr: str, irreps_out: str) -> o3.TensorProduct:
+    """e3nn's ``FullyConnectedTensorProduct`` in float64 (its coefficients are buffers of the
+    default dtype at construction)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return o3.FullyConnectedTensorProduct(irreps_in, irreps_attr, irreps_out)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 # --------------------------------------------------------------------------- SteerableLinear
 
 
@@ -85,12 +96,7 @@ def test_steerable_linear_is_e3nns_fully_connected_tensor_product(
     irreps_in: str, irreps_attr: str, irreps_out: str
 ) -> None:
     layer = SteerableLinear(irreps_in, irreps_attr, irreps_out, bias=False).double()
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # e3nn's coefficients are buffers of this dtype
-    try:
-        reference = o3.FullyConnectedTensorProduct(irreps_in, irreps_attr, irreps_out)
-    finally:
-        torch.set_default_dtype(previous)
+    reference = _e3nn_product(irreps_in, irreps_attr, irreps_out)
     with torch.no_grad():
         layer.weight.copy_(reference.weight)
     x, a = _randn(7, layer.in_features, seed=1), _randn(7, layer.attr_features, seed=2)
@@ -107,12 +113,7 @@ def test_linear_parametrization_is_segnns_rescaled_tensor_product(
     torch.manual_seed(0)
     layer = SteerableLinear(irreps_in, irreps_attr, irreps_out, parametrization="linear")
     layer = layer.double()
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        reference = o3.FullyConnectedTensorProduct(irreps_in, irreps_attr, irreps_out)
-    finally:
-        torch.set_default_dtype(previous)
+    reference = _e3nn_product(irreps_in, irreps_attr, irreps_out)
     with torch.no_grad():
         reference.weight.copy_(layer.weight)
     fan_in = {

@@ -68,11 +68,12 @@ PRODUCT_FIRST = ("scalar", "right", "contract")
 
 def compile_paths(
     irreps_in: o3.Irreps, irreps_attr: o3.Irreps, irreps_out: o3.Irreps
-) -> tuple[list[Path], list[Tensor], list[Tensor]]:
+) -> tuple[list[Path], list[Tensor], list[Tensor], list[int]]:
     """The paths in e3nn's order, each path's weight scales (float64, one per weight, the
-    normalisation ``alpha`` and an elementwise product's coefficient folded in) and the
-    coefficient tensors of the ``general`` paths (``alpha`` folded in). A ``ValueError`` names
-    the output irreps no input and attribute pair reaches."""
+    normalisation ``alpha`` and an elementwise product's coefficient folded in), the
+    coefficient tensors of the ``general`` paths (``alpha`` folded in) and each output block's
+    fan-in ``sum_paths mul_in mul_attr``. A ``ValueError`` names the output irreps no input and
+    attribute pair reaches."""
     triples = [
         (i, j, k)
         for i, (mul_i, ir_i) in enumerate(irreps_in)
@@ -117,7 +118,7 @@ def compile_paths(
         size = mul_i * mul_j * mul_k
         scales.append(torch.full((size,), scale, dtype=torch.float64))
         start += size
-    return paths, scales, coefficients
+    return paths, scales, coefficients, fan_in
 
 
 def make_plan(

@@ -142,15 +142,12 @@ class SteerableLinear(nn.Module):
         )
         self.action_out = irreps_action(self.irreps_out)
 
-        paths, scales, coefficients = compile_paths(
+        paths, scales, coefficients, fan_in = compile_paths(
             self.irreps_in, self.irreps_attr, self.irreps_out
         )
         start = sum(p.mul_in * p.mul_attr * p.mul_out for p in paths)
         self.weight_numel = start
         self.weight = nn.Parameter(torch.randn(start))
-        fan_in = [0] * len(self.irreps_out)
-        for path in paths:
-            fan_in[path.i_out] += path.mul_in * path.mul_attr
         if parametrization == "linear":
             bound = [1.0 / math.sqrt(f) if f else 0.0 for f in fan_in]
             with torch.no_grad():
