@@ -5,6 +5,7 @@ projection, Lie derivatives of the free branches, and input validation."""
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import math
 import subprocess
@@ -302,8 +303,16 @@ def test_spherical_harmonics_are_e3nns_and_zero_vectors_give_no_nan() -> None:
     torch.testing.assert_close(grad, expected, atol=1e-12, rtol=0)
 
 
-def test_model_is_e3_equivariant() -> None:
-    model = _model()
+OFFICIAL_INPUTS = {
+    "harmonics_normalization": "integral",
+    "relative_position": "x_j - x_i",
+    "edge_distance": "distance",
+}
+
+
+@pytest.mark.parametrize("inputs", [{}, OFFICIAL_INPUTS], ids=["defaults", "official-inputs"])
+def test_model_is_e3_equivariant(inputs: dict[str, str]) -> None:
+    model = _model(**inputs)
     x, v, q = _particles()
     out = model(x, v, q)
     assert out.shape == x.shape
@@ -312,6 +321,41 @@ def test_model_is_e3_equivariant() -> None:
     assert err.max_absolute < ATOL[F64]
     assert repr(model.action_in) == repr(PARTICLES_IN)
     assert repr(model.action_out) == repr(PARTICLES_OUT)
+
+
+def _first_layer_inputs(model: NBodySEGNN, particles: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The ``(h, a_ij, a_i, edge_features)`` the model hands its first message-passing layer."""
+    seen: list[tuple[Tensor, ...]] = []
+    handle = model.layers[0].register_forward_hook(lambda _m, args, _out: seen.append(args))
+    model(*particles)
+    handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "normalization", "sign", "node_factor", "power"),
+    [({}, "component", 1.0, 0.5, 2), (OFFICIAL_INPUTS, "integral", -1.0, 1.0, 1)],
+    ids=["defaults", "official-inputs"],
+)
+def test_attributes_and_edge_invariants_match_e3nn(
+    inputs: dict[str, str], normalization: str, sign: float, node_factor: float, power: int
+) -> None:
+    """a_ij = Y(s (x_i - x_j)), a_i = c (mean_{j != i} a_ij + Y(v_i)) and |x_i - x_j|^p: the
+    official SEGNN's transform (``integral``, ``x_j - x_i``, summed node terms, the distance)
+    against ours, each from e3nn's spherical harmonics."""
+    x, v, q = _particles(batch=2, n=4)
+    _, edge_attr, node_attr, edge_features = _first_layer_inputs(_model(**inputs), (x, v, q))
+    relative = sign * (x[:, :, None] - x[:, None])
+    harmonics = functools.partial(
+        o3.spherical_harmonics, ATTR, normalize=True, normalization=normalization
+    )
+    off = ~torch.eye(4, dtype=torch.bool)
+    torch.testing.assert_close(edge_attr[:, off], harmonics(relative)[:, off])
+    mean = harmonics(relative)[:, off].reshape(2, 4, 3, 4).mean(dim=2)
+    torch.testing.assert_close(node_attr, node_factor * (mean + harmonics(v)))
+    distance = relative.norm(dim=-1) ** power
+    torch.testing.assert_close(edge_features[..., 0][:, off], distance[:, off])
+    torch.testing.assert_close(edge_features[..., 1], q * q.transpose(1, 2))
 
 
 def test_model_is_permutation_equivariant() -> None:
@@ -443,6 +487,9 @@ def test_lie_derivatives_of_layer_and_free_branches() -> None:
         (lambda: SEGNNLayer("4x0e", edge_features=-1), "^edge_features:"),
         (lambda: NBodySEGNN("1x0e + 2"), "^hidden_irreps:"),
         (lambda: NBodySEGNN(num_layers=0), "^num_layers:"),
+        (lambda: NBodySEGNN(harmonics_normalization="norm"), "^harmonics_normalization:"),
+        (lambda: NBodySEGNN(relative_position="x_j-x_i"), "^relative_position:"),
+        (lambda: NBodySEGNN(edge_distance="l1"), "^edge_distance:"),
     ],
 )
 def test_constructor_validation(build, match: str) -> None:

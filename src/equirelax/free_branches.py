@@ -133,12 +133,14 @@ class LazyDenseFreeBranch(DenseFreeBranch):
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        """Set the shapes, give the parameters values (PyTorch's init) unless a state dict
-        gave them already, and become a :class:`DenseFreeBranch`."""
+        """Set the shapes, give the parameters values (PyTorch's init, drawn from the CPU's
+        generator on every ``device``, so that a seed gives one branch on all) unless a state
+        dict gave them already, and become a :class:`DenseFreeBranch`."""
         rows, columns = math.prod(out_shape), math.prod(in_shape)
         if self.has_uninitialized_params:
-            self.allocate(rows, columns, device=device, dtype=dtype)
+            self.allocate(rows, columns, dtype=dtype)
             self.linear.reset_parameters()
+            self.linear.to(device)
         elif tuple(self.linear.weight.shape) != (rows, columns):
             raise ValueError(
                 f"free: expected a free branch from {tuple(in_shape)} to {tuple(out_shape)} "

@@ -551,7 +551,8 @@ def _initialise(free: nn.Module, init: str, scale: float, equivariant: nn.Module
             return
         if init == "normal":
             module, name = _weights(free)[-1]  # the output map (modules are in call order)
-            getattr(module, name).normal_(0.0, scale)
+            weight = getattr(module, name)  # drawn on the CPU: one seed, one branch on all devices
+            weight.copy_(torch.empty(weight.shape, dtype=weight.dtype).normal_(0.0, scale))
             bias = getattr(module, "bias", None)
             if isinstance(bias, nn.Parameter):
                 bias.zero_()

@@ -39,6 +39,15 @@ _INPUT = o3.Irreps("1x1o + 1x1o + 1x0e")  # x_i - x_c, v_i, |v_i|
 _OUTPUT = o3.Irreps("1x1o")
 _OUTPUT_GAIN = 1e-3  # initial scale of the output layer's weights
 _SQRT3 = math.sqrt(3.0)
+# (edge attribute scale, node attribute scale) of each spherical-harmonics normalisation: the
+# integral normalisation divides e3nn's component one by sqrt(4 pi), and the official code sums
+# the node attribute's two terms; ours halves them so that its l = 0 component stays 1.
+_ATTRIBUTE_SCALES = {
+    "component": (1.0, 0.5),
+    "integral": (1.0 / math.sqrt(4 * math.pi), 1.0 / math.sqrt(4 * math.pi)),
+}
+_RELATIVE_POSITIONS = ("x_i - x_j", "x_j - x_i")
+_EDGE_DISTANCES = ("squared", "distance")
 
 
 def _spherical_harmonics(vectors: Tensor) -> Tensor:
@@ -118,12 +127,21 @@ class NBodySEGNN(nn.Module):
         *,
         aggregation: str = "mean",
         parametrization: str = "linear",
+        harmonics_normalization: str = "component",
+        relative_position: str = "x_i - x_j",
+        edge_distance: str = "squared",
     ) -> None:
         super().__init__()
         hidden = check_irreps("hidden_irreps", hidden_irreps)
         check_positive_int("num_layers", num_layers)
         check_choice("aggregation", aggregation, ("sum", "mean"))
+        check_choice("harmonics_normalization", harmonics_normalization, tuple(_ATTRIBUTE_SCALES))
+        check_choice("relative_position", relative_position, _RELATIVE_POSITIONS)
+        check_choice("edge_distance", edge_distance, _EDGE_DISTANCES)
         self.hidden_irreps = hidden
+        self.edge_scale, self.node_scale = _ATTRIBUTE_SCALES[harmonics_normalization]
+        self.relative_sign = 1.0 if relative_position == "x_i - x_j" else -1.0
+        self.edge_distance = edge_distance
         group = Euclidean(O3())
         self.action_in = DirectSumAction(
             PointAction(group), VectorAction(group), TrivialAction(group)
@@ -163,13 +181,17 @@ class NBodySEGNN(nn.Module):
         """Predict positions ``(B, N, 3)`` from positions and velocities ``(B, N, 3)`` and
         charges ``(B, N, 1)``."""
         positions, velocities, charges = check_particle_inputs(positions, velocities, charges)
-        relative = positions.unsqueeze(2) - positions.unsqueeze(1)  # (B, N, N, 3): x_i - x_j
-        edge_attr = _spherical_harmonics(relative)  # the diagonal, Y(0) = (1, 0, 0, 0), unused
-        edge_features = torch.stack(
-            [relative.square().sum(dim=-1), charges * charges.transpose(1, 2)], dim=-1
+        relative = self.relative_sign * (positions.unsqueeze(2) - positions.unsqueeze(1))
+        harmonics = _spherical_harmonics(relative)  # the diagonal, Y(0) = (1, 0, 0, 0), unused
+        edge_attr = self.edge_scale * harmonics
+        node_attr = self.node_scale * (
+            off_diagonal(harmonics).sum(dim=2) / max(positions.shape[1] - 1, 1)
+            + _spherical_harmonics(velocities)
         )
-        edge_mean = off_diagonal(edge_attr).sum(dim=2) / max(positions.shape[1] - 1, 1)
-        node_attr = 0.5 * (edge_mean + _spherical_harmonics(velocities))
+        distance = relative.square().sum(dim=-1)
+        if self.edge_distance == "distance":  # clamped: the unused diagonal's sqrt(0) has no grad
+            distance = distance.clamp_min(torch.finfo(distance.dtype).tiny).sqrt()
+        edge_features = torch.stack([distance, charges * charges.transpose(1, 2)], dim=-1)
         centred = positions - positions.mean(dim=1, keepdim=True)
         speed = torch.linalg.vector_norm(velocities, dim=-1, keepdim=True)
         h = self.embedding(torch.cat([centred, velocities, speed], dim=-1), node_attr)
