@@ -49,6 +49,19 @@ def test_a_toml_file_sets_the_options_and_the_command_line_overrides_it(tmp_path
     assert (out / "config.toml").read_text() == resolved
 
 
+def test_compile_off_overrides_a_preset_that_compiles_and_is_written_back(tmp_path: Path) -> None:
+    sizes = ("--train-size", "20", "--val-size", "10", "--test-size", "10", "--epochs", "1")
+    out = tmp_path / "out"
+    words = ("train", "nbody", "--full", "--model", "segnn", *sizes, "--quiet", "--json")
+    result = _cli(*words, "--compile", "off", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["config"]["compile"] is False  # the preset compiles
+    assert "compile = false" in (out / "config.toml").read_text()
+    again = _cli("train", "--config", str(out / "config.toml"), "--json", "--out", str(out / "b"))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["config"]["compile"] is False
+
+
 def test_a_yaml_file_is_read_like_toml(tmp_path: Path) -> None:
     pytest.importorskip("yaml")
     config = tmp_path / "run.yaml"

@@ -303,14 +303,14 @@ def test_spherical_harmonics_are_e3nns_and_zero_vectors_give_no_nan() -> None:
     torch.testing.assert_close(grad, expected, atol=1e-12, rtol=0)
 
 
-OFFICIAL_INPUTS = {
-    "harmonics_normalization": "integral",
-    "relative_position": "x_j - x_i",
-    "edge_distance": "distance",
+EARLIER_INPUTS = {
+    "harmonics_normalization": "component",
+    "relative_position": "x_i - x_j",
+    "edge_distance": "squared",
 }
 
 
-@pytest.mark.parametrize("inputs", [{}, OFFICIAL_INPUTS], ids=["defaults", "official-inputs"])
+@pytest.mark.parametrize("inputs", [{}, EARLIER_INPUTS], ids=["defaults", "earlier-inputs"])
 def test_model_is_e3_equivariant(inputs: dict[str, str]) -> None:
     model = _model(**inputs)
     x, v, q = _particles()
@@ -334,15 +334,15 @@ def _first_layer_inputs(model: NBodySEGNN, particles: tuple[Tensor, ...]) -> tup
 
 @pytest.mark.parametrize(
     ("inputs", "normalization", "sign", "node_factor", "power"),
-    [({}, "component", 1.0, 0.5, 2), (OFFICIAL_INPUTS, "integral", -1.0, 1.0, 1)],
-    ids=["defaults", "official-inputs"],
+    [({}, "integral", -1.0, 1.0, 1), (EARLIER_INPUTS, "component", 1.0, 0.5, 2)],
+    ids=["defaults", "earlier-inputs"],
 )
 def test_attributes_and_edge_invariants_match_e3nn(
     inputs: dict[str, str], normalization: str, sign: float, node_factor: float, power: int
 ) -> None:
-    """a_ij = Y(s (x_i - x_j)), a_i = c (mean_{j != i} a_ij + Y(v_i)) and |x_i - x_j|^p: the
-    official SEGNN's transform (``integral``, ``x_j - x_i``, summed node terms, the distance)
-    against ours, each from e3nn's spherical harmonics."""
+    """a_ij = Y(s (x_i - x_j)), a_i = c (mean_{j != i} a_ij + Y(v_i)) and |x_i - x_j|^p from
+    e3nn's spherical harmonics: the defaults are the official SEGNN's transform (``integral``,
+    ``x_j - x_i``, summed node terms, the distance)."""
     x, v, q = _particles(batch=2, n=4)
     _, edge_attr, node_attr, edge_features = _first_layer_inputs(_model(**inputs), (x, v, q))
     relative = sign * (x[:, :, None] - x[:, None])

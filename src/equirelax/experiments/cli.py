@@ -88,6 +88,11 @@ _positive_float = _number(float, positive=True)
 _non_negative_float = _number(float, positive=False)
 
 
+def _compile_backend(text: str) -> str | bool:
+    """A ``--compile`` backend, or ``False`` for ``off``."""
+    return False if text == "off" else text
+
+
 def _key_value(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` with VALUE read as a Python literal when it is one (``0.1``, ``True``)."""
     key, sep, raw = text.partition("=")
@@ -130,9 +135,10 @@ def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None
         "--compile",
         nargs="?",
         const=True,
+        type=_compile_backend,
         metavar="BACKEND",
         help="run the training forward pass through torch.compile (default backend: inductor; "
-        "the first steps compile)",
+        "the first steps compile); --compile off runs eagerly where a preset compiles",
     )
     training.add_argument(
         "--patience",

@@ -22,6 +22,8 @@ CONFIG_TOML = "config.toml"
 """The resolved configuration a command writes beside its results."""
 
 _INTERNAL = frozenset({"command", "subparser", "config", "debug", "help"})
+# Options whose false value is a choice to keep (`--compile off` overrides a preset), not a default
+_OFF = frozenset({"compile"})
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -102,8 +104,8 @@ def _words(flag: str, value: Any, action: argparse.Action) -> list[str]:
                 f"--config: {flag[2:]}: expected a table of KEY = VALUE, received {value!r}"
             )
         return [part for key, item in pairs for part in (flag, f"{key}={_literal(item)}")]
-    if value is True and action.nargs == "?":
-        return [flag]
+    if isinstance(value, bool) and action.nargs == "?":  # compile = true / false
+        return [flag] if value else [flag, "off"]
     return [flag, str(value)]
 
 
@@ -116,7 +118,7 @@ def format_config(args: argparse.Namespace) -> str:
     """The resolved options of a parsed command as TOML (what :func:`read_config` reads)."""
     scalars, tables = [], []
     for key, value in sorted(vars(args).items()):
-        if key in _INTERNAL or value is None or value == [] or value is False:
+        if key in _INTERNAL or value is None or value == [] or (value is False and key not in _OFF):
             continue
         if isinstance(value, list):  # KEY=VALUE options
             rows = "".join(f"{json.dumps(k)} = {_toml(v)}\n" for k, v in value)
