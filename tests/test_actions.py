@@ -36,6 +36,7 @@ from equirelax.groups import (
     Group,
     SymmetricGroup,
 )
+from equirelax.representations import Representation
 
 B = 4
 
@@ -305,8 +306,28 @@ def test_one_element_broadcasts_over_the_batch(name: str) -> None:
     make_action, make_x, _ = CASES[name]
     action, x = make_action(), make_x()
     one = action.group.sample(1, _gen(10), dtype=F64)
-    many = one.expand(B, *one.shape[1:])
+    many = one.expand(B, *one.shape[1:]).clone()  # B separate copies of the element
     assert _close(action(one, x), action(many, x), 0.0)
+
+
+def test_one_shared_element_has_its_matrices_computed_once() -> None:
+    """A representation acting with one element on a batch builds ``rho(g)`` for one element,
+    not for each sample (CR moves every batch and every recorded layer input this way)."""
+    group = O3()
+    sizes: list[int] = []
+
+    def matrices(g: Tensor) -> Tensor:
+        sizes.append(g.shape[0])
+        return g.to(torch.float64)
+
+    action = RepresentationAction(Representation(group, 3, matrices, key="counted"))
+    x = _randn(B, 4, 3)
+    one = group.sample(1, _gen(3), dtype=F64)
+    moved = action(one, x)
+    assert sizes == [1]
+    torch.testing.assert_close(moved, x @ one[0].T, rtol=0, atol=1e-14)
+    action(one.expand(B, 3, 3).clone(), x)
+    assert sizes == [1, B]
 
 
 @pytest.mark.parametrize("name", ["trivial", "irreps-last", "image-C4-9", "set", "particles-E-O3"])

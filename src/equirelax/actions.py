@@ -139,15 +139,19 @@ class RepresentationAction(Action):
             )
 
     def act(self, g: Tensor, x: Tensor) -> Tensor:
+        """``rho(g[i]) x[i]``; one element shared by the batch (``g`` expanded from one, as
+        :meth:`Action.__call__` does) has its matrices computed once."""
         moved = x.movedim(self.dim, -1)
         lead = moved.shape[:-1]
         flat = moved.reshape(lead[0], -1, moved.shape[-1])  # (B, M, d)
+        shared = g.shape[0] > 1 and g.stride(0) == 0
         parts = []
         offset = 0
         for mult, rep in self.representation.blocks:
             size = mult * rep.dim
             block = flat[..., offset : offset + size].reshape(*flat.shape[:2], mult, rep.dim)
-            matrices = rep(g, x.dtype).to(x.device)
+            matrices = rep(g[:1] if shared else g, x.dtype).to(x.device)
+            matrices = matrices.expand(g.shape[0], rep.dim, rep.dim)
             parts.append(torch.einsum("bij,bmkj->bmki", matrices, block).flatten(2))
             offset += size
         return torch.cat(parts, dim=-1).reshape(moved.shape).movedim(-1, self.dim)

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from equirelax._batches import flat, index, parts, repeat, repeat_batched, sample_per_sample
+from equirelax._batches import flat, index, parts, sample_per_sample
 from equirelax._checks import batch_size, check_bool, check_non_negative
 from equirelax.actions import Action, increment_action
 from equirelax.groups import Euclidean
@@ -443,13 +443,11 @@ def _generator_differences(
 ) -> Tensor:
     """``sum_h sum_b ||W(h x_b) - h W(x_b)||^2`` over the discrete generators ``h``."""
     x = args[0] if len(args) == 1 else tuple(args)
-    batch, k = batch_size(x), generators.shape[0]
-    device = parts(x)[0].device
-    g = generators.to(device).repeat_interleave(batch, dim=0)  # generator-major, like repeat
-    moved = action_in(g, repeat(x, k))
-    w_moved = free(*parts(moved), **repeat_batched(kwargs, batch, k))
-    moved_w = action_out(g, repeat(y, k))
-    return (flat(w_moved) - flat(moved_w)).pow(2).sum()
+    total = flat(y).new_zeros(())
+    for h in generators.to(parts(x)[0].device).split(1):  # one element for the whole batch
+        w_moved = free(*parts(action_in(h, x)), **kwargs)
+        total = total + (flat(w_moved) - flat(action_out(h, y))).pow(2).sum()
+    return total
 
 
 # ---------------------------------------------------------------------- small helpers
