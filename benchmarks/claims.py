@@ -667,29 +667,41 @@ ACE-equality's four levels were still -0.22 to -0.32 (its equality constraint ha
 them to 0 in 200 of 1000 epochs); ACE-resilient's were at most 1e-4 in size; CR's schedule had
 brought its levels to 0; RPP's levels are fixed at 1 by construction.
 
-SEGNN: the part `segnn-150` (150 of the paper's 2000 epochs) was rerun after equirelax's SEGNN
-layers took the official parametrisation (`SteerableLinear(parametrization="linear")`, as the
-official `O3TensorProduct`: each output block scaled by sqrt(fan-in), weights and biases
-U(-1/sqrt(fan-in), 1/sqrt(fan-in))). Before, its weights were N(0, 1) behind e3nn's
-1/sqrt(fan-in) normalisation, so an Adam step moved a layer 8-11x less than the official one at
-the same learning rate. Strict SEGNN, seed 0, 150 epochs: 0.0114 before, 0.0049 after (0.0071
-with the old layers at a 10x learning rate). The first runs (old layers, 3 seeds): strict 0.0107
-+- 7.8e-4, CR 0.0100 +- 3.3e-4, ACE-equality 0.0171 +- 3.1e-3 (relaxed 0.0125). The rerun (3
-seeds, two runs at a time, 2-2.6 min a strict run, 12 min a CR run while a CI run shared the
-cores, 2.5 min an ACE run): strict 5.10e-3 +- 3.1e-4, below the ACE paper's 5.6e-3 at 150 of its
-2000 epochs (best validation epochs 69-114); CR 5.05e-3, level with it; ACE-equality 5.54e-3 at
-its best validation epoch (69 in every seed), 1.08e-2 at the final one, where the relaxed model
-it trains was at 5.3e-3: its 8 levels were still 0.17-0.30 at epoch 149, and the projection
-drifted away from the relaxed model. Other departures from the official SEGNN remain and are
-named in `NBodySEGNN`'s docstring: half the hidden width (32x0e+16x1o, 75k parameters, against
-32x0e+32x1o, 147k), mean aggregation (the official sums), the squared distance as edge
-invariant, component-normalised spherical harmonics (the official: integral) and x_i - x_j in
-the node attribute (the official: x_j - x_i). Every official N-body trainer runs a constant
-learning rate (ACE 9e-4 for 2000 epochs; SEGNN and CR 5e-4 for 1000), as the preset does; this
-part runs all three arms at ACE's 9e-4. The paper-length part `segnn` is not run yet: CR on
-SEGNN took 0.11 s a compiled step against strict's 0.02 s (a probe with one other run beside it;
-CR's regulariser: 8 relaxed layers, 3 rotation generators and the reflection each), about 2 h a
-run at 2000 epochs here, and the whole part about 10 core-hours.
+SEGNN: the part `segnn-150` (150 of the paper's 2000 epochs) has been run three times, each
+after a departure from the official SEGNN was found and removed. (1) The layers took the
+official parametrisation (`SteerableLinear(parametrization="linear")`, as the official
+`O3TensorProduct`: each output block scaled by sqrt(fan-in), weights and biases
+U(-1/sqrt(fan-in), 1/sqrt(fan-in)); an Adam step had moved our layers 8-11x less): strict 0.0107
++- 7.8e-4 before, 5.10e-3 +- 3.1e-4 after, CR 5.05e-3, ACE-equality 5.54e-3 (relaxed 5.0-6.0e-3).
+(2) The model took the official inputs (`O3Transform` of the official `train_nbody.py`:
+integral-normalised spherical harmonics with the node attribute's two terms summed, x_j - x_i,
+the distance as edge invariant; before: component-normalised with the terms halved, x_i - x_j,
+the squared distance). The current rows (2026-12-04, two runs at a time; 2.5 min a strict run,
+16 min a CR run, 5 min an ACE run): strict 5.33e-3 +- 6.2e-4, within noise of the earlier
+inputs and below the ACE paper's 5.6e-3 at 150 of its 2000 epochs (best validation epochs
+144-149). CR 5.33e-3, each seed within 0.12% of strict's: an exactly equivariant model's loss
+and gradients do not change when a batch is rotated, and CR's free branches, started at
+N(0, (1e-4)^2) and held down by its penalty, stay too small to move the model off strict's run.
+ACE-equality's projected model 1.08e-2 +- 1.9e-3 at its best validation epoch (69-104) and
+6.0e-2 at the final one, its relaxed model 6.9e-3; its 8 levels were still 0.21-0.28 at epoch
+149. The attribute normalisation is what changed ACE: with component-normalised attributes and
+the other two official inputs (seed 0, one probe) ACE-equality reached 5.86e-3 projected and
+5.33e-3 relaxed (levels 0.26-0.27), against 1.29e-2 and 7.4e-3 with the official inputs. The
+likely reason (not measured further): the integral normalisation shrinks the attributes every
+equivariant tensor product multiplies by (edge attributes by 1/sqrt(4 pi)), while the dense
+free branches see mostly the hidden features, so the free branches carry more of the function
+and projecting them away costs more while the levels are far from 0. The official inputs
+stay: they are what the paper's figures were measured with. Departures left (`NBodySEGNN`'s
+docstring): half the hidden width (32x0e+16x1o, 75k parameters, against 32x0e+32x1o, 147k) and
+mean aggregation (the official sums); with both official too, strict
+reached 5.26e-3 +- 3.4e-4 (3 seeds, 1.33x the time per epoch), within noise. The official
+code also centres positions by `pos.mean(1)`, each particle's mean coordinate, which is not
+rotation equivariant; equirelax subtracts the centre of mass. Every official N-body trainer
+runs a constant learning rate (ACE 9e-4 for 2000 epochs; SEGNN and CR 5e-4 for 1000), as the
+preset does; this part runs all three arms at ACE's 9e-4. The paper-length part `segnn` started
+on 2026-12-04 (two runs at a time; about 28 min a strict run and 2.2 h a CR run here: CR's
+regulariser covers 8 relaxed layers, 3 rotation generators and the reflection each); its rows
+count only finished runs.
 
 At the full 1000 epochs (parts `egnn-ace-equality-1000` and `egnn-1000`, 3 seeds, two runs
 sharing the two cores; 14-26 min a run, CR 30.5): RPP is the one arm below strict beyond

@@ -109,7 +109,10 @@ class NBodySEGNN(nn.Module):
     harmonics_normalization:
         ``"integral"`` (default, the official: ``a_ij`` and both node terms in e3nn's integral
         normalisation, summed) or ``"component"`` (``Y(r) = (1, sqrt(3) r / |r|)``, the node
-        terms halved so that ``a_i``'s ``l = 0`` component is 1).
+        terms halved so that ``a_i``'s ``l = 0`` component is 1). Strict SEGNN does not mind
+        (above), ACE does while its levels are far from 0: ACE-equality on N-body (150 epochs,
+        seed 0) projected to 1.29e-2 with ``"integral"`` and 5.86e-3 with ``"component"``
+        (likely: the smaller attributes shrink the equivariant maps, not the free branches).
     relative_position:
         The edge attribute's vector: ``"x_j - x_i"`` (default, the official) or ``"x_i - x_j"``.
     edge_distance:
