@@ -834,11 +834,18 @@ def _irrep(group: SO3, l: int, p: int) -> Representation:  # noqa: E741 (l is th
 
 
 def _irrep_matrices(l: int, parity: int, g: Tensor) -> Tensor:  # noqa: E741 (the degree)
-    # An improper g = -R (O(3)) maps to p * D(R), as e3nn's Irrep.D_from_matrix.
+    # An improper g = -R (O(3)) maps to p * D(R), as e3nn's Irrep.D_from_matrix. In e3nn's real
+    # basis D_0 = 1 and D_1(R) = R, written out: no matrix exponentials for the l <= 1 of the
+    # N-body models (CR acts with them on every relaxed layer's inputs at every step).
     g = g.to(torch.float64)
-    sign = torch.linalg.det(g).sign()
-    out = _wigner_d(l, sign[:, None, None] * g)
-    return out * sign[:, None, None] if parity == -1 else out
+    sign = torch.linalg.det(g).sign()[:, None, None]
+    if l == 0:
+        out = torch.ones(g.shape[0], 1, 1, dtype=g.dtype, device=g.device)
+    elif l == 1:
+        out = sign * g
+    else:
+        out = _wigner_d(l, sign * g)
+    return out * sign if parity == -1 else out
 
 
 def _irrep_lie(l: int) -> Tensor:  # noqa: E741 (the degree)
