@@ -6,8 +6,7 @@ Skipped without a CUDA device (CI has none). On a GPU machine:
 The model's and the free branches' initialisation, the data order and the group elements the
 strategies draw (:meth:`equirelax.groups.Group.sample`) all come from CPU generators, so a run on
 ``cuda`` follows its run on the CPU up to float32 rounding: two epochs agree to ``RTOL``. (On an
-H200 these tests found CR's and ACE's free branches drawn from the GPU's generator.) Not covered:
-``norm_bound="spectral"``, whose power iteration starts from vectors torch draws on the device.
+H200 these tests found CR's and ACE's free branches drawn from the GPU's generator.)
 """
 
 from __future__ import annotations
@@ -43,6 +42,8 @@ CASES = [
     ("modified-inertia", "emlp", "ace-inequality"),
     ("gap-dial", "emlp", "recm"),
 ]
+# (task, model, strategy, its options): settings away from the defaults that draw at random
+OPTION_CASES = [("nbody", "egnn", "ace-equality", ("--option", "norm_bound=spectral"))]
 
 
 def _train(
@@ -67,12 +68,20 @@ def _assert_same_run(cpu: dict, cuda: dict) -> None:
     assert cuda["final"]["levels"] == pytest.approx(cpu["final"]["levels"], rel=RTOL, abs=1e-6)
 
 
-@pytest.mark.parametrize(("task", "model", "strategy"), CASES)
+@pytest.mark.parametrize(
+    ("task", "model", "strategy", "options"),
+    [(*case, ()) for case in CASES] + OPTION_CASES,
+)
 def test_training_on_cuda_follows_the_cpu_run(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, task: str, model: str, strategy: str
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    task: str,
+    model: str,
+    strategy: str,
+    options: tuple[str, ...],
 ) -> None:
-    cpu = _train(capsys, tmp_path / "cpu", task, model, strategy)
-    cuda = _train(capsys, tmp_path / "cuda", task, model, strategy, "--device", "cuda")
+    cpu = _train(capsys, tmp_path / "cpu", task, model, strategy, *options)
+    cuda = _train(capsys, tmp_path / "cuda", task, model, strategy, *options, "--device", "cuda")
     assert cuda["config"]["device"] == "cuda"
     _assert_same_run(cpu, cuda)
 

@@ -588,8 +588,10 @@ def _bound_norms(free: nn.Module, norm_bound: str | None) -> None:
         if p.ndim == 1
     ]
     for module, name in _weights(free):
-        if norm_bound == "spectral":
-            spectral_norm(module, name=name)
+        if norm_bound == "spectral":  # on the CPU: its power iteration starts from random
+            device = getattr(module, name).device  # vectors, which a seed then fixes everywhere
+            spectral_norm(module.to("cpu"), name=name)
+            module.to(device)
         else:
             parametrize.register_parametrization(module, name, _UnitFrobenius())
     for module, name in biases:
