@@ -21,7 +21,8 @@ from equirelax.experiments import model_registry
 from equirelax.groups import O3, SO3, Euclidean, Orthogonal
 from equirelax.models import EMLP, MLP
 from equirelax.models.emlp import EMLPBlock, default_hidden, default_mid
-from equirelax.nn import EquivariantBilinear
+from equirelax.nn import EquivariantBilinear, FeatureBilinear
+from equirelax.representations import Representation
 from equirelax.tasks import Task
 
 TOL = 1e-10  # relative equivariance error in float64
@@ -105,11 +106,77 @@ def test_bilinear_passes_assert_equivariant(case: str, dtype: torch.dtype, gener
     assert err.output_norm > 0.1
 
 
+# orthogonal hidden representations for the official bilinear map: O(3) with every type it can
+# fill from (vectors, matrices), O(5) vectors, SO(3) with two matrix blocks
+FEATURE_CASES = {
+    "O3-T0-V-T2": lambda: (lambda t0, v, t2: 6 * t0 + 3 * v + 2 * t2)(*_reps(O3())),
+    "O5-T0-V": lambda: (lambda t0, v, _t2: 4 * t0 + 2 * v)(*_reps(Orthogonal(5))),
+    "SO3-T2-twice": lambda: (lambda t0, v, t2: 2 * t0 + v + t2 + t2)(*_reps(SO3())),
+}
+
+
+@pytest.mark.parametrize("case", FEATURE_CASES)
+def test_feature_bilinear_is_equivariant_in_float64(case: str) -> None:
+    rep = FEATURE_CASES[case]()
+    torch.manual_seed(0)
+    layer = FeatureBilinear(rep).double()
+    err = _error(layer, _inputs(rep.dim))
+    assert err.output_norm > 0.01
+    assert err.max < TOL, err
+
+
+def test_feature_bilinear_is_the_official_formula() -> None:
+    """``T0 + V`` of O(3): ``W = [[0, a v^T], [b v, 0]]`` (the scalar-to-scalar block and the
+    vector-to-vector one, whose type T2 the features lack, stay 0), ``y = 0.1 W x``."""
+    t0, v, _ = _reps(O3())
+    torch.manual_seed(0)
+    layer = FeatureBilinear(t0 + v)
+    x = _inputs(4)
+    s, vec = x[:, :1], x[:, 1:]
+    pairs = [(layer._spans[o][2].key, layer._spans[i][2].key) for o, i, _ in layer._pairs]
+    thetas = [float(theta.detach().reshape(())) for theta in layer.theta]  # one copy each
+    coefficient = dict(zip(pairs, thetas, strict=True))
+    scalar_from_vector = coefficient[(t0.key, v.key)]
+    vector_from_scalar = coefficient[(v.key, t0.key)]
+    expected = 0.1 * torch.cat(
+        [
+            scalar_from_vector * (vec * vec).sum(dim=1, keepdim=True),
+            vector_from_scalar * vec * s,
+        ],
+        dim=1,
+    )
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-14)
+
+
+def test_feature_bilinear_keeps_its_chosen_copies_in_the_state_dict() -> None:
+    rep = FEATURE_CASES["O3-T0-V-T2"]()
+    torch.manual_seed(0)
+    layer = FeatureBilinear(rep)
+    torch.manual_seed(1)
+    other = FeatureBilinear(rep)
+    x = _inputs(rep.dim)
+    assert not torch.allclose(layer(x), other(x))
+    other.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(other(x), layer(x), rtol=0, atol=0)
+
+
+def test_feature_bilinear_refuses_a_representation_that_is_not_orthogonal() -> None:
+    vector = O3().standard_representation()
+    shear = torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    conjugated = Representation(
+        O3(), 3, lambda g: shear @ g.to(shear) @ torch.linalg.inv(shear), key="sheared"
+    )
+    FeatureBilinear(vector)  # orthogonal: fine
+    with pytest.raises(ValueError, match=r"^representation: expected an orthogonal.*sheared"):
+        FeatureBilinear(conjugated)
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_emlp_is_equivariant_in_float64(case: str) -> None:
+@pytest.mark.parametrize("bilinear", ["low-rank", "official"])
+def test_emlp_is_equivariant_in_float64(case: str, bilinear: str) -> None:
     rep_in, rep_out = CASES[case]()
     torch.manual_seed(0)
-    model = EMLP(rep_in, rep_out).double()
+    model = EMLP(rep_in, rep_out, bilinear=bilinear).double()
     _randomise_biases(model, torch.Generator().manual_seed(2))
     x = _inputs(rep_in.dim)
     assert model(x).shape == (8, rep_out.dim)

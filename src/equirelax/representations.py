@@ -79,6 +79,15 @@ class Representation:
         out = self._matrices(g)
         return out if dtype is None else out.to(dtype)
 
+    def is_trivial(self) -> bool:
+        """Whether this is the one-dimensional trivial representation (its discrete generators
+        act as 1 and its Lie algebra as 0), whatever its key."""
+        if self.dim != 1:
+            return False
+        return bool(torch.all(self.discrete_generators() == 1.0)) and bool(
+            torch.all(self.lie_algebra() == 0.0)
+        )
+
     def discrete_generators(self) -> Tensor:
         """``rho(h)`` for each discrete generator ``h`` of the group, float64, ``(k, d, d)``."""
         gens = self.group.discrete_generators()

@@ -14,6 +14,7 @@ __all__ = [
     "EGNNLayer",
     "EquivariantBilinear",
     "EquivariantLinear",
+    "FeatureBilinear",
     "GatedNonlinearity",
     "GroupConv2d",
     "GroupPool",
@@ -31,6 +32,7 @@ __all__ = [
 
 _ATTRIBUTES = {
     "EquivariantBilinear": "equirelax.nn.bilinear",
+    "FeatureBilinear": "equirelax.nn.bilinear",
     "DiscHarmonicBasis": "equirelax.nn.disc_basis",
     "EGNN": "equirelax.nn.egnn",
     "EGNNLayer": "equirelax.nn.egnn",
@@ -52,7 +54,7 @@ _ATTRIBUTES = {
 __getattr__, __dir__ = lazy_exports(__name__, (), _ATTRIBUTES)
 
 if TYPE_CHECKING:
-    from equirelax.nn.bilinear import EquivariantBilinear
+    from equirelax.nn.bilinear import EquivariantBilinear, FeatureBilinear
     from equirelax.nn.disc_basis import DiscHarmonicBasis
     from equirelax.nn.egnn import EGNN, EGNNLayer
     from equirelax.nn.group_conv import GroupConv2d, GroupPool, LiftingConv2d

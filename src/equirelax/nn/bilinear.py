@@ -27,7 +27,7 @@ from equirelax.actions import RepresentationAction
 from equirelax.nn.linear import EquivariantLinear
 from equirelax.representations import DirectSum, Representation
 
-__all__ = ["EquivariantBilinear", "outer_representation"]
+__all__ = ["EquivariantBilinear", "FeatureBilinear", "outer_representation"]
 
 
 def outer_representation(left: Representation, right: Representation) -> Representation:
@@ -139,3 +139,118 @@ def _block_pair_index(mid: Representation) -> Tensor:
         for o2, m2, d2 in spans
     ]
     return torch.cat(pieces)
+
+
+class FeatureBilinear(nn.Module):
+    r"""``y = 0.1 W(x) x``: the official EMLP ``BiLinear``, a matrix filled from the features.
+
+    For each pair of blocks ``(m_o, r_o) <- (m_i, r_i)`` of ``rho`` the block ``W_oi(x)`` of the
+    ``(d, d)`` matrix is a learned combination of ``n`` copies of the features' own blocks of the
+    type of ``Hom(r_i, r_o) = r_o (x) r_i`` (for orthogonal ``rho``)::
+
+        W_oi(x)[j, i] = sum_k theta_oi[j, i, k] x_(c_k),     n = min(copies of the type, its dim)
+
+    (``j``, ``i`` the copies of ``r_o`` and ``r_i``; a scalar factor drops out of the type). A
+    copy of ``r_o (x) r_i`` transforms as ``rho_o(g) W rho_i(g)^T``, so ``W(g x) x'`` moves like
+    ``rho(g)`` when ``rho`` is orthogonal, which is checked. Pairs whose type the features lack,
+    and scalar-to-scalar pairs (as the official, which leaves scalars out of the types), stay
+    zero. ``theta ~ N(0, 1)`` (the official init) and the chosen copies ``c_k`` are drawn from
+    torch's random state at construction; the official draws them with replacement, here
+    without. From ``emlp.nn.BiLinear`` and ``bilinear_weights`` of
+    github.com/mfinzi/equivariant-MLP (Finzi, Welling, Wilson 2021, arXiv 2104.09459).
+
+    Parameters
+    ----------
+    representation:
+        The orthogonal representation ``rho`` of the input and the output features.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from equirelax.groups import O3
+    >>> V, T0 = O3().standard_representation(), O3().trivial_representation()
+    >>> layer = FeatureBilinear(4 * T0 + 2 * V + V.tensor(V))
+    >>> layer(torch.randn(5, 19)).shape
+    torch.Size([5, 19])
+    """
+
+    scale = 0.1  # the official output factor
+
+    def __init__(self, representation: Representation) -> None:
+        super().__init__()
+        if not isinstance(representation, Representation):
+            raise TypeError(
+                f"representation: expected a Representation, received {representation!r}"
+            )
+        _check_orthogonal(representation)
+        self.representation_in = self.representation_out = representation
+        self.action_in = self.action_out = RepresentationAction(representation)
+        self.in_features = self.out_features = representation.dim
+        spans, copies, offset = [], {}, 0
+        for mult, rep in representation.blocks:
+            spans.append((offset, mult, rep))
+            if not rep.is_trivial():
+                copies.setdefault(rep.key, []).extend(offset + c * rep.dim for c in range(mult))
+            offset += mult * rep.dim
+        self._spans = spans
+        self._pairs: list[tuple[int, int, str]] = []
+        self.theta = nn.ParameterList()
+        chosen: dict[str, Tensor] = {}
+        for o, (_, m_o, r_o) in enumerate(spans):
+            for i, (_, m_i, r_i) in enumerate(spans):
+                key = _hom_type(r_o, r_i)
+                if key not in copies:
+                    continue
+                if key not in chosen:
+                    starts = torch.tensor(copies[key])
+                    pick = torch.randperm(len(starts))[: min(len(starts), r_o.dim * r_i.dim)]
+                    chosen[key] = starts[pick, None] + torch.arange(r_o.dim * r_i.dim)
+                self._pairs.append((o, i, key))
+                self.theta.append(nn.Parameter(torch.randn(m_o, m_i, chosen[key].shape[0])))
+        self._keys = sorted(chosen)
+        for n, key in enumerate(self._keys):
+            self.register_buffer(f"copies_{n}", chosen[key])
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_tensor("x", x)
+        check_dim("x", x, -1, self.in_features)
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.in_features)
+        blocks = [
+            flat[:, start : start + m * r.dim].reshape(-1, m, r.dim) for start, m, r in self._spans
+        ]
+        out = [torch.zeros_like(block) for block in blocks]
+        for (o, i, key), theta in zip(self._pairs, self.theta, strict=True):
+            copies = getattr(self, f"copies_{self._keys.index(key)}")
+            d_o, d_i = self._spans[o][2].dim, self._spans[i][2].dim
+            features = flat[:, copies].reshape(-1, copies.shape[0], d_o, d_i)
+            out[o] = out[o] + torch.einsum("jik,bkoq,biq->bjo", theta, features, blocks[i])
+        return self.scale * torch.cat([y.flatten(1) for y in out], dim=1).reshape(*lead, -1)
+
+    def extra_repr(self) -> str:
+        return f"{self.representation_in.key}, {len(self._pairs)} block pairs"
+
+
+def _hom_type(out: Representation, into: Representation) -> str:
+    """The key of ``Hom(into, out) = out (x) into`` for orthogonal representations, with a
+    trivial factor dropped (the type a copy of the features must have to fill that block)."""
+    if into.is_trivial():
+        return out.key
+    if out.is_trivial():
+        return into.key
+    return out.tensor(into).key
+
+
+def _check_orthogonal(representation: Representation) -> None:
+    """Raise unless ``rho(g)`` is orthogonal on sampled elements and the discrete generators
+    (``W(x)``'s blocks transform as ``rho_o W rho_i^T``, which is equivariant only then)."""
+    group = representation.group
+    g = group.sample(8, torch.Generator().manual_seed(0), dtype=torch.float64)
+    matrices = torch.cat([representation(g), representation.discrete_generators()])
+    eye = torch.eye(representation.dim, dtype=torch.float64)
+    error = float((matrices @ matrices.transpose(-1, -2) - eye).abs().max())
+    if error > 1e-8:
+        raise ValueError(
+            f"representation: expected an orthogonal representation (rho(g) rho(g)^T = I), "
+            f"received {representation.key} with a deviation of {error:.2e}"
+        )
