@@ -891,6 +891,10 @@ Known departures left: E-MLP's bilinear layer is factored through a rank represe
 8 V; `equirelax.nn.EquivariantBilinear`) where the official BiLinear fills a
 pre-activation-dependent matrix from the features of each tensor type, and the hidden
 representation is 32 T0 + 16 V + 4 T2 (116 dimensions) where the official uses uniform_rep(384).
+The official BiLinear exists now (`EMLP(bilinear="official")`, `equirelax.nn.FeatureBilinear`)
+but does not train with equirelax's linear maps: strict, 3 seeds, 14.0 +- 2.4 on modified
+inertia and 11.8 +- 3.9 on inertia (probes, 2026-12-04, not rows of this table; `EMLP`'s
+docstring has the details); the official pairs it with its own `Linear` parametrisation.
 The first ACE runs (`emlp/inertia-emlp-official-ace`, the cosine preset): at the official step
 sizes (levels under the primal Adam, dual Adam 8e-4) ACE-equality's levels were still 0.79-0.93
 after 1000 steps and its projected model's test MSE 21.6 and 24.1 (2 seeds), so the synthetic
