@@ -130,6 +130,7 @@ def load_arm(root: Path, arm: Arm) -> ArmResult:
 # --- how a row is judged -----------------------------------------------------------------------
 
 HOLDS, FAILS, NOISE, MISSING = "holds", "does not hold", "within noise", "not run yet"
+TOO_FEW = "no verdict: 1 seed"  # every arm has run, one of them a single seed only
 UNEQUAL = "not judged: the arms ran different lengths"
 
 
@@ -263,15 +264,14 @@ def _arm_cell(result: ArmResult) -> str:
     arm = result.arm
     if result.n == 0:
         return f"{arm.name}: not run yet"
-    mean, std = result.mean_std()
-    final_mean, final_std = result.mean_std("test_final")
-    cell = (
-        f"{arm.name}: **{_number(mean)} ± {_number(std)}** "
-        f"(final {_number(final_mean)} ± {_number(final_std)})"
-    )
+
+    def spread(key: str) -> str:  # one seed has no spread to show
+        mean, std = result.mean_std(key)
+        return _number(mean) if result.n == 1 else f"{_number(mean)} ± {_number(std)}"
+
+    cell = f"{arm.name}: **{spread('test')}** (final {spread('test_final')})"
     if result.test_relaxed:
-        relaxed_mean, relaxed_std = result.mean_std("test_relaxed")
-        cell += f", relaxed {_number(relaxed_mean)} ± {_number(relaxed_std)}"
+        cell += f", relaxed {spread('test_relaxed')}"
     length = f"{result.epochs} ep" if result.epochs else "?"
     seeds = (
         f"{result.n} seeds" if result.complete else f"{result.n} of {result.planned_seeds} seeds"
@@ -301,6 +301,8 @@ def row_cells(row: Row, root: Path) -> list[str]:
         ours = "<br>".join([measured, *(_arm_cell(results[a]) for a in row.judge.arms())])
     else:
         verdict = row.judge.judge(results)
+        if verdict == MISSING and all(r.n for r in results.values()):
+            verdict = TOO_FEW
         ours = "<br>".join(_arm_cell(results[a]) for a in row.judge.arms())
     partial = any(r.n and not r.complete for r in results.values())
     if partial and verdict in (HOLDS, FAILS, NOISE):
@@ -337,8 +339,9 @@ RULES = (
     f"figure): holds when our mean is at most {FIGURE_TOLERANCE:.0%} above it; does not hold when "
     f"our mean minus {NOISE_SE:g} standard errors is still above that; within noise otherwise. "
     f"*Same*: does not hold when the means differ by more than {NOISE_SE:g} standard errors of "
-    f"the difference. A verdict needs 2 finished seeds per arm (else: not run yet) and arms of "
-    f"one length (else: {UNEQUAL}), and is marked partial while seeds are missing. Test MSE is "
+    f"the difference. A verdict needs 2 finished seeds per arm (else: not run yet, or "
+    f"{TOO_FEW} when every arm has run) and arms of one length (else: {UNEQUAL}), and is "
+    f"marked partial while seeds are missing. Test MSE is "
     f"the model's at its best validation epoch; the final epoch's is beside it."
 )
 

@@ -130,7 +130,9 @@ def test_missing_results_and_single_seeds_are_not_judged(tmp_path):
     assert claims.row_cells(row, tmp_path)[-1] == claims.MISSING
     assert "x: not run yet" in claims.row_cells(row, tmp_path)[3]
     _write(tmp_path, "c/p", {"strict": [1.0], "x": [0.5]}, seeds=1)
-    assert claims.row_cells(row, tmp_path)[-1] == claims.MISSING
+    cells = claims.row_cells(row, tmp_path)
+    assert cells[-1] == claims.TOO_FEW  # every arm ran, on one seed
+    assert "x: **0.5** (final" in cells[3]  # one seed: its value, no spread
 
 
 def test_advice_names_the_winner_beyond_noise_or_says_use_strict(tmp_path):
