@@ -193,23 +193,23 @@ class FeatureBilinear(nn.Module):
                 copies.setdefault(rep.key, []).extend(offset + c * rep.dim for c in range(mult))
             offset += mult * rep.dim
         self._spans = spans
-        self._pairs: list[tuple[int, int, str]] = []
+        self._pairs: list[tuple[int, int, str]] = []  # (output block, input block, buffer)
         self.theta = nn.ParameterList()
-        chosen: dict[str, Tensor] = {}
+        buffers: dict[str, str] = {}  # type key -> the buffer of its chosen copies' indices
         for o, (_, m_o, r_o) in enumerate(spans):
             for i, (_, m_i, r_i) in enumerate(spans):
                 key = _hom_type(r_o, r_i)
                 if key not in copies:
                     continue
-                if key not in chosen:
+                if key not in buffers:
                     starts = torch.tensor(copies[key])
                     pick = torch.randperm(len(starts))[: min(len(starts), r_o.dim * r_i.dim)]
-                    chosen[key] = starts[pick, None] + torch.arange(r_o.dim * r_i.dim)
-                self._pairs.append((o, i, key))
-                self.theta.append(nn.Parameter(torch.randn(m_o, m_i, chosen[key].shape[0])))
-        self._keys = sorted(chosen)
-        for n, key in enumerate(self._keys):
-            self.register_buffer(f"copies_{n}", chosen[key])
+                    buffers[key] = f"copies_{len(buffers)}"
+                    indices = starts[pick, None] + torch.arange(r_o.dim * r_i.dim)
+                    self.register_buffer(buffers[key], indices)
+                count = getattr(self, buffers[key]).shape[0]
+                self._pairs.append((o, i, buffers[key]))
+                self.theta.append(nn.Parameter(torch.randn(m_o, m_i, count)))
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x)
@@ -220,8 +220,8 @@ class FeatureBilinear(nn.Module):
             flat[:, start : start + m * r.dim].reshape(-1, m, r.dim) for start, m, r in self._spans
         ]
         out = [torch.zeros_like(block) for block in blocks]
-        for (o, i, key), theta in zip(self._pairs, self.theta, strict=True):
-            copies = getattr(self, f"copies_{self._keys.index(key)}")
+        for (o, i, buffer), theta in zip(self._pairs, self.theta, strict=True):
+            copies = getattr(self, buffer)
             d_o, d_i = self._spans[o][2].dim, self._spans[i][2].dim
             features = flat[:, copies].reshape(-1, copies.shape[0], d_o, d_i)
             out[o] = out[o] + torch.einsum("jik,bkoq,biq->bjo", theta, features, blocks[i])
