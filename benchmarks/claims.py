@@ -704,10 +704,17 @@ reached 5.26e-3 +- 3.4e-4 (3 seeds, 1.33x the time per epoch), within noise. The
 code also centres positions by `pos.mean(1)`, each particle's mean coordinate, which is not
 rotation equivariant; equirelax subtracts the centre of mass. Every official N-body trainer
 runs a constant learning rate (ACE 9e-4 for 2000 epochs; SEGNN and CR 5e-4 for 1000), as the
-preset does; this part runs all three arms at ACE's 9e-4. The paper-length part `segnn` started
-on 2026-12-04 (two runs at a time; about 28 min a strict run and 2.2 h a CR run here: CR's
-regulariser covers 8 relaxed layers, 3 rotation generators and the reflection each); its rows
-count only finished runs.
+preset does; this part runs all three arms at ACE's 9e-4. The paper-length part `segnn`
+(2026-12-04, two runs at a time, 25-37 min a strict or ACE run): strict 5.06e-3 +- 4.7e-4
+(seeds 4.76e-3, 4.84e-3, 5.60e-3 at best validation epochs 174, 194 and 1974: the first two
+overfit after epoch ~200, training loss 1e-4 against validation 6-7e-3 by epoch 1000; the third
+found a lower validation MSE only near the end), below the ACE paper's 5.6e-3. ACE-equality
+4.63e-3 +- 1.8e-4 projected at best validation epochs 1904-1959, relaxed 5.02e-3, final epoch
+5.05e-3; its levels were -0.15 to +0.10 at epoch 1999 (0.21-0.28 after 150 epochs), so at the
+paper's length the projection no longer costs what it did at 150 epochs. ACE's mean is below
+strict's by 1.5 standard errors of the difference: within noise at 3 seeds, and short of the
+paper's 3.8e-3. CR runs last (about 2 h a run here) and was still running when this was
+written; its rows count only finished runs.
 
 At the full 1000 epochs (parts `egnn-ace-equality-1000` and `egnn-1000`, 3 seeds, two runs
 sharing the two cores; 14-26 min a run, CR 30.5): RPP is the one arm below strict beyond
