@@ -144,14 +144,13 @@ class RepresentationAction(Action):
         moved = x.movedim(self.dim, -1)
         lead = moved.shape[:-1]
         flat = moved.reshape(lead[0], -1, moved.shape[-1])  # (B, M, d)
-        shared = g.shape[0] > 1 and g.stride(0) == 0
+        elements = g[:1] if g.shape[0] > 1 and g.stride(0) == 0 else g  # one shared, or one each
         parts = []
         offset = 0
         for mult, rep in self.representation.blocks:
             size = mult * rep.dim
             block = flat[..., offset : offset + size].reshape(*flat.shape[:2], mult, rep.dim)
-            matrices = rep(g[:1] if shared else g, x.dtype).to(x.device)
-            matrices = matrices.expand(g.shape[0], rep.dim, rep.dim)
+            matrices = rep(elements, x.dtype).to(x.device).expand(g.shape[0], rep.dim, rep.dim)
             parts.append(torch.einsum("bij,bmkj->bmki", matrices, block).flatten(2))
             offset += size
         return torch.cat(parts, dim=-1).reshape(moved.shape).movedim(-1, self.dim)

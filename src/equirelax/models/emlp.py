@@ -172,7 +172,6 @@ class EMLP(nn.Module):
         bilinear: str = "low-rank",
     ) -> None:
         super().__init__()
-        check_choice("bilinear", bilinear, BILINEAR_FORMS)
         if not isinstance(representation_in, Representation):
             raise TypeError(
                 f"representation_in: expected a Representation, received {representation_in!r}"
