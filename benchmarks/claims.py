@@ -385,6 +385,15 @@ SEGNN_ARMS = ("strict", "cr", "ace-equality")
 # session's compute finishes the strict and ACE arms first
 SEGNN_PAPER_ORDER = ("strict", "ace-equality", "cr")
 EMLP_ARMS = ("strict", "rpp", "cr", "ace-equality", "ace-resilient", "recm")
+# the official EMLP(ch=384): its hidden representation, BiLinear and projected Linear
+OFFICIAL_EMLP = (
+    "--model-option",
+    "hidden=384",
+    "--model-option",
+    "bilinear=official",
+    "--model-option",
+    "linear=projected",
+)
 
 
 def _emlp_arm(task: str, label: str) -> Arm:
@@ -825,6 +834,11 @@ def _emlp_parts() -> tuple[Part, ...]:
                 epochs,
             ),
             Part(f"{task}-mlp", (task, "--full", "--model", "mlp", "--strategies", "free"), epochs),
+            Part(
+                f"{task}-emlp-official",
+                (task, "--full", "--model", "emlp", "--strategies", "strict,rpp", *OFFICIAL_EMLP),
+                epochs,
+            ),
         ]
     return tuple(parts)
 
@@ -838,8 +852,25 @@ def _emlp_rows() -> tuple[Row, ...]:
     for task, (emlp, mlp, source) in figures.items():
         strict = _emlp_arm(task, "strict")
         plain = Arm(f"emlp/{task}-mlp", "free", "MLP")
+        official = Arm(f"emlp/{task}-emlp-official", "strict", "official E-MLP")
         judged: list[tuple[str, str, Lower | Reaches]] = [
-            (f"E-MLP reaches its {task} MSE ({source})", f"{emlp}", Reaches(strict, emlp)),
+            (
+                f"E-MLP (equirelax's default: 116-dimensional hidden representation, low-rank "
+                f"bilinear) reaches its {task} MSE ({source})",
+                f"{emlp}",
+                Reaches(strict, emlp),
+            ),
+            (
+                f"E-MLP with the official architecture (ch = 384, the official BiLinear and "
+                f"Linear) reaches its {task} MSE ({source})",
+                f"{emlp}",
+                Reaches(official, emlp),
+            ),
+            (
+                f"rpp below strict E-MLP on {task}, both with the official architecture",
+                "RPP: at most the better of EMLP and MLP",
+                Lower(Arm(official.part, "rpp", "rpp official E-MLP"), official),
+            ),
             (f"MLP reaches its {task} MSE ({source})", f"{mlp}", Reaches(plain, mlp)),
             (f"E-MLP below MLP on {task}", f"{emlp} vs {mlp}", Lower(strict, plain)),
             *(
@@ -1268,6 +1299,14 @@ PICKS = (
             f"{task} (E-MLP)",
             _emlp_arm(task, "strict"),
             tuple(_emlp_arm(task, label) for label in EMLP_ARMS[1:]),
+        )
+        for task in ("inertia", "modified-inertia")
+    ),
+    *(
+        Pick(
+            f"{task} (the official E-MLP architecture)",
+            Arm(f"emlp/{task}-emlp-official", "strict", "strict official E-MLP"),
+            (Arm(f"emlp/{task}-emlp-official", "rpp", "rpp official E-MLP"),),
         )
         for task in ("inertia", "modified-inertia")
     ),

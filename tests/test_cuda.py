@@ -42,8 +42,17 @@ CASES = [
     ("modified-inertia", "emlp", "ace-inequality"),
     ("gap-dial", "emlp", "recm"),
 ]
-# (task, model, strategy, its options): settings away from the defaults that draw at random
-OPTION_CASES = [("nbody", "egnn", "ace-equality", ("--option", "norm_bound=spectral"))]
+# (task, model, strategy, its options): settings away from the defaults that draw at random,
+# and the official E-MLP's layers
+OPTION_CASES = [
+    ("nbody", "egnn", "ace-equality", ("--option", "norm_bound=spectral")),
+    (
+        "modified-inertia",
+        "emlp",
+        "rpp",
+        ("--model-option", "bilinear=official", "--model-option", "linear=projected"),
+    ),
+]
 
 
 def _train(

@@ -18,9 +18,9 @@ from equirelax.actions import (
     VectorAction,
 )
 from equirelax.experiments import model_registry
-from equirelax.groups import O3, SO3, Euclidean, Orthogonal
+from equirelax.groups import O3, SO3, Euclidean, MatrixGroup, Orthogonal
 from equirelax.models import EMLP, MLP
-from equirelax.models.emlp import EMLPBlock, default_hidden, default_mid
+from equirelax.models.emlp import EMLPBlock, default_hidden, default_mid, uniform_representation
 from equirelax.nn import EquivariantBilinear, FeatureBilinear
 from equirelax.representations import Representation
 from equirelax.tasks import Task
@@ -58,11 +58,15 @@ CASES = {
 
 
 def _randomise_biases(model: torch.nn.Module, generator: torch.Generator) -> None:
-    """Nonzero invariant biases (they start at 0), so that the bias bases are tested too."""
+    """Nonzero invariant biases (the basis ones start at 0), so that the bias bases are tested
+    too, and dense projected weights of unit scale (their projections start small)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "bias_basis" in name:
+            if "bias_basis" in name or "bias_projection" in name:
                 p.copy_(0.3 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+            elif "weight_projection" in name:
+                dense = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+                p.copy_(dense / p.shape[1] ** 0.5)
 
 
 def _inputs(dim: int, batch: int = 8, seed: int = 0) -> torch.Tensor:
@@ -172,11 +176,14 @@ def test_feature_bilinear_refuses_a_representation_that_is_not_orthogonal() -> N
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("bilinear", ["low-rank", "official"])
-def test_emlp_is_equivariant_in_float64(case: str, bilinear: str) -> None:
+@pytest.mark.parametrize(
+    ("bilinear", "linear"),
+    [("low-rank", "basis"), ("official", "basis"), ("official", "projected")],
+)
+def test_emlp_is_equivariant_in_float64(case: str, bilinear: str, linear: str) -> None:
     rep_in, rep_out = CASES[case]()
     torch.manual_seed(0)
-    model = EMLP(rep_in, rep_out, bilinear=bilinear).double()
+    model = EMLP(rep_in, rep_out, bilinear=bilinear, linear=linear).double()
     _randomise_biases(model, torch.Generator().manual_seed(2))
     x = _inputs(rep_in.dim)
     assert model(x).shape == (8, rep_out.dim)
@@ -185,6 +192,23 @@ def test_emlp_is_equivariant_in_float64(case: str, bilinear: str) -> None:
     )
     assert err.output_norm > 1e-3
     assert err.max < TOL, err
+
+
+def test_uniform_representation_spreads_channels_over_tensor_ranks_as_the_official() -> None:
+    scalar, vector, tensor = _reps(O3())
+    official_384 = uniform_representation(384, O3())  # emlp.nn.uniform_rep(384, O(3))
+    assert official_384 == 102 * scalar + 34 * vector + 11 * tensor + 3 * tensor.tensor(vector)
+    for channels, group in ((1, O3()), (7, O3()), (100, SO3()), (384, Orthogonal(5))):
+        assert uniform_representation(channels, group).dim == channels
+    assert uniform_representation(6, O3()) == 3 * scalar + vector
+
+
+def test_uniform_representation_refuses_a_group_that_is_not_orthogonal() -> None:
+    order_three = torch.tensor([[[0.0, -1.0], [1.0, -1.0]]])  # a non-orthogonal rotation of Z^2
+    with pytest.raises(NotImplementedError, match="orthogonal standard representation"):
+        uniform_representation(10, MatrixGroup(order_three))
+    with pytest.raises(ValueError, match="channels: expected a positive int"):
+        uniform_representation(0, O3())
 
 
 def test_default_representations_follow_the_group() -> None:
@@ -300,6 +324,11 @@ def test_emlp_rejects_bad_representations() -> None:
         EMLP(rep_in, rep_out, hidden=8 * scalar)
     with pytest.raises(TypeError, match="mid: expected a Representation or None"):
         EMLP(rep_in, rep_out, mid="8x0e")
+    with pytest.raises(TypeError, match="hidden: expected a Representation, an int or None"):
+        EMLP(rep_in, rep_out, hidden=True)
+    with pytest.raises(ValueError, match=r"linear: expected one of \('basis', 'projected'\)"):
+        EMLP(rep_in, rep_out, linear="dense")
+    assert EMLP(rep_in, rep_out, hidden=20).hidden == uniform_representation(20, O3())
     with pytest.raises(ValueError, match=r"representation_out: expected a representation of"):
         EquivariantBilinear(rep_in, SO3().standard_representation(), scalar)
 

@@ -6,6 +6,7 @@ import torch
 from _tolerances import ATOL
 from equirelax import assert_equivariant, equivariance_error
 from equirelax.actions import RepresentationAction
+from equirelax.commutant import EquivariantProjector
 from equirelax.groups import O3, SO3, DihedralGroup, SymmetricGroup
 from equirelax.nn import EquivariantLinear, GatedNonlinearity, NormNonlinearity
 
@@ -26,10 +27,11 @@ REPRESENTATIONS = {
 }
 
 
+@pytest.mark.parametrize("parametrisation", ["basis", "projected"])
 @pytest.mark.parametrize("name", REPRESENTATIONS)
-def test_equivariant_linear_is_equivariant(name, dtype, generator):
+def test_equivariant_linear_is_equivariant(name, parametrisation, dtype, generator):
     rep_in, rep_out = REPRESENTATIONS[name]()
-    layer = EquivariantLinear(rep_in, rep_out).to(dtype)
+    layer = EquivariantLinear(rep_in, rep_out, parametrisation=parametrisation).to(dtype)
     with torch.no_grad():
         for p in layer.parameters():  # a nonzero bias too, so the bias basis is tested
             p.normal_(generator=generator)
@@ -51,6 +53,35 @@ def test_unconstrained_linear_is_not_equivariant(generator):
 def test_linear_has_the_commutant_dimension_of_parameters():
     layer = EquivariantLinear(SO3().irreps("4x0e + 2x1o"), SO3().irreps("3x0e + 5x1o"), bias=False)
     assert sum(p.numel() for p in layer.parameters()) == 4 * 3 + 2 * 5
+
+
+def test_projected_linear_is_the_official_emlp_linear():
+    """``W = P(W0)``, ``b = P(b0)`` with ``W0`` semi-orthogonal and ``b0`` uniform on
+    ``[0, 1/sqrt(d_out))``, the dense matrices trained (the official ``emlp.nn.Linear``)."""
+    rep_in, rep_out = REPRESENTATIONS["O3-irreps"]()
+    torch.manual_seed(0)
+    layer = EquivariantLinear(rep_in, rep_out, parametrisation="projected").double()
+    dense, dense_bias = layer.weight_dense, layer.bias_dense
+    assert dense.shape == (rep_out.dim, rep_in.dim)
+    gram = dense @ dense.T  # d_out <= d_in: orthonormal rows
+    torch.testing.assert_close(gram, torch.eye(rep_out.dim, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert float(dense_bias.min()) >= 0
+    assert float(dense_bias.max()) < rep_out.dim**-0.5
+    torch.testing.assert_close(layer.weight(), layer.projector(dense))
+    trivial = rep_out.group.trivial_representation()
+    expected_bias = EquivariantProjector(trivial, rep_out)(dense_bias[:, None])[:, 0]
+    torch.testing.assert_close(layer.bias(), expected_bias)
+    assert layer.projector.distance(dense) > 0.1  # the dense matrix itself is not equivariant
+    assert sum(p.numel() for p in layer.parameters()) == rep_out.dim * (rep_in.dim + 1)
+    x = torch.randn(4, rep_in.dim, dtype=torch.float64)
+    layer(x).square().sum().backward()
+    # the gradient reaching the dense matrix lies in the equivariant subspace
+    torch.testing.assert_close(layer.projector(dense.grad), dense.grad)
+
+
+def test_linear_rejects_an_unknown_parametrisation():
+    with pytest.raises(ValueError, match=r"parametrisation: expected one of \('basis', "):
+        EquivariantLinear(SO3().irreps("1x1o"), SO3().irreps("1x1o"), parametrisation="dense")
 
 
 def test_linear_rejects_wrong_feature_size():

@@ -13,6 +13,7 @@ multiplicities never forms a large constraint matrix.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -106,9 +107,13 @@ class EquivariantProjector:
     def __call__(self, weight: Tensor) -> Tensor:
         """Project ``weight`` of shape ``(..., d_out, d_in)`` onto the equivariant subspace."""
         weight = self._check(weight)
+        return self.project_with(weight, [basis.to(weight) for *_, basis in self.pieces])
+
+    def project_with(self, weight: Tensor, bases: Sequence[Tensor]) -> Tensor:
+        """``P(weight)`` with the pieces' bases given, already on ``weight``'s device and dtype
+        (e.g. a module's buffers, so that a forward pass does not copy them); unchecked."""
         out = torch.zeros_like(weight)
-        for rows, cols, m_out, m_in, basis in self.pieces:
-            q = basis.to(weight)
+        for (rows, cols, m_out, m_in, _), q in zip(self.pieces, bases, strict=True):
             d_out, d_in = q.shape[1:]
             block = weight[..., rows, cols].reshape(*weight.shape[:-2], m_out, d_out, m_in, d_in)
             coeff = torch.einsum("...adbe,nde->...abn", block, q)

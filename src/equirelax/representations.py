@@ -130,6 +130,14 @@ class Representation:
             key=f"({self.key})*",
         )
 
+    def orthogonality_error(self) -> float:
+        """``max |rho(g) rho(g)^T - I|`` over 8 sampled elements (a fixed seed) and the discrete
+        generators: 0 up to rounding for an orthogonal representation."""
+        g = self.group.sample(8, torch.Generator().manual_seed(0), dtype=torch.float64)
+        matrices = torch.cat([self(g), self.discrete_generators()])
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        return float((matrices @ matrices.transpose(-1, -2) - eye).abs().max())
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Representation) and other.key == self.key
 

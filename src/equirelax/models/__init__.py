@@ -6,7 +6,9 @@ class                       what it is
 :class:`NBodyEGNN`          EGNN (Satorras et al. 2021), 4 velocity-variant EGCL layers
 :class:`NBodySEGNN`         SEGNN-like steerable network, e3nn tensor products, l <= 1
                             (loaded on first use: it imports e3nn)
-:class:`EMLP`               EMLP (Finzi et al. 2021) on flat features
+:class:`EMLP`               EMLP (Finzi et al. 2021) on flat features (the official
+                            architecture: ``hidden=384, bilinear="official",
+                            linear="projected"``; :func:`uniform_representation`)
 :class:`MLP`                plain SiLU MLP on flat features
 :class:`NBodyMLP`           plain SiLU MLP on the flattened particle system
 :class:`SmallCNN`           small unconstrained CNN classifier for images
@@ -29,7 +31,7 @@ from typing import Any
 from equirelax.models.breaking import ColouringGNN, PolygonPointer, SetDecoder
 from equirelax.models.cnn import SmallCNN
 from equirelax.models.egnn import NBodyEGNN
-from equirelax.models.emlp import EMLP, MLP
+from equirelax.models.emlp import EMLP, MLP, uniform_representation
 from equirelax.models.mlp import NBodyMLP
 from equirelax.models.smoke import SmokeCNN, SmokeGroupCNN, SmokeRelaxedGroupCNN
 
@@ -46,6 +48,7 @@ __all__ = [
     "SmokeCNN",
     "SmokeGroupCNN",
     "SmokeRelaxedGroupCNN",
+    "uniform_representation",
 ]
 
 

@@ -53,9 +53,18 @@ from equirelax.nn import (
     FeatureBilinear,
     GatedNonlinearity,
 )
+from equirelax.nn.linear import LINEAR_PARAMETRISATIONS
 from equirelax.representations import DirectSum, Representation
 
-__all__ = ["BILINEAR_FORMS", "EMLP", "MLP", "EMLPBlock", "default_hidden", "default_mid"]
+__all__ = [
+    "BILINEAR_FORMS",
+    "EMLP",
+    "MLP",
+    "EMLPBlock",
+    "default_hidden",
+    "default_mid",
+    "uniform_representation",
+]
 
 BILINEAR_FORMS = ("low-rank", "official")
 """The bilinear maps an :class:`EMLPBlock` can add: ours, factored through a rank
@@ -79,6 +88,44 @@ def default_hidden(group: Group) -> Representation:
     return hidden
 
 
+def uniform_representation(channels: int, group: Group) -> Representation:
+    """The official EMLP's hidden representation ``uniform_rep(channels, G)``: ``channels``
+    dimensions spread evenly over the tensor ranks ``T_r = V^(x r)``.
+
+    Greedily, while channels are left: take the largest rank ``R`` with ``(R + 1) d^R`` at most
+    what is left, add ``d^(R - r)`` copies of ``T_r`` for ``r = 0..R`` (``d^R`` dimensions per
+    rank) and subtract ``(R + 1) d^R``. For ``O(3)`` and 384 channels: ``102 T0 + 34 V + 11 T2 +
+    3 T3``. From ``emlp.nn.uniform_rep`` (github.com/mfinzi/equivariant-MLP; Finzi, Welling,
+    Wilson 2021), for orthogonal ``V``, where the official ``T(p, q)`` of one rank ``p + q``
+    coincide (its random split of ranks into ``p`` and ``q`` then changes nothing).
+    """
+    check_positive_int("channels", channels)
+    vector = group.standard_representation()
+    if vector.orthogonality_error() > 1e-8:
+        raise NotImplementedError(
+            f"group: uniform_representation needs an orthogonal standard representation, "
+            f"{group}'s is not (its tensors T(p, q) would need the dual representation)"
+        )
+    d = vector.dim
+    counts: list[int] = []
+    left = channels
+    while left > 0:
+        rank = 0
+        while (rank + 2) * d ** (rank + 1) <= left:
+            rank += 1
+        counts += [0] * (rank + 1 - len(counts))
+        for r in range(rank + 1):
+            counts[r] += d ** (rank - r)
+        left -= (rank + 1) * d**rank
+    tensors = [group.trivial_representation()]
+    while len(tensors) < len(counts):
+        tensors.append(vector if len(tensors) == 1 else tensors[-1].tensor(vector))
+    return sum(
+        (n * t for n, t in zip(counts[1:], tensors[1:], strict=True) if n),
+        start=counts[0] * tensors[0],
+    )
+
+
 def default_mid(group: Group) -> Representation:
     """The default rank representation of the bilinear maps: ``8 T0 + 8 V`` (never ``T2``,
     whose tensor square would make the bases of the bilinear output map expensive)."""
@@ -98,6 +145,7 @@ class EMLPBlock(nn.Module):
         hidden: Representation,
         mid: Representation,
         bilinear: str = "low-rank",
+        linear: str = "basis",
     ) -> None:
         super().__init__()
         check_choice("bilinear", bilinear, BILINEAR_FORMS)
@@ -109,7 +157,7 @@ class EMLPBlock(nn.Module):
             )
         self.gate = GatedNonlinearity(scalars, DirectSum(gated))
         preactivation = self.gate.representation_in
-        self.linear = EquivariantLinear(representation_in, preactivation)
+        self.linear = EquivariantLinear(representation_in, preactivation, parametrisation=linear)
         self.bilinear = (
             EquivariantBilinear(preactivation, preactivation, mid)
             if bilinear == "low-rank"
@@ -140,7 +188,8 @@ class EMLP(nn.Module):
     hidden:
         Hidden representation of every block; must hold at least one non-scalar block (the
         gated features). ``None``: :func:`default_hidden` (``32 T0 + 16 V + 4 T2`` for
-        ``d <= 3``, ``32 T0 + 16 V`` otherwise).
+        ``d <= 3``, ``32 T0 + 16 V`` otherwise); an int ``ch``:
+        :func:`uniform_representation` of ``ch`` channels, as the official ``EMLP(ch=...)``.
     num_layers:
         Number of blocks.
     mid:
@@ -149,8 +198,12 @@ class EMLP(nn.Module):
     bilinear:
         ``"low-rank"`` (default): :class:`~equirelax.nn.EquivariantBilinear` through ``mid``;
         ``"official"``: :class:`~equirelax.nn.FeatureBilinear`, the official EMLP's
-        ``BiLinear`` (``mid`` unused; needs an orthogonal ``hidden``). It does not train with
-        equirelax's linear maps yet (the module docstring has the measurements).
+        ``BiLinear`` (``mid`` unused; needs an orthogonal ``hidden``).
+    linear:
+        The parametrisation of the blocks' linear maps and the head
+        (:class:`~equirelax.nn.EquivariantLinear`): ``"basis"`` (default) or ``"projected"``,
+        the official EMLP's ``Linear``. ``hidden=384, bilinear="official",
+        linear="projected"`` is the official ``EMLP(ch=384)``.
 
     Examples
     --------
@@ -166,10 +219,11 @@ class EMLP(nn.Module):
         self,
         representation_in: Representation,
         representation_out: Representation,
-        hidden: Representation | None = None,
+        hidden: Representation | int | None = None,
         num_layers: int = 3,
         mid: Representation | None = None,
         bilinear: str = "low-rank",
+        linear: str = "basis",
     ) -> None:
         super().__init__()
         if not isinstance(representation_in, Representation):
@@ -177,7 +231,10 @@ class EMLP(nn.Module):
                 f"representation_in: expected a Representation, received {representation_in!r}"
             )
         group = representation_in.group
-        hidden = default_hidden(group) if hidden is None else hidden
+        if hidden is None:
+            hidden = default_hidden(group)
+        elif isinstance(hidden, int) and not isinstance(hidden, bool):
+            hidden = uniform_representation(hidden, group)
         mid = default_mid(group) if mid is None else mid
         for name, rep in (
             ("representation_out", representation_out),
@@ -185,13 +242,19 @@ class EMLP(nn.Module):
             ("mid", mid),
         ):
             if not isinstance(rep, Representation):
-                raise TypeError(f"{name}: expected a Representation or None, received {rep!r}")
+                expected = (
+                    "a Representation, an int or None"
+                    if name == "hidden"
+                    else ("a Representation or None")
+                )
+                raise TypeError(f"{name}: expected {expected}, received {rep!r}")
             if rep.group != group:
                 raise ValueError(
                     f"{name}: expected a representation of {group} like representation_in, "
                     f"received one of {rep.group}"
                 )
         check_positive_int("num_layers", num_layers)
+        check_choice("linear", linear, LINEAR_PARAMETRISATIONS)
         self.representation_in = representation_in
         self.representation_out = representation_out
         self.hidden = hidden
@@ -203,10 +266,10 @@ class EMLP(nn.Module):
         blocks: list[EMLPBlock] = []
         rep = representation_in
         for _ in range(num_layers):
-            blocks.append(EMLPBlock(rep, hidden, mid, bilinear))
+            blocks.append(EMLPBlock(rep, hidden, mid, bilinear, linear))
             rep = blocks[-1].representation_out
         self.blocks = nn.Sequential(*blocks)
-        self.head = EquivariantLinear(rep, representation_out)
+        self.head = EquivariantLinear(rep, representation_out, parametrisation=linear)
 
     def relaxation_sites(self, placement: str = "hidden") -> list[str]:
         """The layers :func:`equirelax.relax` wraps: ``"hidden"``, each block's linear map;

@@ -244,11 +244,7 @@ def _hom_type(out: Representation, into: Representation) -> str:
 def _check_orthogonal(representation: Representation) -> None:
     """Raise unless ``rho(g)`` is orthogonal on sampled elements and the discrete generators
     (``W(x)``'s blocks transform as ``rho_o W rho_i^T``, which is equivariant only then)."""
-    group = representation.group
-    g = group.sample(8, torch.Generator().manual_seed(0), dtype=torch.float64)
-    matrices = torch.cat([representation(g), representation.discrete_generators()])
-    eye = torch.eye(representation.dim, dtype=torch.float64)
-    error = float((matrices @ matrices.transpose(-1, -2) - eye).abs().max())
+    error = representation.orthogonality_error()
     if error > 1e-8:
         raise ValueError(
             f"representation: expected an orthogonal representation (rho(g) rho(g)^T = I), "

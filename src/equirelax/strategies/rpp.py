@@ -26,8 +26,10 @@ Following the official code (github.com/mfinzi/residual-pathway-priors, ``rpp/ob
   ``experiments/prior-var-ablation/modified_inertia.py``.
 
 Departures: the official prior is on the raw, unprojected ``w_equiv`` (projected in the
-forward pass); equirelax's equivariant layers are parametrised in their equivariant subspace,
-so the prior is on those parameters. The official gated nonlinearity has a residual pathway of
+forward pass); equirelax's equivariant layers are parametrised in their equivariant subspace by
+default, so the prior is on those parameters (with the official parametrisation,
+``EquivariantLinear(parametrisation="projected")`` or ``EMLP(linear="projected")``, it is on the
+raw dense matrix, as the official's). The official gated nonlinearity has a residual pathway of
 its own (``w_basic * swish(x)``); equirelax relaxes linear maps only.
 """
 
