@@ -148,6 +148,13 @@ def test_advice_names_the_winner_beyond_noise_or_says_use_strict(tmp_path):
     text = claims.advice([no_winner], tmp_path)
     assert "nothing beats strict" in text
     assert "lowest mean is y" in text
+    _write(tmp_path, "c/q", {"strict": _values(1.0, 0.01), "w": _values(1.5, 0.01)})
+    behind = claims.Pick(
+        "toy", claims.Arm("c/q", "strict", "strict"), (claims.Arm("c/q", "w", "w"),)
+    )
+    text = claims.advice([behind], tmp_path)
+    assert "every other mean is above strict's, the nearest w's (1.5 ± 0.01" in text
+    assert "lowest mean" not in text
     assert "not measured yet" in claims.advice([claims.Pick("none", _arm("z"), ())], tmp_path)
     running = claims.Pick("none", _arm("z"), (), epochs=2000)
     assert "- **none** (2000 epochs): not measured yet." in claims.advice([running], tmp_path)
