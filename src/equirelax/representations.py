@@ -132,11 +132,9 @@ class Representation:
 
     def orthogonality_error(self) -> float:
         """``max |rho(g) rho(g)^T - I|`` over 8 sampled elements (a fixed seed) and the discrete
-        generators: 0 up to rounding for an orthogonal representation."""
-        g = self.group.sample(8, torch.Generator().manual_seed(0), dtype=torch.float64)
-        matrices = torch.cat([self(g), self.discrete_generators()])
-        eye = torch.eye(self.dim, dtype=torch.float64)
-        return float((matrices @ matrices.transpose(-1, -2) - eye).abs().max())
+        generators: 0 up to rounding for an orthogonal representation (computed once per
+        representation)."""
+        return _orthogonality_error(self)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Representation) and other.key == self.key
@@ -229,6 +227,14 @@ def _dual_matrices(rep: Representation, g: Tensor) -> Tensor:
 
 def _dual_lie(rep: Representation) -> Tensor:
     return -rep.lie_algebra().transpose(-1, -2)
+
+
+@functools.lru_cache(maxsize=256)
+def _orthogonality_error(rep: Representation) -> float:
+    g = rep.group.sample(8, torch.Generator().manual_seed(0), dtype=torch.float64)
+    matrices = torch.cat([rep(g), rep.discrete_generators()])
+    eye = torch.eye(rep.dim, dtype=torch.float64)
+    return float((matrices @ matrices.transpose(-1, -2) - eye).abs().max())
 
 
 def _check_same_group(a: Representation, b: Representation) -> None:
