@@ -733,8 +733,12 @@ found a lower validation MSE only near the end), below the ACE paper's 5.6e-3. A
 5.05e-3; its levels were -0.15 to +0.10 at epoch 1999 (0.21-0.28 after 150 epochs), so at the
 paper's length the projection no longer costs what it did at 150 epochs. ACE's mean is below
 strict's by 1.5 standard errors of the difference: within noise at 3 seeds, and short of the
-paper's 3.8e-3. CR runs last (about 2 h a run here) and was still running when this was
-written; its rows count only finished runs.
+paper's 3.8e-3. CR (run last, 2.2-2.8 s an epoch with two runs on the two cores, about 80 min
+a run alone on its core): seeds 0 and 1 gave 4.85e-3 and 4.84e-3 at best validation epochs 159
+and 194 (5.10e-3 and 5.31e-3 at the final epoch), the paper's SEGNN+CR figure (4.9e-3), but
+strict's seeds 0 and 1 gave 4.76e-3 and 4.84e-3: like strict, CR overfits after epoch ~200, and
+at 2000 epochs it is within noise of strict. Seed 2 was at epoch ~300 of 2000 when this was
+written (it continues with `--resume`); the row is partial until it ends.
 
 At the full 1000 epochs (parts `egnn-ace-equality-1000` and `egnn-1000`, 3 seeds, two runs
 sharing the two cores; 14-26 min a run, CR 30.5): RPP is the one arm below strict beyond
