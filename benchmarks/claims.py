@@ -972,7 +972,14 @@ inertia 0.048, 0.035, 0.064 (the EMLP paper 0.136). It costs 3-4x the default's 
 the projected linear maps alone at the default width and bilinear map give 1.26 +- 0.15 (against
 1.60 +- 0.18); the official BiLinear at the default width does not train (7.2 with projected
 linear maps, 14.0 +- 2.4 with basis ones). CR, ACE and RECM on the official architecture are the
-part `*-emlp-official-relaxed`.
+part `*-emlp-official-relaxed` (modified inertia only so far, 2026-12-04, beside the SEGNN runs):
+RECM 0.199 +- 0.055, ACE-resilient 0.189 (2 seeds) and ACE-equality 0.829 projected (relaxed
+0.342; 2 seeds) are below strict's 0.962 beyond noise, as is RPP (0.287). ACE-equality's seed 2
+diverged at epoch 5 and ACE-resilient's at epoch 4 (as ACE's early level swings under the short-run
+rule do on the default E-MLP); the latter stopped the comparison on a bug fixed since (weights sent
+to infinity by an epoch's last step raised the equivariance check's ValueError at the validation,
+not the diverged-run error a comparison records), so CR has not run yet and ACE-resilient shows 2
+of 3 seeds. `--resume` retries the diverged seed and runs CR.
 The first ACE runs (`emlp/inertia-emlp-official-ace`, the cosine preset): at the official step
 sizes (levels under the primal Adam, dual Adam 8e-4) ACE-equality's levels were still 0.79-0.93
 after 1000 steps and its projected model's test MSE 21.6 and 24.1 (2 seeds), so the synthetic

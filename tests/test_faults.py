@@ -140,6 +140,31 @@ def test_a_diverged_run_names_only_a_checkpoint_that_exists(tmp_path: Path) -> N
     assert not (tmp_path / CHECKPOINT).exists()
 
 
+class _DivergedAfterTheLastStep(nn.Module):
+    """Finite outputs while training, NaN when evaluated: weights that a last step of an epoch
+    sent to infinity, which no training loss has seen yet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = vector_model()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        return y if self.training else y * float("nan")
+
+
+def test_a_model_that_diverges_on_an_epochs_last_step_stops_as_a_diverged_run(
+    tmp_path: Path,
+) -> None:
+    """The validation after the epoch finds the non-finite model and stops the run with the
+    diverged-run error (which a comparison records as a failed run), naming the checkpoint."""
+    task = vector_task(32, 16)
+    with pytest.raises(NonFiniteLossError, match=r"val: non-finite validation .* epoch 0.*"
+                       r"no checkpoint yet"):  # fmt: skip
+        equirelax.train(_DivergedAfterTheLastStep(), Free(), task, epochs=2, batch_size=16,
+                        out_dir=tmp_path, progress=False)  # fmt: skip
+
+
 def test_the_cli_names_a_damaged_checkpoint_without_a_traceback(tmp_path: Path) -> None:
     argv = [
         sys.executable, "-m", "equirelax", "train", "inertia", "--train-size", "20",

@@ -3,6 +3,7 @@ error on validation inputs, and batched means of a task's loss or metric over a 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 
 from equirelax._batches import call, index
 from equirelax._checks import batch_size
-from equirelax.engine.config import TrainConfig
+from equirelax.engine.config import NonFiniteLossError, TrainConfig
 from equirelax.metrics import equivariance_error
 from equirelax.outputs import TaskOutput, split_output
 from equirelax.relaxed import relaxed_layers
@@ -39,12 +40,19 @@ def evaluate(
 ) -> tuple[dict[str, Any], nn.Module]:
     """The validation record of the model the strategy evaluates (``val``; ``val_loss``, the
     task loss, when the metric is another function; its ``equivariance_error`` and, when it is
-    not the trained model, ``val_relaxed`` of the trained one), and that evaluated model."""
+    not the trained model, ``val_relaxed`` of the trained one), and that evaluated model.
+    Raises :class:`NonFiniteLossError` when the validation metric or loss is not finite (weights
+    a last step sent to infinity, which no training loss has seen yet)."""
     evaluated = strategy.evaluation_model(model)
     functions = [task.metric] if task.metric is task.loss else [task.metric, task.loss]
     values = split_means(
         evaluated, task.val, functions, config.eval_batch_size, device, predict=task.predict
     )
+    if not all(math.isfinite(value) for value in values):
+        raise NonFiniteLossError(
+            f"val: non-finite validation metric {values[0]} (task loss {values[-1]}) of the "
+            "evaluated model: its weights or levels are not finite"
+        )
     record: dict[str, Any] = {"val": values[0]}
     if len(values) > 1:
         record["val_loss"] = values[1]

@@ -285,30 +285,38 @@ class _Run:
         values = global_mean(torch.stack(losses[start:]), self.world)
         for step, (batch_loss, objective) in enumerate(values, start):
             if not (math.isfinite(batch_loss) and math.isfinite(objective)):
-                checkpoint = self.checkpoint
-                if checkpoint is None:
-                    kept = "no checkpoint (no output directory)"
-                elif checkpoint.exists():
-                    kept = f"the last good checkpoint is {checkpoint}"
-                else:
-                    kept = f"no checkpoint yet (the first epoch had not ended; {checkpoint})"
                 raise NonFiniteLossError(
                     f"loss: non-finite value at epoch {epoch}, step {step} (task loss "
                     f"{batch_loss}, objective {objective}; strategy {self.strategy.name}, "
-                    f"lr {self.optimiser.param_groups[0]['lr']:.3g}); {kept}"
+                    f"lr {self.optimiser.param_groups[0]['lr']:.3g}); {self.kept_checkpoint()}"
                 )
+
+    def kept_checkpoint(self) -> str:
+        """Which checkpoint a diverged run leaves (for its error message)."""
+        checkpoint = self.checkpoint
+        if checkpoint is None:
+            return "no checkpoint (no output directory)"
+        if checkpoint.exists():
+            return f"the last good checkpoint is {checkpoint}"
+        return f"no checkpoint yet (the first epoch had not ended; {checkpoint})"
 
     def evaluate(self, epoch: int, record: dict[str, Any]) -> None:
         """Add the validation record to ``record``; keep the model if it is the best so far."""
         started = time.perf_counter()
-        evaluation, evaluated = evaluate(
-            self.model,
-            self.strategy,
-            self.task,
-            self.config,
-            self.device,
-            precise=epoch == self.config.epochs - 1,
-        )
+        try:
+            evaluation, evaluated = evaluate(
+                self.model,
+                self.strategy,
+                self.task,
+                self.config,
+                self.device,
+                precise=epoch == self.config.epochs - 1,
+            )
+        except NonFiniteLossError as error:
+            raise NonFiniteLossError(
+                f"{error}, at epoch {epoch} (strategy {self.strategy.name}); "
+                f"{self.kept_checkpoint()}"
+            ) from None
         record.update(evaluation, eval_seconds=time.perf_counter() - started)
         val_loss = evaluation.get("val_loss")
         if self.best is None or self.best.improved_by(evaluation["val"], val_loss):
