@@ -737,8 +737,8 @@ paper's 3.8e-3. CR (run last, 2.2-2.8 s an epoch with two runs on the two cores,
 a run alone on its core): seeds 0 and 1 gave 4.85e-3 and 4.84e-3 at best validation epochs 159
 and 194 (5.10e-3 and 5.31e-3 at the final epoch), the paper's SEGNN+CR figure (4.9e-3), but
 strict's seeds 0 and 1 gave 4.76e-3 and 4.84e-3: like strict, CR overfits after epoch ~200, and
-at 2000 epochs it is within noise of strict. Seed 2 was at epoch ~300 of 2000 when this was
-written (it continues with `--resume`); the row is partial until it ends.
+at 2000 epochs it is within noise of strict. Seed 2 stopped at epoch 1126 of 2000 with the
+session (it continues from its checkpoint with `--resume`); the row is partial until it ends.
 
 At the full 1000 epochs (parts `egnn-ace-equality-1000` and `egnn-1000`, 3 seeds, two runs
 sharing the two cores; 14-26 min a run, CR 30.5): RPP is the one arm below strict beyond
