@@ -121,8 +121,9 @@ def uniform_representation(channels: int, group: Group) -> Representation:
     tensors = [group.trivial_representation()]
     while len(tensors) < len(counts):
         tensors.append(vector if len(tensors) == 1 else tensors[-1].tensor(vector))
+    # every rank up to the largest has at least one copy
     return sum(
-        (n * t for n, t in zip(counts[1:], tensors[1:], strict=True) if n),
+        (n * t for n, t in zip(counts[1:], tensors[1:], strict=True)),
         start=counts[0] * tensors[0],
     )
 
@@ -237,18 +238,13 @@ class EMLP(nn.Module):
         elif isinstance(hidden, int) and not isinstance(hidden, bool):
             hidden = uniform_representation(hidden, group)
         mid = default_mid(group) if mid is None else mid
-        for name, rep in (
-            ("representation_out", representation_out),
-            ("hidden", hidden),
-            ("mid", mid),
+        for name, rep, accepted in (
+            ("representation_out", representation_out, "a Representation or None"),
+            ("hidden", hidden, "a Representation, an int or None"),
+            ("mid", mid, "a Representation or None"),
         ):
             if not isinstance(rep, Representation):
-                expected = (
-                    "a Representation, an int or None"
-                    if name == "hidden"
-                    else ("a Representation or None")
-                )
-                raise TypeError(f"{name}: expected {expected}, received {rep!r}")
+                raise TypeError(f"{name}: expected {accepted}, received {rep!r}")
             if rep.group != group:
                 raise ValueError(
                     f"{name}: expected a representation of {group} like representation_in, "

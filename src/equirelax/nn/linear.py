@@ -136,47 +136,52 @@ class EquivariantLinear(nn.Module):
         )
 
 
-class _Expansion(nn.Module):
-    """``W = sum_n c_n Q_n`` over the block bases of a projector; learns only ``c``.
+class _BlockBases(nn.Module):
+    """Holds a projector's block bases as non-persistent buffers, so that they follow the
+    module's device and dtype."""
 
-    The bases are non-persistent buffers, so they follow the module's device and dtype.
-    """
+    def __init__(self, projector: EquivariantProjector) -> None:
+        super().__init__()
+        self.projector = projector
+        for i, (*_, basis) in enumerate(projector.pieces):
+            self.register_buffer(f"basis{i}", basis.to(torch.get_default_dtype()), persistent=False)
+
+    def bases(self) -> list[Tensor]:
+        """The block bases ``(n, d_out, d_in)``, in the projector's order."""
+        return [getattr(self, f"basis{i}") for i in range(len(self.projector.pieces))]
+
+
+class _Expansion(_BlockBases):
+    """``W = sum_n c_n Q_n`` over the block bases of a projector; learns only ``c``."""
 
     def __init__(self, projector: EquivariantProjector, init_std: float) -> None:
-        super().__init__()
+        super().__init__(projector)
         self.shape = (projector.rep_out.dim, projector.rep_in.dim)
-        self.slices = [(rows, cols) for rows, cols, *_ in projector.pieces]
         self.coefficients = nn.ParameterList()
         # Follows .to(dtype / device), so an expansion without coefficients still knows both.
         self.register_buffer("anchor", torch.zeros(0), persistent=False)
-        for i, (_, _, m_out, m_in, basis) in enumerate(projector.pieces):
+        for _, _, m_out, m_in, basis in projector.pieces:
             n, d_out, d_in = basis.shape
             # Scale so that the entries of W have standard deviation init_std.
             std = init_std * math.sqrt(d_out * d_in / n)
             self.coefficients.append(nn.Parameter(torch.randn(m_out, m_in, n) * std))
-            self.register_buffer(f"basis{i}", basis.to(torch.get_default_dtype()), persistent=False)
 
     def forward(self) -> Tensor:
         weight = self.anchor.new_zeros(self.shape)
-        for i, ((rows, cols), coeff) in enumerate(zip(self.slices, self.coefficients, strict=True)):
-            basis = getattr(self, f"basis{i}")
+        pieces = zip(self.projector.pieces, self.coefficients, self.bases(), strict=True)
+        for (rows, cols, *_), coeff, basis in pieces:
             block = torch.einsum("abn,nde->adbe", coeff, basis)
             weight[rows, cols] = block.reshape(weight[rows, cols].shape)
         return weight
 
 
-class _Projection(nn.Module):
+class _Projection(_BlockBases):
     """``W = P(W0)``: the projection of a trained dense matrix ``W0`` (the official EMLP
-    ``Linear``). The projector's bases are non-persistent buffers, so they follow the module's
-    device and dtype."""
+    ``Linear``)."""
 
     def __init__(self, projector: EquivariantProjector, dense: Tensor) -> None:
-        super().__init__()
-        self.projector = projector
+        super().__init__(projector)
         self.dense = nn.Parameter(dense)
-        for i, (*_, basis) in enumerate(projector.pieces):
-            self.register_buffer(f"basis{i}", basis.to(torch.get_default_dtype()), persistent=False)
 
     def forward(self) -> Tensor:
-        bases = [getattr(self, f"basis{i}") for i in range(len(self.projector.pieces))]
-        return self.projector.project_with(self.dense, bases)
+        return self.projector.project_with(self.dense, self.bases())
