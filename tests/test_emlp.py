@@ -277,8 +277,8 @@ def test_relaxed_emlp_breaks_equivariance_and_projection_restores_it() -> None:
     relaxed = equirelax.relax(model)
     # The declared sites: each block's linear map (not the head, not inside the bilinear map).
     assert list(equirelax.relaxed_layers(relaxed)) == ["blocks.0.linear", "blocks.1.linear"]
-    # placement="all": also the three maps of each bilinear layer and the head.
-    assert len(equirelax.relaxed_layers(equirelax.relax(model, placement="all"))) == 2 * 4 + 1
+    # placement="all": also the three maps of each bilinear layer, each gate and the head.
+    assert len(equirelax.relaxed_layers(equirelax.relax(model, placement="all"))) == 2 * 5 + 1
     x = _inputs(rep_in.dim)
     broken = _error(relaxed, x, model.action_in, model.action_out)
     assert broken.max > 1e-2

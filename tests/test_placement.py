@@ -11,11 +11,11 @@ from torch import nn
 
 import equirelax
 from equirelax.experiments.compare import make_strategy
-from equirelax.free_branches import EGNNFreeBranch
+from equirelax.free_branches import EGNNFreeBranch, GatedResidualFreeBranch
 from equirelax.groups import O3
 from equirelax.models import EMLP, NBodyEGNN
 from equirelax.models.segnn import NBodySEGNN
-from equirelax.nn import EquivariantLinear
+from equirelax.nn import EquivariantLinear, GatedNonlinearity
 from equirelax.strategies import RPP, STRATEGIES
 
 V, T0 = O3().standard_representation(), O3().trivial_representation()
@@ -43,7 +43,9 @@ def test_linear_placement_adds_every_linear_map_and_rpp_asks_for_it():
         name: "hidden" for name in STRATEGIES if name != "rpp"
     }
     relaxed = equirelax.relax(emlp, placement=RPP.placement)
-    assert list(equirelax.relaxed_layers(relaxed)) == ["blocks.0.linear", "blocks.1.linear", "head"]
+    assert list(equirelax.relaxed_layers(relaxed)) == [
+        "blocks.0.gate", "blocks.0.linear", "blocks.1.gate", "blocks.1.linear", "head",
+    ]  # fmt: skip
     everything = equirelax.relax(emlp, placement="all")
     assert "blocks.0.bilinear" in "".join(equirelax.relaxed_layers(everything))
 
@@ -58,6 +60,17 @@ def test_a_model_without_declared_sites_relaxes_every_registered_layer():
     model = nn.Sequential(EquivariantLinear(4 * V, 2 * V), nn.Tanh(), EquivariantLinear(2 * V, V))
     assert equirelax.relaxation_sites(model) is None
     assert list(equirelax.relaxed_layers(equirelax.relax(model))) == ["0", "2"]
+
+
+def test_a_gate_of_a_model_without_declared_sites_is_relaxed_by_rpps_placement_only():
+    gate = GatedNonlinearity(2, V)
+    model = nn.Sequential(EquivariantLinear(V, gate.representation_in), gate, EquivariantLinear(
+        gate.representation_out, V))  # fmt: skip
+    assert list(equirelax.relaxed_layers(equirelax.relax(model))) == ["0", "2"]
+    for placement in ("linear", "all"):
+        relaxed = equirelax.relax(model, placement=placement)
+        assert list(equirelax.relaxed_layers(relaxed)) == ["0", "1", "2"]
+        assert isinstance(relaxed[1].free, GatedResidualFreeBranch)
 
 
 def test_bad_placements_are_errors_that_name_them():

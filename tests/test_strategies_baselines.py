@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from equirelax import Relaxed, assert_equivariant, equivariance_error, relaxed_layers
+from equirelax import (
+    Relaxed,
+    assert_equivariant,
+    equivariance_error,
+    project,
+    relax,
+    relaxed_layers,
+)
 from equirelax.actions import (
     DirectSumAction,
     ImageAction,
@@ -14,7 +21,8 @@ from equirelax.actions import (
     TrivialAction,
     VectorAction,
 )
-from equirelax.groups import SO2, CyclicGroup
+from equirelax.groups import O3, SO2, CyclicGroup
+from equirelax.models import EMLP
 from equirelax.nn import EquivariantLinear
 from equirelax.strategies import RPP, Augment, EquivariancePenalty, Free, Strict, get
 from equirelax.strategies.base import levels
@@ -299,32 +307,94 @@ def test_rpp_loss_equals_its_formula_on_a_hand_computed_case():
 
 
 def _rms(tensors) -> float:
-    return math.sqrt(sum(float(t.pow(2).sum()) for t in tensors) / sum(t.numel() for t in tensors))
+    return math.sqrt(
+        sum(float(t.detach().pow(2).sum()) for t in tensors) / sum(t.numel() for t in tensors)
+    )
 
 
-def test_rpp_initialises_free_branches_at_1e_3_of_the_equivariant_scale_and_sets_levels():
-    """The official init: W_free = 1e-3 x the equivariant weight's scale (rms), the branch's
-    own init shape kept."""
-    model = relaxed_so2_model(level=0.2)
+@pytest.mark.parametrize("parametrisation", ["basis", "projected"])
+def test_rpp_starts_each_free_linear_map_at_1e_3_times_its_equivariant_matrix(parametrisation):
+    """The official ``MixedLinear`` init: ``w_basic = 1e-3 * w_equiv``, ``b_basic = 1e-3 * b``
+    (the raw dense matrices with ``parametrisation="projected"``, as the official's; the
+    expanded equivariant ones with the basis parametrisation)."""
+    group = SO2()
+    rep = group.irrep(1) + group.irrep(0)
+    torch.manual_seed(0)
+    layer = EquivariantLinear(rep, 2 * rep, parametrisation=parametrisation).double()
+    with torch.no_grad():  # a non-zero bias, so that its copy is seen
+        for name, p in layer.named_parameters():
+            if "bias" in name:
+                p.normal_()
+    model = nn.Sequential(Relaxed(layer, level=0.2))
+    equivariant_before = [p.detach().clone() for p in layer.parameters()]
+    RPP().attach(model)
+    assert levels(model) == [1.0]
+    if parametrisation == "projected":
+        weight, bias = layer.weight_dense, layer.bias_dense
+        assert not torch.allclose(weight, layer.weight())  # raw W0, not its projection
+    else:
+        weight, bias = layer.weight(), layer.bias()
+    free = model[0].free.linear
+    torch.testing.assert_close(free.weight, 1e-3 * weight, rtol=0, atol=0)
+    torch.testing.assert_close(free.bias, 1e-3 * bias, rtol=0, atol=0)
+    assert float(bias.detach().abs().max()) > 0
+    for p, p0 in zip(layer.parameters(), equivariant_before, strict=True):
+        assert torch.equal(p, p0)
+
+
+def test_rpp_rescales_other_free_branches_to_1e_3_of_the_equivariant_scale():
+    """Where the free branch is not a dense copy of an equivariant matrix (here a rotation-scale
+    layer with two weights and a lazily built branch), it keeps its own init, rescaled to
+    ``1e-3`` times the equivariant weights' root-mean-square."""
+    model = nn.Sequential(Relaxed(RotScale(), nn.Linear(2, 2).double(), level=0.2))
     before = [p.detach().clone() for p in model[0].free.parameters()]
-    equivariant_before = [p.detach().clone() for p in model[0].equivariant.parameters()]
     RPP().attach(model)
     assert levels(model) == [1.0]
     free = model[0].free
-    weights = [p for n, p in model[0].equivariant.named_parameters() if "bias" not in n]
-    reference = _rms(weights)
-    assert _rms([free.linear.weight]) == pytest.approx(1e-3 * reference, rel=1e-9)
-    factor = float(free.linear.weight[0, 0] / before[0][0, 0])
+    reference = _rms([model[0].equivariant.a, model[0].equivariant.b])
+    assert _rms([free.weight]) == pytest.approx(1e-3 * reference, rel=1e-9)
+    factor = float(free.weight[0, 0].detach() / before[0][0, 0])
     for p, p0 in zip(free.parameters(), before, strict=True):
         torch.testing.assert_close(p, factor * p0)
-    for p, p0 in zip(model[0].equivariant.parameters(), equivariant_before, strict=True):
-        assert torch.equal(p, p0)
 
     lazy = nn.Sequential(Relaxed(nn.Identity(), level=0.0))  # dense branch built at first call
     RPP().attach(lazy)
     lazy(torch.randn(3, 4))
     weight = lazy[0].free.linear.weight
     assert 0 < weight.abs().max() <= 1e-3 / math.sqrt(4)
+
+
+def test_rpp_gives_the_emlp_gates_the_official_residual_pathway_under_the_free_prior():
+    """The official ``RPPGatedNonlinearity``: ``gate(x) + w_basic * swish(x_ungated)`` with
+    ``w_basic`` starting at ``1e-3`` and under the free prior (its name ends in ``w_basic``)."""
+    V, T0 = O3().standard_representation(), O3().trivial_representation()
+    torch.manual_seed(0)
+    model = EMLP(2 * T0 + 2 * V, V, hidden=4 * T0 + 2 * V, num_layers=2)
+    model = relax(model, placement=RPP.placement).double()
+    strategy = RPP()
+    strategy.attach(model)
+    gate = model.blocks[0].gate
+    assert isinstance(gate, Relaxed)
+    assert float(gate.level) == 1.0
+    torch.testing.assert_close(
+        gate.free.weight, torch.full_like(gate.free.weight, 1e-3), rtol=0, atol=0
+    )
+    x = torch.randn(5, gate.equivariant.representation_in.dim, dtype=torch.float64)
+    s, k = gate.equivariant.scalars, gate.equivariant.gates
+    ungated = torch.cat([x[:, :s], x[:, s + k :]], dim=-1)
+    torch.testing.assert_close(
+        gate(x), gate.equivariant(x) + 1e-3 * nn.functional.silu(ungated), rtol=0, atol=1e-15
+    )
+    free_term, _ = strategy.prior_terms(model)
+    gates = [model.blocks[i].gate.free.weight for i in range(2)]
+    linears = [layer.free.linear.weight for layer in relaxed_layers(model).values()
+               if hasattr(layer.free, "linear")]  # fmt: skip
+    expected = strategy.free_prior * sum(float(w.detach().pow(2).sum()) for w in gates + linears)
+    assert float(free_term) == pytest.approx(expected, rel=1e-12)
+    x_model = torch.randn(4, model.in_features, dtype=torch.float64)
+    actions = (model.action_in, model.action_out)
+    assert equivariance_error(model, x_model, *actions).max > 1e-6  # swish on vectors
+    assert_equivariant(project(model), x_model, atol=1e-10)
 
 
 def test_rpp_prior_gradient_is_larger_on_free_than_on_equivariant_weights():

@@ -2,10 +2,10 @@
 
 Each branch has the same input and output structure as the equivariant layer it relaxes and
 no symmetry constraint: a dense map on flattened features (vectors, irreps; built at its first
-call where the shapes are known only then), a plain
-convolution on grids (group-convolution feature maps), a per-node MLP that sees raw coordinates
-(EGNN), a dense map on the flattened channel-by-3 features of vector neurons, and a dense map
-on the concatenated irreps features of steerable layers and of e3nn's layers.
+call where the shapes are known only then), a plain convolution on grids (group-convolution
+feature maps), a per-node MLP that sees raw coordinates (EGNN), a weighted swish beside a
+gated nonlinearity (RPP), a dense map on the flattened channel-by-3 features of vector neurons,
+and a dense map on the concatenated irreps features of steerable layers and of e3nn's layers.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ __all__ = [
     "DenseFreeBranch",
     "E3nnFreeBranch",
     "EGNNFreeBranch",
+    "GatedResidualFreeBranch",
     "LazyDenseFreeBranch",
     "SteerableFreeBranch",
     "VectorNeuronFreeBranch",
@@ -332,6 +333,31 @@ class VectorNeuronFreeBranch(nn.Module):
         points = v.flatten(1, 2).movedim(1, -1)  # (B, ..., 3 C)
         out = self.linear(points).movedim(-1, 1)
         return out.unflatten(1, (self.out_channels, 3))
+
+
+class GatedResidualFreeBranch(nn.Module):
+    """``w * swish(x_u)``: the residual pathway RPP gives a gated nonlinearity (Finzi et al.
+    2021, the official ``RPPGatedNonlinearity``'s ``w_basic * swish(values)``).
+
+    ``x_u`` are the ungated features of the gate's input ``[scalars (s), gates (k), gated]``,
+    i.e. the input without its ``k`` gate scalars (the gate's output layout), and ``w`` one
+    weight per output feature, starting at 1 (scaled by the relaxed layer's init). Swish on
+    the components of a non-scalar feature is not equivariant, so the pathway is free.
+    """
+
+    def __init__(self, scalars: int, gates: int, features: int) -> None:
+        super().__init__()
+        self.scalars, self.gates = scalars, gates
+        self.weight = nn.Parameter(torch.ones(check_positive_int("features", features)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        ungated = torch.cat([x[..., : self.scalars], x[..., self.scalars + self.gates :]], dim=-1)
+        if ungated.shape[-1] != self.weight.shape[0]:
+            raise ValueError(
+                f"x: expected {self.scalars + self.gates + self.weight.shape[0]} features, "
+                f"received {x.shape[-1]}"
+            )
+        return self.weight * F.silu(ungated)
 
 
 class ConcatenatedFreeBranch(nn.Module):

@@ -9,9 +9,11 @@ Where relaxation goes (SPEC 2.7): a model may declare its relaxation sites with 
 ``relaxation_sites(placement) -> list of module names``. :func:`relax` then wraps exactly those
 layers: ``placement="hidden"`` (the default: the hidden / update maps, as the official CR and ACE
 code, never the input embedding, the output head or the maps inside a bilinear product) or
-``"linear"`` (every linear map of the model, as RPP's paper). ``placement="all"`` (and any model
-that declares nothing) wraps every layer whose type has a registered free-branch factory;
-``select=`` overrides all of this.
+``"linear"`` (every linear map of the model, as RPP's paper, and the E-MLP's gated
+nonlinearities, as RPP's official ``MixedEMLP``). ``placement="all"`` (and any model that
+declares nothing) wraps every layer whose type has a registered free-branch factory, except
+layer types whose ``relaxation_placements`` leave the placement out (a gated nonlinearity is
+relaxed by ``"linear"`` and ``"all"`` only); ``select=`` overrides all of this.
 
 A layer type owns its free branch: a method ``free_branch()`` returning a fresh branch module
 (the layers of :mod:`equirelax.nn` have one). Layer types the library does not own get one by
@@ -176,9 +178,12 @@ class Relaxed(nn.Module):
         (default init times ``init_scale``) or ``"normal"`` (CR's official init: the branch's
         output map bias-free, its weights drawn from ``N(0, init_scale^2)``; earlier maps of a
         multi-layer branch keep PyTorch's init so that the branch can still learn) or
-        ``"relative"`` (RPP's official init: PyTorch's init rescaled so that the free weights'
-        root-mean-square is ``init_scale`` times that of the equivariant layer's weights; as
-        ``"small"`` for an equivariant layer without weights).
+        ``"relative"`` (RPP's official init: a dense branch of a layer that gives its dense
+        matrices, ``dense_parameters()`` as :class:`~equirelax.nn.EquivariantLinear`, starts
+        at ``init_scale`` times them, the official ``w_basic = 1e-3 * w_equiv``; any other
+        branch keeps PyTorch's init rescaled so that the free weights' root-mean-square is
+        ``init_scale`` times that of the equivariant layer's weights, as ``"small"`` for an
+        equivariant layer without weights).
     norm_bound:
         ``None``, ``"spectral"`` (spectral normalisation of each free weight) or
         ``"frobenius"`` (each free weight rescaled to unit Frobenius norm); either way each free
@@ -537,13 +542,33 @@ def _rms(tensors: list[Tensor]) -> Tensor:
     return torch.sqrt(sum(t.pow(2).sum() for t in tensors) / sum(t.numel() for t in tensors))
 
 
+def _copy_dense(free: nn.Module, equivariant: nn.Module, scale: float) -> bool:
+    """RPP's official init of a dense free branch, ``W_free = scale * W0``,
+    ``b_free = scale * b0`` (``MixedLinear``: ``w_basic = 1e-3 * w_equiv``, ``b_basic = 1e-3 * b``),
+    where the equivariant layer gives its dense matrices (``dense_parameters()``, e.g.
+    :class:`~equirelax.nn.EquivariantLinear`) in the branch's shape; ``False`` elsewhere."""
+    dense = getattr(equivariant, "dense_parameters", None)
+    if not callable(dense) or not isinstance(free, DenseFreeBranch):
+        return False
+    weight, bias = dense()
+    linear = free.linear
+    if linear.weight.shape != weight.shape:
+        return False
+    linear.weight.copy_(scale * weight)
+    if linear.bias is not None:
+        linear.bias.copy_(torch.zeros_like(linear.bias) if bias is None else scale * bias)
+    return True
+
+
 def _initialise(free: nn.Module, init: str, scale: float, equivariant: nn.Module) -> None:
     if init == "default":
         return
     with torch.no_grad():
         if init == "relative":
+            if _copy_dense(free, equivariant, scale):
+                return
             reference, own = weight_tensors(equivariant), weight_tensors(free)
-            factor = torch.tensor(scale)
+            factor: Tensor | float = scale
             if reference and own:  # else (a weightless equivariant layer): as "small"
                 factor = scale * _rms(reference) / _rms(own).clamp_min(1e-30)
             for p in free.parameters():
@@ -621,7 +646,9 @@ def relax(
         Used when ``select`` is ``None``: ``"hidden"`` (default) or ``"linear"`` relax the
         sites the model declares through ``model.relaxation_sites(placement)``; ``"all"``, or
         a model that declares no sites, relaxes every layer whose type has a registered
-        free-branch factory.
+        free-branch factory (a layer type may limit that to some placements with a
+        ``relaxation_placements`` attribute: a gated nonlinearity's residual pathway is RPP's,
+        ``("linear", "all")``).
     inplace:
         Modify ``model`` itself instead of a deep copy.
     example_input:
@@ -681,7 +708,10 @@ def relaxation_sites(model: nn.Module, placement: str = "hidden") -> list[str] |
 def _placement(model: nn.Module, placement: str) -> Callable[[str, nn.Module], bool]:
     sites = relaxation_sites(model, placement)
     if sites is None:
-        return lambda _, m: _factory_for(m) is not None
+        return lambda _, m: (
+            _factory_for(m) is not None
+            and placement in getattr(m, "relaxation_placements", PLACEMENTS)
+        )
     chosen = set(sites)
     return lambda name, _: name in chosen
 

@@ -9,9 +9,10 @@ One EMLP block maps features in ``rho_prev`` to features in the hidden represent
 
 ``EMLP`` stacks ``num_layers`` blocks and ends with an :class:`~equirelax.nn.EquivariantLinear`
 to ``rho_out``. Its relaxation sites (:meth:`EMLP.relaxation_sites`) are the block maps ``L``
-(``placement="linear"`` adds the head, as RPP's mixed EMLP); the maps inside the bilinear
-product are never relaxed by default (``placement="all"`` or ``select=`` can). Each site gets a
-dense free branch.
+(``placement="linear"`` adds the gated nonlinearities and the head, as RPP's ``MixedEMLP``);
+the maps inside the bilinear product are never relaxed by default (``placement="all"`` or
+``select=`` can). A linear site gets a dense free branch, a gate RPP's residual pathway
+``w * swish(x)`` (:class:`~equirelax.free_branches.GatedResidualFreeBranch`).
 
 ``MLP`` is the no-symmetry baseline on the same flat tensors.
 
@@ -270,9 +271,14 @@ class EMLP(nn.Module):
 
     def relaxation_sites(self, placement: str = "hidden") -> list[str]:
         """The layers :func:`equirelax.relax` wraps: ``"hidden"``, each block's linear map;
-        ``"linear"``, those and the head."""
-        sites = [f"blocks.{i}.linear" for i in range(len(self.blocks))]
-        return [*sites, "head"] if placement == "linear" else sites
+        ``"linear"``, RPP's official ``MixedEMLP``: those, each block's gated nonlinearity
+        (the residual pathway of its ``RPPGatedNonlinearity``) and the head."""
+        if placement != "linear":
+            return [f"blocks.{i}.linear" for i in range(len(self.blocks))]
+        blocks = [
+            f"blocks.{i}.{site}" for i in range(len(self.blocks)) for site in ("gate", "linear")
+        ]
+        return [*blocks, "head"]
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x)

@@ -106,6 +106,16 @@ class EquivariantLinear(nn.Module):
             )
         return self.bias_projection.dense[:, 0]
 
+    def dense_parameters(self) -> tuple[Tensor, Tensor | None]:
+        """``(W0, b0)``: the trained dense matrix and bias with ``parametrisation="projected"``
+        (before projection), the equivariant weight and bias written out densely with
+        ``"basis"``; ``b0`` is ``None`` for a bias-free layer. RPP's official init copies them
+        into the free branch (:class:`~equirelax.Relaxed`, ``init="relative"``)."""
+        if self.weight_projection is not None:
+            bias = None if self.bias_projection is None else self.bias_dense
+            return self.weight_dense, bias
+        return self.weight(), self.bias()
+
     def weight(self) -> Tensor:
         """The equivariant weight ``(d_out, d_in)``."""
         if self.weight_projection is not None:

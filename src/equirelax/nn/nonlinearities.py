@@ -9,12 +9,14 @@ copy ``v_i`` is multiplied by ``sigmoid(gate_i)`` of its own invariant gate scal
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from equirelax._checks import check_dim, check_positive_int, check_tensor
 from equirelax.actions import RepresentationAction
+from equirelax.free_branches import GatedResidualFreeBranch
 from equirelax.representations import Representation
 
 __all__ = ["GatedNonlinearity", "NormNonlinearity"]
@@ -103,3 +105,13 @@ class GatedNonlinearity(nn.Module):
             offset += mult * rep.dim
             copy += mult
         return torch.cat(parts, dim=-1)
+
+    relaxation_placements: ClassVar[tuple[str, ...]] = ("linear", "all")
+    """The placements of :func:`~equirelax.relax` that relax a gate of a model declaring no
+    sites: RPP's (its residual pathway), not ``"hidden"``."""
+
+    def free_branch(self) -> nn.Module:
+        """A fresh free branch for this gate (used by :func:`~equirelax.relax`): RPP's
+        residual pathway ``w * swish(x_ungated)``
+        (:class:`~equirelax.free_branches.GatedResidualFreeBranch`)."""
+        return GatedResidualFreeBranch(self.scalars, self.gates, self.representation_out.dim)

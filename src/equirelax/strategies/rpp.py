@@ -14,23 +14,28 @@ free branch only where the data demand it.
 Following the official code (github.com/mfinzi/residual-pathway-priors, ``rpp/objax.py``
 ``MixedLinear`` and the ``*_runner.py`` / ``modified_inertia.py`` training losses):
 
-* placement: every linear map (``placement = "linear"``: the E-MLP's block maps and head, not
-  the bilinear product, as its ``MixedEMLP``);
-* initialisation: ``W_free`` starts at ``1e-3`` times the equivariant weight's scale (official:
-  ``w_basic = 1e-3 * w_equiv`` at init; here the free branch's PyTorch init is rescaled to a
-  root-mean-square of ``1e-3`` times the equivariant weights', which also covers free branches
-  whose shape differs from the equivariant parameters');
-* prior: ``basic_wd * sum ||w_basic||^2 + equiv_wd * sum ||w_equiv||^2`` with the argparse
+* placement: every linear map and, on the E-MLP, every gated nonlinearity (``placement =
+  "linear"``: the block maps, the gates and the head, not the bilinear product, as its
+  ``MixedEMLP``). A gate's free branch is the residual pathway of ``RPPGatedNonlinearity``,
+  ``w_basic * swish(x)`` on the ungated features
+  (:class:`~equirelax.free_branches.GatedResidualFreeBranch`);
+* initialisation: ``w_basic = 1e-3 * w_equiv`` and ``b_basic = 1e-3 * b``: a dense free branch
+  of an :class:`~equirelax.nn.EquivariantLinear` starts at ``1e-3`` times the layer's dense
+  matrix and bias (the raw ``W0``, ``b0`` with ``parametrisation="projected"``; the expanded
+  equivariant ones with the basis parametrisation), a gate's ``w_basic`` at ``1e-3``; any
+  other free branch keeps its PyTorch init rescaled to a root-mean-square of ``1e-3`` times the
+  equivariant weights' (``configure_free(init="relative")``);
+* prior: ``basic_wd * sum ||w_basic||^2 + equiv_wd * sum ||w_equiv||^2`` (the gates' ``w_basic``
+  included, as the official sum over every variable named ``w_basic``) with the argparse
   defaults ``basic_wd = 1e2``, ``equiv_wd = 1e-3`` of ``experiments/perfect-symmetry/
   inertia_runner.py``, ``experiments/misspec-symmetry/inertia_runner.py`` and
   ``experiments/prior-var-ablation/modified_inertia.py``.
 
-Departures: the official prior is on the raw, unprojected ``w_equiv`` (projected in the
-forward pass); equirelax's equivariant layers are parametrised in their equivariant subspace by
+Departure: the official prior is on the raw, unprojected ``w_equiv`` (projected in the forward
+pass); equirelax's equivariant layers are parametrised in their equivariant subspace by
 default, so the prior is on those parameters (with the official parametrisation,
 ``EquivariantLinear(parametrisation="projected")`` or ``EMLP(linear="projected")``, it is on the
-raw dense matrix, as the official's). The official gated nonlinearity has a residual pathway of
-its own (``w_basic * swish(x)``); equirelax relaxes linear maps only.
+raw dense matrix, as the official's).
 """
 
 from __future__ import annotations
@@ -58,15 +63,16 @@ class RPP(Strategy):
     equivariant_prior:
         L2 weight on the relaxed layers' equivariant weights (``equiv_wd``). Default ``1e-3``.
     free_init_scale:
-        ``attach`` rescales each free branch to this times the equivariant weights'
-        root-mean-square (``configure_free(init="relative")``; a lazily built branch when it
-        is built). Default ``1e-3``.
+        ``attach`` starts each free branch at this times its equivariant layer's dense matrix,
+        or rescales it to this times the equivariant weights' root-mean-square
+        (``configure_free(init="relative")``; a lazily built branch when it is built).
+        Default ``1e-3``.
 
     Notes
     -----
     ``attach`` needs a model with :class:`~equirelax.Relaxed` layers and sets every level to 1.
-    Evaluated as trained: RPP keeps the free branch. Relaxes every linear map
-    (:attr:`placement` ``"linear"``).
+    Evaluated as trained: RPP keeps the free branch. Relaxes every linear map and the E-MLP's
+    gates (:attr:`placement` ``"linear"``).
     """
 
     name = "rpp"
