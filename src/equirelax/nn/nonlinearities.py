@@ -63,7 +63,8 @@ class NormNonlinearity(nn.Module):
 class GatedNonlinearity(nn.Module):
     """Gated nonlinearity: input ``[scalars (s), gates (k), gated (rep)]``, output
     ``[sigma(s), sigmoid(gate_i) * v_i]`` where ``v_i`` is the ``i``-th copy of the gated
-    representation (``k`` = number of copies).
+    representation (``k`` = number of copies). Relaxed (:func:`~equirelax.relax`), a gate
+    gets RPP's residual pathway ``w * swish(x)`` (:meth:`free_branch`).
 
     Parameters
     ----------
@@ -72,6 +73,10 @@ class GatedNonlinearity(nn.Module):
     gated:
         Representation of the gated features.
     """
+
+    relaxation_placements: ClassVar[tuple[str, ...]] = ("linear", "all")
+    """The placements of :func:`~equirelax.relax` that relax a gate of a model declaring no
+    sites: RPP's (its residual pathway), not ``"hidden"``."""
 
     def __init__(
         self,
@@ -105,10 +110,6 @@ class GatedNonlinearity(nn.Module):
             offset += mult * rep.dim
             copy += mult
         return torch.cat(parts, dim=-1)
-
-    relaxation_placements: ClassVar[tuple[str, ...]] = ("linear", "all")
-    """The placements of :func:`~equirelax.relax` that relax a gate of a model declaring no
-    sites: RPP's (its residual pathway), not ``"hidden"``."""
 
     def free_branch(self) -> nn.Module:
         """A fresh free branch for this gate (used by :func:`~equirelax.relax`): RPP's
