@@ -982,7 +982,17 @@ levels went from 1.0 to 2.2 in three epochs under the short-run rule, then its v
 to 210 and its weights to NaN; the
 default E-MLP's one ACE divergence came at epoch 252). The cause is not settled; the rows count
 them as failed runs (2 seeds, 1 diverged).
-On inertia the part was started on 2026-12-05 (rows partial until it ends; `--resume` continues it).
+On inertia (2026-12-05, two runs at a time, 3-4 min a run, CR 7) nothing beats strict's 0.049
++- 0.015: RECM 0.047 +- 0.006 (seeds 0.053, 0.041, 0.047; as trained, equivariant to 7e-9
+without a projection: its levels went to 0 on this exactly symmetric task), ACE-resilient 0.058
+(0.054, 0.062), ACE-equality 0.067 projected (0.040, 0.094) and CR 0.074 +- 0.033 projected
+(0.112, 0.055, 0.055, all at the last epoch: still improving at 900). Seed 2 of both ACE arms
+diverged in the first five epochs here too. A probe outside the table (ACE-resilient, seed 2,
+modified inertia, 30 epochs): with `--option level_lr=0.01` instead of the preset's 0.1 the
+levels stayed within 0.27-1.11 and the run trained (seeds 0 and 1 at 0.1 swing their levels
+from 1 to -4.6 and -1.7 at epoch 3 before settling); a smaller level step is the candidate fix,
+not adopted: the preset's 0.1 is what lets ACE settle in the quick runs (`tests/test_ace.py`),
+and a change needs every synthetic ACE row rerun.
 
 RPP as the official `MixedEMLP` (2026-12-05): the RPP rows first relaxed the linear maps only,
 each free map an independent draw rescaled to 1e-3 of its equivariant weights' size. RPP now
@@ -1471,8 +1481,8 @@ def report(claims: Sequence[Claim], root: Path, picks: Sequence[Pick] = PICKS) -
 ADVICE_CAVEAT = (
     "Computed from the rows above. Times per epoch are the runs' own, and runs shared the two "
     "cores unevenly, so a ratio here can be off by 2x; `benchmarks/speed.md` has each "
-    "strategy's step time over strict's measured alone (1.1-1.4x for free, augment, RPP, ACE "
-    "and RECM; 2-2.7x for CR and the penalty)."
+    "strategy's step time over strict's measured alone (1.05-1.4x for free, augment, RPP, ACE "
+    "and RECM; 1.9-2.6x for CR and the penalty)."
 )
 INTRODUCTION = (
     "Each row is a claim of a paper, run here on the paper's protocol where 2 CPU cores allow "
