@@ -978,10 +978,9 @@ RECM 0.199 +- 0.055, ACE-resilient 0.189 +- 0.035 and ACE-equality 0.829 project
 relaxed model 0.314 +- 0.019, so CR's projection at the end gives back most of what its
 relaxation found on this task, whose symmetry is broken). ACE-equality's and ACE-resilient's
 seed 2 diverged at epochs 5 and 4, at the first run and again at the retry (ACE-resilient's
-levels went from 1.0 to 2.2 in three epochs under the short-run rule, then its validation MSE
-to 210 and its weights to NaN; the
-default E-MLP's one ACE divergence came at epoch 252). The cause is not settled; the rows count
-them as failed runs (2 seeds, 1 diverged).
+levels went from 1.0 to 2.2 in three epochs under the short-run rule, then its validation MSE to
+210 and its weights to NaN; the default E-MLP's one ACE divergence came at epoch 252). The cause
+is not settled; the rows count them as failed runs (2 seeds, 1 diverged).
 On inertia (2026-12-05, two runs at a time, 3-4 min a run, CR 7) nothing beats strict's 0.049
 +- 0.015: RECM 0.047 +- 0.006 (seeds 0.053, 0.041, 0.047; as trained, equivariant to 7e-9
 without a projection: its levels went to 0 on this exactly symmetric task), ACE-resilient 0.058
